@@ -1,0 +1,261 @@
+"""The mapping data model: which source tensors make each target tensor, and how.
+
+A Mapping is a list of Rules. A Rule moves a *grid* of cells: the grid is the repeated structure (layers,
+experts, layers x experts); `grid == ()` is a single cell. In each cell, the rule's `chain` (an op from
+ckptmap.transforms, tuple of arrays -> tuple of arrays) turns the cell's source arrays into the cell's
+target arrays. A Slot says where a cell's array lives:
+
+- per-cell: `keys` is a nested list with the grid's shape, one tensor name per cell
+  (HF's `model.layers.{i}.mlp.up_proj.weight`);
+- stacked: one tensor `key` whose `axes` hold the grid dimensions, grid dim j at tensor axis `axes[j]`
+  (MaxText's scanned `params-decoder-layers-mlp-wi_1-kernel`, layers at axis 1).
+
+Because a Rule only says "cells of these slots map to cells of those slots through chain", the reverse
+mapping is derived by swapping the slots and inverting the chain; nothing is solved twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from ckptmap.errors import MappingError
+
+FORMAT_VERSION = 1
+
+
+def _nested_get(keys: Any, index: tuple[int, ...]) -> str:
+    for i in index:
+        keys = keys[i]
+    return keys
+
+
+def _nested_shape(keys: Any) -> tuple[int, ...]:
+    shape = []
+    while isinstance(keys, list):
+        shape.append(len(keys))
+        if not keys:
+            break
+        keys = keys[0]
+    return tuple(shape)
+
+
+def _flatten(keys: Any) -> list[str]:
+    if isinstance(keys, list):
+        return [k for sub in keys for k in _flatten(sub)]
+    return [keys]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one operand of a rule lives: per-cell tensors (`keys`) or one stacked tensor (`key`, `axes`)."""
+
+    key: str | None = None
+    axes: tuple[int, ...] = ()
+    keys: Any = None  # nested list of str with the grid's shape
+
+    @classmethod
+    def single(cls, key: str) -> "Slot":
+        return cls(key=key)
+
+    @classmethod
+    def per_cell(cls, keys: Any) -> "Slot":
+        return cls(keys=keys)
+
+    @classmethod
+    def stacked(cls, key: str, axes: Sequence[int]) -> "Slot":
+        return cls(key=key, axes=tuple(axes))
+
+    @property
+    def is_per_cell(self) -> bool:
+        return self.keys is not None
+
+    def names(self) -> list[str]:
+        """Every tensor name this slot touches."""
+        return _flatten(self.keys) if self.is_per_cell else [self.key]
+
+    def name_at(self, cell: tuple[int, ...]) -> str:
+        return _nested_get(self.keys, cell) if self.is_per_cell else self.key
+
+    def to_json(self) -> dict:
+        if self.is_per_cell:
+            return {"keys": self.keys}
+        d: dict = {"key": self.key}
+        if self.axes:
+            d["axes"] = list(self.axes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Slot":
+        if "keys" in d:
+            return cls(keys=d["keys"])
+        if "key" not in d:
+            raise MappingError(f"a slot needs 'key' or 'keys', got {sorted(d)}")
+        return cls(key=d["key"], axes=tuple(d.get("axes", ())))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Cells of `sources` -> cells of `targets` through `chain`, over `grid`.
+
+    `chain` is a ckptmap.transforms op taking len(sources) arrays and giving len(targets) arrays, for one cell.
+    `score` and `explain` record why the solver chose it (for `--explain` and reports).
+    """
+
+    sources: tuple[Slot, ...]
+    targets: tuple[Slot, ...]
+    chain: Any  # ckptmap.transforms Op
+    grid: tuple[int, ...] = ()
+    score: float = 0.0
+    explain: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def cells(self) -> Iterator[tuple[int, ...]]:
+        return itertools.product(*(range(n) for n in self.grid))
+
+    def source_names(self) -> list[str]:
+        return [n for s in self.sources for n in s.names()]
+
+    def target_names(self) -> list[str]:
+        return [n for s in self.targets for n in s.names()]
+
+    def reversed(self) -> "Rule":
+        """The same correspondence read the other way: slots swapped, chain inverted."""
+        return Rule(sources=self.targets, targets=self.sources, chain=self.chain.inverse(), grid=self.grid,
+                    score=self.score, explain=dict(self.explain))
+
+    def to_json(self) -> dict:
+        d: dict = {
+            "sources": [s.to_json() for s in self.sources],
+            "targets": [t.to_json() for t in self.targets],
+            "chain": self.chain.to_json(),
+        }
+        if self.grid:
+            d["grid"] = list(self.grid)
+        if self.score:
+            d["score"] = round(float(self.score), 6)
+        if self.explain:
+            d["explain"] = self.explain
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Rule":
+        from ckptmap.transforms import op_from_json
+
+        try:
+            return cls(
+                sources=tuple(Slot.from_json(s) for s in d["sources"]),
+                targets=tuple(Slot.from_json(t) for t in d["targets"]),
+                chain=op_from_json(d["chain"]),
+                grid=tuple(d.get("grid", ())),
+                score=float(d.get("score", 0.0)),
+                explain=dict(d.get("explain", {})),
+            )
+        except KeyError as e:
+            raise MappingError(f"a rule lacks the field {e.args[0]!r}") from None
+
+
+@dataclass
+class Mapping:
+    """A full source -> target mapping, plus what could not be mapped.
+
+    `unmapped_targets`: target names no rule produces. `unused_sources`: source names no rule reads,
+    each with the reason (e.g. "tied to model.embed_tokens.weight", "rotary buffer").
+    """
+
+    rules: list[Rule]
+    source: str = ""
+    target: str = ""
+    unmapped_targets: list[str] = field(default_factory=list)
+    unused_sources: dict[str, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def reversed(self) -> "Mapping":
+        """target -> source, derived rule by rule. A source read by several rules (tied weights) is
+        written back once, by the first rule that reads it."""
+        seen: set[str] = set()
+        rules = []
+        for r in self.rules:
+            names = r.source_names()
+            if names and all(n in seen for n in names):
+                continue
+            seen.update(names)
+            rules.append(r.reversed())
+        return Mapping(rules=rules, source=self.target, target=self.source,
+                       unmapped_targets=sorted(self.unused_sources),
+                       unused_sources={t: "not produced by the forward mapping" for t in self.unmapped_targets},
+                       meta=dict(self.meta, reversed=not self.meta.get("reversed", False)))
+
+    def target_names(self) -> list[str]:
+        return [n for r in self.rules for n in r.target_names()]
+
+    def source_names(self) -> list[str]:
+        return [n for r in self.rules for n in r.source_names()]
+
+    def rule_for_target(self, name: str) -> Rule | None:
+        for r in self.rules:
+            if name in r.target_names():
+                return r
+        return None
+
+    def to_json(self) -> dict:
+        return {
+            "format": "ckptmap.mapping",
+            "version": FORMAT_VERSION,
+            "source": self.source,
+            "target": self.target,
+            "meta": self.meta,
+            "rules": [r.to_json() for r in self.rules],
+            "unmapped_targets": list(self.unmapped_targets),
+            "unused_sources": dict(self.unused_sources),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, *, file: str | None = None) -> "Mapping":
+        if d.get("format") != "ckptmap.mapping":
+            raise MappingError("not a ckptmap mapping (missing \"format\": \"ckptmap.mapping\")", file=file)
+        if d.get("version") != FORMAT_VERSION:
+            raise MappingError(f"mapping format version {d.get('version')!r}, expected {FORMAT_VERSION}", file=file)
+        try:
+            rules = [Rule.from_json(r) for r in d.get("rules", [])]
+        except MappingError as e:
+            raise MappingError(e.message, file=file, key=e.key) from None
+        return cls(rules=rules, source=d.get("source", ""), target=d.get("target", ""),
+                   unmapped_targets=list(d.get("unmapped_targets", [])),
+                   unused_sources=dict(d.get("unused_sources", {})), meta=dict(d.get("meta", {})))
+
+    def save(self, path: str) -> None:
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str) -> "Mapping":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise MappingError("no such file", file=path) from None
+        except json.JSONDecodeError as e:
+            raise MappingError(f"invalid JSON at line {e.lineno} column {e.colno}", file=path) from None
+        return cls.from_json(d, file=path)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write JSON to a temp file beside `path`, then rename: never a half-written file."""
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
