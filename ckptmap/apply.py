@@ -26,20 +26,20 @@ def _cell_index(ndim: int, axes: tuple[int, ...], cell: tuple[int, ...]) -> tupl
 
 def read_cell(slot: Slot, cell: tuple[int, ...], get: GetArray) -> np.ndarray:
     """The array one cell of `slot` holds: its own tensor, or a slice of the stacked tensor."""
-    if slot.is_per_cell:
-        return np.asarray(get(slot.name_at(cell)))
-    arr = np.asarray(get(slot.key))
+    name = slot.name_at(cell)
+    arr = np.asarray(get(name))
     if not slot.axes:
         return arr
-    if len(slot.axes) != len(cell):
-        raise MappingError(f"stacked slot has {len(slot.axes)} grid axes but the rule's grid has {len(cell)}",
-                           key=slot.key)
-    return arr[_cell_index(arr.ndim, slot.axes, cell)]
+    inner = cell[slot.depth:]
+    if len(slot.axes) != len(inner):
+        raise MappingError(f"slot stacks {len(slot.axes)} grid axes but the rule's grid leaves {len(inner)}",
+                           key=name)
+    return arr[_cell_index(arr.ndim, slot.axes, inner)]
 
 
 def apply_rule(rule: Rule, get: GetArray) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (target name, array) for every target tensor the rule writes."""
-    buffers: dict[int, np.ndarray] = {}
+    buffers: dict[tuple[int, str], np.ndarray] = {}
     for cell in rule.cells():
         inputs = tuple(read_cell(s, cell, get) for s in rule.sources)
         try:
@@ -52,18 +52,20 @@ def apply_rule(rule: Rule, get: GetArray) -> Iterator[tuple[str, np.ndarray]]:
             raise MappingError(f"chain gives {len(outputs)} arrays for {len(rule.targets)} targets",
                                key=rule.targets[0].name_at(cell))
         for j, (slot, out) in enumerate(zip(rule.targets, outputs)):
-            if slot.is_per_cell or not slot.axes:
-                yield slot.name_at(cell), out
+            name = slot.name_at(cell)
+            if not slot.axes:
+                yield name, out
                 continue
-            buf = buffers.get(j)
+            inner = cell[slot.depth:]
+            buf = buffers.get((j, name))
             if buf is None:
                 shape = list(out.shape)
-                for axis, n in sorted(zip(slot.axes, rule.grid)):
+                for axis, n in sorted(zip(slot.axes, rule.grid[slot.depth:])):
                     shape.insert(axis, n)
-                buf = buffers[j] = np.empty(shape, dtype=out.dtype)
-            buf[_cell_index(buf.ndim, slot.axes, cell)] = out
-    for j, buf in buffers.items():
-        yield rule.targets[j].key, buf
+                buf = buffers[(j, name)] = np.empty(shape, dtype=out.dtype)
+            buf[_cell_index(buf.ndim, slot.axes, inner)] = out
+            if all(i == n - 1 for i, n in zip(inner, rule.grid[slot.depth:])):
+                yield name, buffers.pop((j, name))
 
 
 def apply_mapping(mapping: Mapping, get: GetArray) -> Iterator[tuple[str, np.ndarray]]:

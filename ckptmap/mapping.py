@@ -8,7 +8,9 @@ target arrays. A Slot says where a cell's array lives:
 - per-cell: `keys` is a nested list with the grid's shape, one tensor name per cell
   (HF's `model.layers.{i}.mlp.up_proj.weight`);
 - stacked: one tensor `key` whose `axes` hold the grid dimensions, grid dim j at tensor axis `axes[j]`
-  (MaxText's scanned `params-decoder-layers-mlp-wi_1-kernel`, layers at axis 1).
+  (MaxText's scanned `params-decoder-layers-mlp-wi_1-kernel`, layers at axis 1);
+- mixed: `keys` nested over the *leading* grid dims and `axes` for the remaining ones (MaxText's unscanned
+  `params-decoder-layers_{l}-...-wi_0` [experts, E, F]: one tensor per layer l, experts stacked at axis 0).
 
 Because a Rule only says "cells of these slots map to cells of those slots through chain", the reverse
 mapping is derived by swapping the slots and inverting the chain; nothing is solved twice.
@@ -52,11 +54,12 @@ def _flatten(keys: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one operand of a rule lives: per-cell tensors (`keys`) or one stacked tensor (`key`, `axes`)."""
+    """Where one operand of a rule lives: per-cell tensors (`keys`), one stacked tensor (`key`, `axes`), or
+    tensors per leading grid dims (`keys`) each stacking the trailing grid dims at `axes`."""
 
     key: str | None = None
     axes: tuple[int, ...] = ()
-    keys: Any = None  # nested list of str with the grid's shape
+    keys: Any = None  # nested list of str over the leading grid dims
 
     @classmethod
     def single(cls, key: str) -> "Slot":
@@ -70,6 +73,15 @@ class Slot:
     def stacked(cls, key: str, axes: Sequence[int]) -> "Slot":
         return cls(key=key, axes=tuple(axes))
 
+    @classmethod
+    def mixed(cls, keys: Any, axes: Sequence[int]) -> "Slot":
+        return cls(keys=keys, axes=tuple(axes))
+
+    @property
+    def depth(self) -> int:
+        """How many leading grid dims pick a tensor name (the rest index into it at `axes`)."""
+        return len(_nested_shape(self.keys)) if self.is_per_cell else 0
+
     @property
     def is_per_cell(self) -> bool:
         return self.keys is not None
@@ -79,11 +91,14 @@ class Slot:
         return _flatten(self.keys) if self.is_per_cell else [self.key]
 
     def name_at(self, cell: tuple[int, ...]) -> str:
-        return _nested_get(self.keys, cell) if self.is_per_cell else self.key
+        return _nested_get(self.keys, cell[:self.depth]) if self.is_per_cell else self.key
 
     def to_json(self) -> dict:
         if self.is_per_cell:
-            return {"keys": self.keys}
+            d0: dict = {"keys": self.keys}
+            if self.axes:
+                d0["axes"] = list(self.axes)
+            return d0
         d: dict = {"key": self.key}
         if self.axes:
             d["axes"] = list(self.axes)
@@ -92,7 +107,7 @@ class Slot:
     @classmethod
     def from_json(cls, d: dict) -> "Slot":
         if "keys" in d:
-            return cls(keys=d["keys"])
+            return cls(keys=d["keys"], axes=tuple(d.get("axes", ())))
         if "key" not in d:
             raise MappingError(f"a slot needs 'key' or 'keys', got {sorted(d)}")
         return cls(key=d["key"], axes=tuple(d.get("axes", ())))
