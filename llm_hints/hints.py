@@ -78,7 +78,10 @@ def get_priors(src: ParamTree, tgt: ParamTree, *, dims: dict | None = None, mode
 
     client = make_client() if client is None else client
     origin = f"gemini:{model}"
-    answer = decode_answer(ask(client, model, prompt, policy=policy, sleep=sleep), origin=origin)
+    text = ask(client, model, prompt, policy=policy, sleep=sleep)
+    if text is None:  # ask() has warned
+        return Priors(model=model, origin=origin)
+    answer = decode_answer(text, origin=origin)
     if answer is None:
         return Priors(model=model, origin=origin)
     try:
