@@ -1,0 +1,208 @@
+"""The HF/torch runner: a transformers causal LM built from a config (offline), float32, on CPU or CUDA.
+
+`HFRunner(config, device)` builds the model once to learn its checkpoint names (the names `save_pretrained` writes,
+e.g. per-expert `...experts.3.w1.weight` for Mixtral, not the fused in-memory ones); `forward(params, tokens)` loads
+a params dict under those names through transformers' own loader (which applies its checkpoint conversions) and
+returns logits [batch, seq, vocab] plus the shared activations (see ckptmap.runner.Forward):
+`embed` = the input of block 0 (after any embedding scaling), `layer_{i}` = block i's output, `final_norm` = the
+input of the LM head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from ckptmap.errors import CkptmapError
+from ckptmap.runner import Forward
+
+
+class VerifyError(CkptmapError):
+    """A model could not be built or run for verification."""
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def select_device(device: str = "auto") -> str:
+    """'cpu', 'gpu'/'cuda' or 'auto' -> a torch device string; 'gpu' without CUDA is an error."""
+    torch = _torch()
+    if device in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise VerifyError("--device gpu asked for, but torch sees no CUDA device")
+        return "cuda"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def hf_config(spec: Any, *, file: str | None = None):
+    """A transformers config from a config object, a dict with `model_type`, or a config.json path."""
+    from transformers import CONFIG_MAPPING, PretrainedConfig
+
+    if isinstance(spec, PretrainedConfig):
+        return spec
+    if isinstance(spec, str):
+        file = spec
+        try:
+            with open(spec) as f:
+                spec = json.load(f)
+        except FileNotFoundError:
+            raise VerifyError("no such file", file=file) from None
+        except json.JSONDecodeError as e:
+            raise VerifyError(f"invalid JSON at line {e.lineno} column {e.colno}", file=file) from None
+    if not isinstance(spec, dict) or "model_type" not in spec:
+        raise VerifyError("an HF config needs a \"model_type\"", file=file)
+    d = dict(spec)
+    model_type = d.pop("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise VerifyError(f"unknown model_type {model_type!r}", file=file, key="model_type")
+    try:
+        return CONFIG_MAPPING[model_type](**d)
+    except Exception as e:  # transformers raises several validation error types
+        raise VerifyError(f"bad {model_type} config: {str(e).splitlines()[-1].strip()}", file=file) from None
+
+
+def _text_config(config):
+    sub = getattr(config, "get_text_config", None)
+    return sub() if callable(sub) else config
+
+
+def _decoder_layers(model, n_layers: int):
+    """The ModuleList of decoder blocks: the shortest-named `*layers` list of length n_layers outside vision or
+    audio towers."""
+    import torch.nn as nn
+
+    found = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers and name.split(".")[-1] in ("layers", "h", "blocks"):
+            if any(w in name for w in ("vision", "visual", "audio")):
+                continue
+            found.append((len(name), name, mod))
+    if not found:
+        raise VerifyError(f"no list of {n_layers} decoder layers in {type(model).__name__}")
+    return sorted(found, key=lambda t: t[:2])[0][2]
+
+
+def _first_tensor(x):
+    if isinstance(x, (tuple, list)):
+        return x[0]
+    return x
+
+
+class HFRunner:
+    """A transformers model built once from `config` (float32, eager attention), run with many param dicts."""
+
+    framework = "hf"
+
+    def __init__(self, config: Any, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        torch = _torch()
+        from transformers import AutoModelForCausalLM
+
+        self.config = hf_config(config)
+        self.text_config = _text_config(self.config)
+        self.device = select_device(device)
+        try:
+            model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32, attn_implementation="eager")
+        except Exception as e:  # transformers raises assertion, value and key errors alike
+            raise VerifyError(f"cannot build a causal LM for {self.config.model_type}: {e}") from None
+        self.model_class = type(model)
+        self.n_layers = int(self.text_config.num_hidden_layers)
+        self.vocab = int(self.text_config.vocab_size)
+        self._shapes, self.aliases = self._checkpoint_names(model)
+
+    @staticmethod
+    def _checkpoint_names(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        state = revert_weight_conversion(model, dict(model.state_dict()))
+        tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
+        shapes = {n: tuple(int(d) for d in t.shape) for n, t in state.items() if n not in tied}
+        aliases = {a: c for a, c in tied.items() if c in shapes}
+        return shapes, aliases
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Checkpoint name -> shape, tied duplicates left out (they are in `aliases`)."""
+        return dict(self._shapes)
+
+    def dims(self) -> dict[str, int]:
+        """Config numbers under ckptmap's canonical names (ARCHITECTURE.md, Dims)."""
+        c = self.text_config
+        heads = int(c.num_attention_heads)
+        hidden = int(c.hidden_size)
+        dims = {"hidden": hidden, "heads": heads, "layers": self.n_layers, "vocab": self.vocab,
+                "kv_heads": int(getattr(c, "num_key_value_heads", None) or heads),
+                "head_dim": int(getattr(c, "head_dim", None) or hidden // heads)}
+        for canon, keys in (("mlp", ("intermediate_size",)), ("moe_mlp", ("moe_intermediate_size",)),
+                            ("experts", ("num_local_experts", "n_routed_experts", "num_experts")),
+                            ("q_lora_rank", ("q_lora_rank",)), ("kv_lora_rank", ("kv_lora_rank",)),
+                            ("qk_nope_head_dim", ("qk_nope_head_dim",)), ("qk_rope_head_dim", ("qk_rope_head_dim",)),
+                            ("v_head_dim", ("v_head_dim",)), ("query_pre_attn_scalar", ("query_pre_attn_scalar",))):
+            for k in keys:
+                v = getattr(c, k, None)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and v:
+                    dims[canon] = int(v)
+                    break
+        return dims
+
+    def _load(self, params: dict[str, np.ndarray]):
+        torch = _torch()
+        missing = sorted(set(self._shapes) - set(params))
+        if missing:
+            raise VerifyError(f"{len(missing)} parameters of the HF model were not given "
+                              f"(first: {missing[0]})", key=missing[0])
+        state = {}
+        for name, shape in self._shapes.items():
+            arr = np.asarray(params[name], dtype=np.float32)
+            if tuple(arr.shape) != shape:
+                raise VerifyError(f"shape {tuple(arr.shape)}, the HF model expects {shape}", key=name)
+            state[name] = torch.from_numpy(np.ascontiguousarray(arr))
+        model = self.model_class.from_pretrained(None, config=self.config, state_dict=state, dtype=torch.float32,
+                                                 attn_implementation="eager")
+        return model.to(self.device).eval()
+
+    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> Forward:
+        """Load `params` (checkpoint names) and run `tokens` [batch, seq]: logits and activations as float32 numpy."""
+        torch = _torch()
+        model = self._load(params)
+        layers = _decoder_layers(model, self.n_layers)
+        acts: dict[str, Any] = {}
+        hooks = []
+
+        def grab_input(name):
+            def hook(_mod, args, kwargs):
+                x = args[0] if args else kwargs.get("hidden_states")
+                acts[name] = x.detach()
+            return hook
+
+        def grab_output(name):
+            def hook(_mod, _args, out):
+                acts[name] = _first_tensor(out).detach()
+            return hook
+
+        hooks.append(layers[0].register_forward_pre_hook(grab_input("embed"), with_kwargs=True))
+        for i, layer in enumerate(layers):
+            hooks.append(layer.register_forward_hook(grab_output(f"layer_{i}")))
+        head = model.get_output_embeddings()
+        if head is not None:
+            hooks.append(head.register_forward_pre_hook(grab_input("final_norm"), with_kwargs=True))
+        try:
+            with torch.no_grad():
+                ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=self.device)
+                out = model(input_ids=ids, use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        logits = out.logits.float().cpu().numpy()
+        activations = {k: v.float().cpu().numpy() for k, v in acts.items()}
+        return Forward(logits=logits, activations=activations)
+
+    def close(self) -> None:
+        pass

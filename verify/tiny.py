@@ -1,0 +1,275 @@
+"""Tiny configs derived from a model's real ones: an HF config dict and MaxText overrides that build small,
+fast models with the structure that matters for mapping.
+
+What is kept (issue 5): kv_heads != heads when the real model groups queries (same group size, capped at 4);
+heads*head_dim vs hidden at the real ratio; at least 2 layers and at least one full cycle of inhomogeneous layers
+(the period of `layer_types`, dense-then-MoE layers); >= 4 experts; a vocab padded on the MaxText side when the
+real MaxText vocab is padded; a sliding window shorter than the verify sequence, so local and global layers differ.
+
+The HF config is derived first (from the real HF config's keys); each MaxText size key then takes the tiny value
+of the HF key that held the same real value (or the real MaxText/HF ratio applied to it), so no per-model answer
+is written down here: only which config keys name which quantity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ckptmap.errors import CkptmapError
+
+HEAD_DIM = 16
+VOCAB = 256
+VOCAB_PADDING = 16
+SLIDING_WINDOW = 16  # < the verify sequence length (64)
+MAX_GROUP = 4  # query heads per kv head, at most
+
+# MaxText key -> HF keys that may hold the same quantity, most likely first.
+MAXTEXT_TO_HF_KEYS: dict[str, tuple[str, ...]] = {
+    "base_emb_dim": ("hidden_size",),
+    "base_num_query_heads": ("num_attention_heads",),
+    "base_num_kv_heads": ("num_key_value_heads",),
+    "head_dim": ("head_dim",),
+    "global_head_dim": ("global_head_dim",),
+    "base_mlp_dim": ("intermediate_size", "shared_expert_intermediate_size", "moe_intermediate_size"),
+    "base_moe_mlp_dim": ("moe_intermediate_size", "intermediate_size"),
+    "base_num_decoder_layers": ("num_hidden_layers",),
+    "first_num_dense_layers": ("first_k_dense_replace",),
+    "num_experts": ("num_local_experts", "n_routed_experts", "num_experts"),
+    "num_experts_per_tok": ("num_experts_per_tok",),
+    "shared_experts": ("n_shared_experts",),
+    "n_routing_groups": ("n_group",),
+    "topk_routing_group": ("topk_group",),
+    "q_lora_rank": ("q_lora_rank",),
+    "kv_lora_rank": ("kv_lora_rank",),
+    "qk_nope_head_dim": ("qk_nope_head_dim",),
+    "qk_rope_head_dim": ("qk_rope_head_dim",),
+    "v_head_dim": ("v_head_dim",),
+    "gdn_conv_kernel_dim": ("linear_conv_kernel_dim",),
+    "gdn_key_head_dim": ("linear_key_head_dim",),
+    "gdn_value_head_dim": ("linear_value_head_dim",),
+    "gdn_num_key_heads": ("linear_num_key_heads",),
+    "gdn_num_value_heads": ("linear_num_value_heads",),
+    "sliding_window_size": ("sliding_window",),
+    "num_global_kv_heads": ("num_global_key_value_heads",),
+}
+
+
+class TinyConfigError(CkptmapError):
+    """Tiny configs could not be derived."""
+
+
+@dataclass
+class TinyPair:
+    """A tiny HF config (a dict with `model_type`) and the MaxText overrides ("key=value") for one model."""
+
+    maxtext_model: str
+    hf_config: dict
+    maxtext_overrides: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def overrides_dict(self) -> dict[str, str]:
+        return dict(o.split("=", 1) for o in self.maxtext_overrides)
+
+
+def _round_to(x: float, step: int, minimum: int) -> int:
+    return max(minimum, int(round(x / step)) * step)
+
+
+def _period(types: list) -> int:
+    """The smallest p with types[i] == types[i % p] for all i (1 for a homogeneous stack)."""
+    n = len(types)
+    for p in range(1, n + 1):
+        if all(types[i] == types[i % p] for i in range(n)):
+            return p
+    return n
+
+
+def _num(d: dict, key: str):
+    v = d.get(key)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dict, list[str]]:
+    """Real HF config dict -> (tiny HF config dict, notes). Multimodal configs give their text model only."""
+    notes: list[str] = []
+    cfg = dict(real_hf)
+    if isinstance(cfg.get("text_config"), dict) and "model_type" in cfg["text_config"]:
+        notes.append(f"text model only ({cfg['text_config']['model_type']} of {cfg.get('model_type')})")
+        cfg = dict(cfg["text_config"])
+    for k in ("architectures", "auto_map", "_name_or_path", "transformers_version", "id2label", "label2id",
+              "dtype", "torch_dtype", "quantization_config"):
+        cfg.pop(k, None)
+    real = dict(cfg)
+    hidden, heads = _num(real, "hidden_size"), _num(real, "num_attention_heads")
+    if not hidden or not heads:
+        raise TinyConfigError("the HF config has no hidden_size / num_attention_heads", key="hidden_size")
+    kv = _num(real, "num_key_value_heads") or heads
+    mla = _num(real, "kv_lora_rank") is not None
+    real_head_dim = _num(real, "head_dim") or hidden // heads
+
+    # Heads: keep grouped-query structure (kv != heads) with the real group size up to MAX_GROUP.
+    group = heads // kv if kv and heads % kv == 0 else 1
+    if mla or group == 1:
+        t_heads, t_kv = 4, 4
+    elif kv == 1:
+        t_heads, t_kv = min(group, MAX_GROUP), 1
+    else:
+        t_kv = 2
+        t_heads = t_kv * min(group, MAX_GROUP)
+    cfg["num_attention_heads"] = t_heads
+    if "num_key_value_heads" in real:
+        cfg["num_key_value_heads"] = t_kv
+
+    if mla:
+        cfg.update(qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, kv_lora_rank=32)
+        cfg["q_lora_rank"] = 32 if real.get("q_lora_rank") else real.get("q_lora_rank")
+        if "qk_head_dim" in real:
+            cfg["qk_head_dim"] = 24
+        if "head_dim" in real:  # HF's MLA configs keep head_dim = the rotary part
+            cfg["head_dim"] = 8
+        t_hidden = 64
+    else:
+        cfg["head_dim"] = HEAD_DIM
+        ratio = heads * real_head_dim / hidden  # attention width over model width
+        t_hidden = _round_to(t_heads * HEAD_DIM / ratio, 8, 32)
+        if "global_head_dim" in real and _num(real, "global_head_dim"):
+            cfg["global_head_dim"] = int(HEAD_DIM * real["global_head_dim"] / real_head_dim)
+    cfg["hidden_size"] = t_hidden
+    scale = t_hidden / hidden
+
+    for key in ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"):
+        if _num(real, key):
+            cfg[key] = _round_to(real[key] * scale, 8, 16)
+    if _num(real, "query_pre_attn_scalar"):
+        cfg["query_pre_attn_scalar"] = (HEAD_DIM if real["query_pre_attn_scalar"] == real_head_dim
+                                        else _round_to(real["query_pre_attn_scalar"] * scale, 1, 4))
+    for key, tiny in (("linear_key_head_dim", HEAD_DIM), ("linear_value_head_dim", HEAD_DIM)):
+        if _num(real, key):
+            cfg[key] = tiny
+    if _num(real, "linear_num_key_heads"):
+        ratio_vk = max(1, real.get("linear_num_value_heads", real["linear_num_key_heads"]) // real["linear_num_key_heads"])
+        cfg["linear_num_key_heads"] = 2
+        if "linear_num_value_heads" in real:
+            cfg["linear_num_value_heads"] = 2 * min(ratio_vk, MAX_GROUP)
+
+    # Experts: >= 4 of them, top-k <= 2, groups that divide them.
+    for key in ("num_local_experts", "n_routed_experts", "num_experts"):
+        if _num(real, key) and real[key] > 1:
+            cfg[key] = 4
+            if _num(real, "num_experts_per_tok"):
+                cfg["num_experts_per_tok"] = min(real["num_experts_per_tok"], 2)
+            if _num(real, "experts_per_token"):
+                cfg["experts_per_token"] = min(real["experts_per_token"], 2)
+    if _num(real, "n_shared_experts"):
+        cfg["n_shared_experts"] = 1
+    if _num(real, "n_group") and real["n_group"] > 1:
+        # Group-limited routing only where MaxText routes by groups too (its yml leaves it off otherwise).
+        if (_num(real_maxtext or {}, "n_routing_groups") or 0) > 1:
+            cfg["n_group"], cfg["topk_group"] = 2, 1
+            notes.append("expert groups: 2, top-1 group")
+        else:
+            cfg["n_group"], cfg["topk_group"] = 1, 1
+            notes.append("expert groups off (MaxText's yml routes without groups)")
+
+    # Layers: one full inhomogeneous cycle, dense-then-MoE kept, >= 2.
+    n_layers = real["num_hidden_layers"]
+    period = 1
+    types = real.get("layer_types")
+    if isinstance(types, list) and types:
+        period = _period(types)
+        if period == len(types) and len(types) > 1:  # no repeat: a first-local-then-global style pattern
+            period = next((i + 1 for i, t in enumerate(types) if t != types[0]), 1)
+    for key in ("full_attention_interval", "sliding_window_pattern", "_sliding_window_pattern"):
+        if _num(real, key) and real[key] > 1:
+            period = max(period, int(real[key]))
+    first_dense = int(_num(real, "first_k_dense_replace") or 0)
+    t_dense = min(first_dense, 1)
+    t_layers = max(2, period) if not first_dense else t_dense + max(2, period)
+    cfg["num_hidden_layers"] = t_layers
+    if "first_k_dense_replace" in real:
+        cfg["first_k_dense_replace"] = t_dense
+    if isinstance(types, list) and types:
+        cfg["layer_types"] = [types[(i + (first_dense - t_dense)) % len(types)] for i in range(t_layers)]
+    if isinstance(real.get("mlp_only_layers"), list) and real["mlp_only_layers"]:
+        cfg["mlp_only_layers"] = [i for i in real["mlp_only_layers"] if i < t_layers]
+    if _num(real, "sliding_window"):
+        cfg["sliding_window"] = SLIDING_WINDOW
+    notes.append(f"{t_layers} layers (cycle {period}, {t_dense} dense first)" if first_dense
+                 else f"{t_layers} layers (cycle {period})")
+
+    # Vocab: padded on the MaxText side when the real MaxText vocab is padded.
+    t_vocab = VOCAB
+    mt_vocab = _num(real_maxtext or {}, "vocab_size")
+    if mt_vocab and mt_vocab > real.get("vocab_size", mt_vocab):
+        t_vocab = VOCAB - VOCAB_PADDING
+        notes.append(f"vocab {t_vocab} (MaxText pads to {VOCAB})")
+    cfg["vocab_size"] = t_vocab
+    for key, v in list(cfg.items()):
+        if key.endswith("_token_id") or key.endswith("_token_index"):
+            if isinstance(v, int) and not 0 <= v < t_vocab:
+                cfg[key] = None
+            elif isinstance(v, list):
+                kept = [i for i in v if isinstance(i, int) and 0 <= i < t_vocab]
+                cfg[key] = kept or None
+    cfg["max_position_embeddings"] = max(int(_num(real, "max_position_embeddings") or 0), 512)
+    return cfg, notes
+
+
+def _flat_numbers(d: dict) -> dict[str, float]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def tiny_maxtext_overrides(real_maxtext: dict, real_hf: dict, tiny_hf: dict) -> list[str]:
+    """MaxText size keys of the model yml -> tiny values, through the HF key that held the same real value."""
+    hf_text = real_hf.get("text_config") if isinstance(real_hf.get("text_config"), dict) else real_hf
+    real_nums, tiny_nums = _flat_numbers(hf_text), _flat_numbers(tiny_hf)
+    if "head_dim" not in real_nums and "kv_lora_rank" not in real_nums:  # implicit hidden / heads
+        real_nums["head_dim"] = real_nums["hidden_size"] // real_nums["num_attention_heads"]
+    out: dict[str, int] = {}
+    for mt_key, hf_keys in MAXTEXT_TO_HF_KEYS.items():
+        real_v = _num(real_maxtext, mt_key)
+        present = [k for k in hf_keys if k in tiny_hf and (k in real_nums or tiny_hf.get(k) is not None)]
+        if real_v is None:
+            continue
+        if real_v <= 0:  # disabled in MaxText (q_lora_rank 0, no groups): stays disabled
+            continue
+        same = [k for k in present if real_nums.get(k) == real_v and isinstance(tiny_nums.get(k), (int, float))]
+        if same:
+            out[mt_key] = int(tiny_nums[same[0]])
+            continue
+        ratio_src = [k for k in present if real_nums.get(k) and isinstance(tiny_nums.get(k), (int, float))]
+        if ratio_src:
+            k = ratio_src[0]
+            out[mt_key] = max(1, int(round(tiny_nums[k] * real_v / real_nums[k])))
+    mt_vocab = _num(real_maxtext, "vocab_size")
+    if mt_vocab is not None:
+        out["vocab_size"] = VOCAB
+    return [f"{k}={v}" for k, v in out.items()]
+
+
+def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
+    """MaxText model name -> TinyPair, from the real configs (read through the MaxText venv unless given)."""
+    if real is None:
+        from ckptmap.verify.real_configs import real_configs
+
+        real = real_configs(maxtext_model)
+    hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
+    overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
+    return TinyPair(maxtext_model=maxtext_model, hf_config=hf_cfg, maxtext_overrides=overrides, notes=notes)
+
+
+def check_tiny(pair: TinyPair) -> list[str]:
+    """What a tiny pair must keep, as a list of violations (empty when fine)."""
+    c = pair.hf_config
+    bad = []
+    if c["num_hidden_layers"] < 2:
+        bad.append("fewer than 2 layers")
+    for key in ("num_local_experts", "n_routed_experts", "num_experts"):
+        if c.get(key) and c[key] < 4:
+            bad.append(f"{key} < 4")
+    if c.get("sliding_window") and c["sliding_window"] >= 64:
+        bad.append("sliding window not shorter than the verify sequence")
+    if not math.isfinite(c["hidden_size"]):
+        bad.append("hidden size")
+    return bad

@@ -1,0 +1,72 @@
+"""Seeded random parameters for verification: every tensor random, norms and biases included, at scales that keep
+activations of a tiny random model in a sane range (so that a wrong value op shows up as a large KL, and a right
+one as round-off only).
+
+`random_params(shapes, seed)` -> name -> float32 array; the same name, shape and seed give the same array in every
+process (ckptmap.runner.seeded_tensor underneath, rescaled).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ckptmap.runner import seeded_tensor
+from ckptmap.trees.model import parse_name
+
+_NORM_WORDS = ("norm", "layernorm", "ln", "rms", "ln_f", "ln_1", "ln_2")
+_EMBED_WORDS = ("embed", "embedding", "embeddings", "wte", "tok_embeddings", "token_embedder", "embed_tokens")
+
+
+def _words(name: str) -> set[str]:
+    out = set()
+    for w in parse_name(name).words:
+        out.add(w.lower())
+        out.update(part for part in w.lower().split("_") if part)
+    return out
+
+
+def tensor_role(name: str, shape: tuple[int, ...]) -> str:
+    """'norm' (a per-channel scale), 'vector' (a bias or other 1-D), 'embedding' or 'matrix', from name and rank."""
+    words = _words(name)
+    if len(shape) <= 1:
+        return "norm" if words & set(_NORM_WORDS) else "vector"
+    if words & set(_EMBED_WORDS):
+        return "embedding"
+    return "matrix"
+
+
+def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """One seeded tensor, scaled by its role.
+
+    norms ~ 1 + 0.25 N (non-constant, positive on average, whether the model adds 1 or not); biases ~ 0.1 N;
+    embeddings ~ N(0, 0.25); other matrices ~ N(0, 1/fan_in) with fan_in the smaller of the last two dims (torch
+    [out, in] and fused-expert [experts, out, in] layouts alike).
+    """
+    shape = tuple(int(d) for d in shape)
+    unit = seeded_tensor(name, shape, seed) / np.float32(0.02)  # ~ N(0, 1)
+    role = tensor_role(name, shape)
+    if role == "norm":
+        return (1.0 + 0.25 * unit).astype(np.float32)
+    if role == "vector":
+        return (0.1 * unit).astype(np.float32)
+    if role == "embedding":
+        return (0.5 * unit).astype(np.float32)
+    fan_in = max(min(shape[-2:]), 8)
+    return (unit / np.sqrt(fan_in)).astype(np.float32)
+
+
+def random_params(shapes: dict[str, tuple[int, ...]], seed: int = 0,
+                  aliases: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """name -> seeded random float32 array for every name in `shapes`; each alias (a tied name) gets the very
+    array of the name it is tied to."""
+    params = {name: random_tensor(name, shape, seed) for name, shape in shapes.items()}
+    for alias, canonical in (aliases or {}).items():
+        if canonical in params:
+            params[alias] = params[canonical]
+    return params
+
+
+def random_tokens(vocab: int, seq_len: int = 64, batch: int = 1, seed: int = 0) -> np.ndarray:
+    """[batch, seq_len] int32 token ids in [0, vocab), seeded."""
+    rng = np.random.default_rng([seed, vocab, seq_len, batch])
+    return rng.integers(0, vocab, size=(batch, seq_len)).astype(np.int32)
