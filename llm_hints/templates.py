@@ -8,6 +8,7 @@ encoder blocks) become `{i}`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ def is_stack_collection(collection: str) -> bool:
     return c in LAYER_WORDS or c in EXPERT_WORDS or c.endswith(_STACK_SUFFIXES)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def hint_template(name: str) -> str:
     """`model.layers.3.mlp.up_proj.weight` -> `model.layers.{i}.mlp.up_proj.weight`;
     `params-decoder-layers_3-mlp-wi_0-kernel` -> `params-decoder-layers_{i}-mlp-wi_0-kernel`.
