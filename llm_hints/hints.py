@@ -50,8 +50,9 @@ def get_priors(src: ParamTree, tgt: ParamTree, *, dims: dict | None = None, mode
     """Priors for mapping `src` onto `tgt` (edge bonuses over src -> tgt templates, value ops on tgt).
 
     `cache_dir` replaces the default lookup (user dir over the packaged llm_hints/cache/) with that one
-    directory. In "cache" mode an exact (prompt, model) hit is used first, then any entry recorded for the
-    same two template sets in either direction; a miss gives empty priors and a HintsWarning.
+    directory. In "cache" mode an exact (prompt, model) hit is used first, then the entry recorded for the
+    most similar two template sets in either direction (cache.MIN_SIMILARITY); a miss gives empty priors
+    and a HintsWarning.
     `client` (google-genai or a fake with the same surface) and `sleep` are for tests.
     """
     if mode not in MODES:
@@ -68,9 +69,12 @@ def get_priors(src: ParamTree, tgt: ParamTree, *, dims: dict | None = None, mode
     if entry is not None:
         return _from_entry(entry, src_t, tgt_t, swapped=False)
     if mode == "cache":
-        found = cache.find_by_fingerprint(fingerprint(src_t), fingerprint(tgt_t), model)
-        if found is not None:
-            return _from_entry(found[0], src_t, tgt_t, swapped=found[1])
+        match = cache.find_similar(src_t, tgt_t, model)
+        if match is not None:
+            priors = _from_entry(match.entry, src_t, tgt_t, swapped=match.swapped)
+            if match.similarity < 1.0:
+                priors.notes.append(f"recorded for similar trees (template overlap {match.similarity:.2f})")
+            return priors
         where = ", ".join(str(d) for d in cache.dirs)
         warnings.warn(f"hints cache: no recorded answer for this pair of trees in {where}; going on without "
                       "hints (run once with --hints gemini to record one)", HintsWarning, stacklevel=2)
@@ -107,9 +111,11 @@ def record_answer(src: ParamTree, tgt: ParamTree, answer: dict, *, dims: dict | 
                          file=str(cache_dir))
     model = resolve_model(model)
     prompt = build_prompt(src, tgt, dims) if prompt is None else prompt
+    src_t, tgt_t = template_set(src), template_set(tgt)
     entry = CacheEntry(
         key=cache_key(prompt, model), model=model, prompt=prompt, answer=answer,
-        source_fingerprint=fingerprint(template_set(src)), target_fingerprint=fingerprint(template_set(tgt)),
+        source_fingerprint=fingerprint(src_t), target_fingerprint=fingerprint(tgt_t),
+        source_templates=sorted(src_t), target_templates=sorted(tgt_t),
         recorded_by=recorded_by, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         extra={"prompt_version": PROMPT_VERSION, **(extra or {})},
     )

@@ -266,3 +266,26 @@ def test_record_command_writes_an_entry_the_cache_mode_finds(llama, tmp_path, ca
                "--cache-dir", str(tmp_path)])
     assert rc == 2
     assert "none.json: cannot read the answer" in capsys.readouterr().err
+
+
+def test_a_tree_read_slightly_differently_still_finds_its_recorded_answer(llama):
+    from ckptmap.trees.model import ParamTree
+
+    src, tgt = llama
+    # a reader that drops the untied lm_head (one template of twelve) still gets the hints
+    trimmed = ParamTree.from_items([p for p in src if p.name != "lm_head.weight"], origin="trimmed")
+    p = get_priors(trimmed, tgt, mode="cache")
+    assert p.edge_bonus(Q_PROJ, QUERY) == 0.96
+    assert "recorded for similar trees (template overlap 0.92)" in p.notes
+    assert "dropped 1 unknown source item(s)" in p.notes  # lm_head -> logits_dense
+
+
+def test_another_architecture_does_not_borrow_an_answer(tmp_path):
+    llama_src = read_spec(str(DATA / "maxtext_tiny/llama3.1/hf_params.json"))
+    llama_tgt = read_spec(str(DATA / "maxtext_tiny/llama3.1/maxtext_params.scan0.json"))
+    answer = json.loads((RESPONSES / "llama3.1.scan0.txt").read_text())
+    record_answer(llama_src, llama_tgt, answer, recorded_by="test", cache_dir=tmp_path)
+    mixtral = (read_spec(str(DATA / "maxtext_tiny/mixtral/hf_params.json")),
+               read_spec(str(DATA / "maxtext_tiny/mixtral/maxtext_params.scan0.json")))
+    with pytest.warns(HintsWarning, match="no recorded answer"):
+        assert get_priors(*mixtral, mode="cache", cache_dir=tmp_path).is_empty
