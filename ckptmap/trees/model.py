@@ -127,7 +127,8 @@ class ParamInfo:
 
 _ITEMSIZE = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
-    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "complex64": 8,
+    "float8_e8m0fnu": 1, "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint64": 8, "uint32": 4, "uint16": 2,
+    "uint8": 1, "bool": 1, "complex64": 8,
 }
 
 
@@ -140,7 +141,8 @@ def normalise_dtype(dtype: str) -> str:
     d = str(dtype).lower().replace("torch.", "").replace("jnp.", "")
     aliases = {"bf16": "bfloat16", "f32": "float32", "fp32": "float32", "f16": "float16", "fp16": "float16",
                "half": "float16", "float": "float32", "double": "float64", "f64": "float64", "i64": "int64",
-               "i32": "int32", "i8": "int8", "u8": "uint8", "f8_e4m3": "float8_e4m3fn", "f8_e5m2": "float8_e5m2"}
+               "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8", "u16": "uint16", "u32": "uint32",
+               "u64": "uint64", "f8_e4m3": "float8_e4m3fn", "f8_e5m2": "float8_e5m2", "f8_e8m0": "float8_e8m0fnu"}
     return aliases.get(d, d)
 
 
