@@ -1,0 +1,130 @@
+"""`ckptmap solve`: find a mapping from two trees, optionally verify it, write JSON and a MaxText module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ckptmap.errors import CkptmapError
+from ckptmap.mapping import Mapping, Rule, write_text_atomic
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("solve", help="find the mapping between two parameter trees",
+                       description="Find, for every target parameter, its source tensor(s) and transforms.")
+    p.add_argument("model", nargs="?", help="with --tiny: a MaxText model name or bundled family (llama3.1-8b)")
+    p.add_argument("--source", help="source tree SPEC (x.json, hf:CONFIG.json, hf:MODEL_TYPE k=v, ckpt, ...)")
+    p.add_argument("--target", help="target tree SPEC (x.json, maxtext:MODEL k=v, orbax:DIR, ...)")
+    p.add_argument("--tiny", action="store_true", help="solve the bundled tiny pair of MODEL (HF -> MaxText)")
+    p.add_argument("--scan", dest="scan", action="store_true", default=True,
+                   help="with --tiny: scanned MaxText layers (default)")
+    p.add_argument("--no-scan", dest="scan", action="store_false", help="with --tiny: unscanned MaxText layers")
+    p.add_argument("--out", help="write the mapping JSON here")
+    p.add_argument("--export", help="write a Python module in MaxText's PARAM_MAPPING/HOOK_FNS form here")
+    p.add_argument("--hints", choices=["off", "cache", "gemini"], default="off", help="LLM priors (default off)")
+    p.add_argument("--explain", metavar="TARGET", help="print the top candidates for TARGET with score parts")
+    p.add_argument("--alternatives", type=int, default=3, help="alternatives kept per rule (default 3)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="write the mapping even when some targets are unmapped (they are listed in it)")
+    p.add_argument("--verify", action="store_true", help="verify numerically with random-weight forward passes")
+    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto")
+    p.add_argument("--report", help="with --verify: write the verification report JSON here")
+    p.add_argument("--quiet", action="store_true", help="print the summary only, not the mapping")
+    p.set_defaults(func=run)
+
+
+def _tree_specs(args) -> tuple[str, str, object]:
+    if args.tiny:
+        if not args.model:
+            raise CkptmapError("--tiny needs a MODEL (e.g. llama3.1-8b)")
+        from ckptmap import bundled
+
+        b = bundled.find(args.model)
+        return b.hf_tree_path(), b.maxtext_tree_path(args.scan), b
+    if not args.source or not args.target:
+        raise CkptmapError("give --source and --target, or MODEL --tiny")
+    return args.source, args.target, None
+
+
+def _short(rule: Rule) -> str:
+    cell = tuple(0 for _ in rule.grid)
+    tg = ", ".join(s.name_at(cell) + ("[stacked]" if s.axes else "") for s in rule.targets)
+    sr = ", ".join(s.name_at(cell) for s in rule.sources[:3]) + (" ..." if len(rule.sources) > 3 else "")
+    grid = f" grid={list(rule.grid)}" if rule.grid else ""
+    return f"{tg}  <-  {sr}{grid}\n      chain: {rule.chain.describe()}"
+
+
+def print_mapping(mapping: Mapping, out=sys.stdout) -> None:
+    for r in mapping.rules:
+        print("  " + _short(r), file=out)
+
+
+def run(args) -> int:
+    from ckptmap.solver import solve
+    from ckptmap.trees import read_tree
+
+    src_spec, tgt_spec, bundled_model = _tree_specs(args)
+    src, tgt = read_tree(src_spec), read_tree(tgt_spec)
+    priors = None
+    if args.hints != "off":
+        from ckptmap.llm_hints import get_priors
+
+        priors = get_priors(src, tgt, mode=args.hints)
+    result = solve(src, tgt, priors=priors, k_alternatives=args.alternatives)
+
+    if args.explain:
+        rows = result.explain(args.explain)
+        if not rows:
+            raise CkptmapError("no candidate covers this target", key=args.explain)
+        for r in rows:
+            mark = "*" if r["chosen"] else " "
+            print(f"{mark} {r['score']:7.3f}  {' + '.join(r['sources'])} -> {' + '.join(r['targets'])}"
+                  f"  [{r['chain']}]  {json.dumps(r['parts'])}")
+        return 0
+
+    mapping = result.mapping
+    if not args.quiet:
+        print(f"mapping {src_spec} -> {tgt_spec}")
+        print_mapping(mapping)
+    print(result.report())
+
+    report = None
+    if args.verify:
+        mapping, report = _verify(args, result, bundled_model, src_spec, tgt_spec)
+
+    if mapping.unmapped_targets and not args.allow_partial:
+        print(f"ckptmap solve: {len(mapping.unmapped_targets)} target parameters could not be mapped; "
+              "no mapping written (use --allow-partial to write it anyway)", file=sys.stderr)
+        return 1
+    if args.out:
+        mapping.save(args.out)
+        print(f"wrote {args.out}")
+    if args.export:
+        from ckptmap.export import export_maxtext_module
+
+        name = bundled_model.maxtext_model_name if bundled_model else (tgt_spec.split(":")[-1].split()[0])
+        export_maxtext_module(mapping, args.export, name)
+        print(f"wrote {args.export}")
+    if report is not None and not report.passed:
+        return 1
+    return 0
+
+
+def _verify(args, result, bundled_model, src_spec: str, tgt_spec: str):
+    from ckptmap import verify
+
+    if bundled_model is not None:
+        r_src, r_tgt = verify.tiny_specs(bundled_model.maxtext_model_name, scan=args.scan)
+    else:
+        r_src, r_tgt = src_spec, tgt_spec
+    src_runner, tgt_runner = verify.runners_for(r_src, r_tgt, args.device)
+    try:
+        mapping, report = verify.search_and_verify(result, src_runner, tgt_runner)
+    finally:
+        for r in (src_runner, tgt_runner):
+            r.close()
+    print(report.table())
+    if args.report:
+        write_text_atomic(args.report, json.dumps(report.to_json(), indent=1) + "\n")
+    return mapping, report

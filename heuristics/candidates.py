@@ -1,0 +1,170 @@
+"""Candidate edges for one local problem (one layer template, or the globals) and their scores.
+
+An *operand* is what one side offers the matcher: one unit, or a group of per-expert units with the same
+local template (`mlp.experts.{e}.gate_proj.weight`), offered stacked as [n_experts, ...].
+A *candidate* says: these source operands -> these target operands through this chain, with a score that is
+the sum of explainable parts (name similarity, layout prior, chain cost, LLM prior).
+Three shapes of candidate are generated: 1 -> 1, 1 -> n (a fused source split into targets) and n -> 1
+(several sources concatenated into one target).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ckptmap.heuristics.layout import layout_score
+from ckptmap.heuristics.names import concepts, name_similarity
+from ckptmap.heuristics.structure import Unit
+
+W_NAME = 3.0
+W_LAYOUT = 0.6
+W_COST = 0.25
+W_PRIOR = 1.0
+BASE = 1.0
+MAX_CHAINS = 6
+MAX_GROUP_PARTNERS = 6
+
+
+@dataclass
+class Operand:
+    """A local operand: `units` (several when per-expert tensors are offered stacked at axis 0)."""
+
+    local: str
+    shape: tuple[int, ...]
+    units: list[Unit]
+
+    @property
+    def stacked_experts(self) -> int:
+        return len(self.units) if len(self.units) > 1 else 0
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def operands(units: list[Unit]) -> list[Operand]:
+    """Group units by local name; per-expert units become one operand [n_experts, *shape]."""
+    by_local: dict[str, list[Unit]] = {}
+    for u in units:
+        by_local.setdefault(u.local, []).append(u)
+    out = []
+    for local, us in by_local.items():
+        if len(us) > 1 and all(u.expert is not None for u in us) and len({u.shape for u in us}) == 1:
+            us = sorted(us, key=lambda u: u.expert)
+            out.append(Operand(local, (len(us),) + us[0].shape, us))
+        else:
+            for u in us:
+                out.append(Operand(u.local if len(us) == 1 else u.tensor, u.shape, [u]))
+    return out
+
+
+@dataclass
+class Candidate:
+    sources: tuple[int, ...]
+    targets: tuple[int, ...]
+    chain: object
+    score: float
+    parts: dict = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What scoring needs besides the operands."""
+
+    search: Callable  # (src_shapes, tgt_shapes, dims) -> list of chains
+    dims: dict
+    src_layout: str
+    tgt_layout: str
+    prior: Callable[[str, str], float] | None = None
+
+
+def _score(ctx: Context, srcs: list[Operand], tgts: list[Operand], chain, extra_name: float | None = None):
+    if extra_name is None:
+        sims = [name_similarity(s.local, t.local) for s in srcs for t in tgts]
+        name = sum(sims) / len(sims)
+    else:
+        name = extra_name
+    layout = layout_score(chain, srcs[0].local, srcs[0].units[0].shape, ctx.src_layout, ctx.tgt_layout)
+    cost = float(getattr(chain, "cost", 0.0))
+    prior = 0.0
+    if ctx.prior is not None:
+        pv = [ctx.prior(s.units[0].tensor, t.units[0].tensor) for s in srcs for t in tgts]
+        prior = sum(pv) / len(pv)
+    parts = {"name": round(name, 4), "layout": layout, "chain_cost": round(cost, 4), "prior": round(prior, 4)}
+    score = BASE + W_NAME * name + W_LAYOUT * layout - W_COST * cost + W_PRIOR * prior
+    return score, parts
+
+
+def _chains(ctx: Context, src_shapes, tgt_shapes):
+    try:
+        return list(ctx.search(tuple(src_shapes), tuple(tgt_shapes), ctx.dims))[:MAX_CHAINS]
+    except ValueError:
+        return []
+
+
+def _split_order(src: Operand, tgts: list[Operand]) -> list[Operand]:
+    """Order split parts as the fused name lists them (qkv: q, k, v; gate_up: gate, up), else by name."""
+    src_concepts = list(concepts(src.local))
+
+    def key(t: Operand):
+        tc = concepts(t.local)
+        positions = [src_concepts.index(c) for c in tc if c in src_concepts and c not in ("weight", "bias",
+                                                                                       "attention", "mlp")]
+        return (min(positions) if positions else 99, t.local)
+
+    return sorted(tgts, key=key)
+
+
+def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> list[Candidate]:
+    """Every plausible candidate between two operand lists, scored."""
+    cands: list[Candidate] = []
+    for j, t in enumerate(tgt_ops):
+        for i, s in enumerate(src_ops):
+            if s.numel != t.numel and not _pad_compatible(s.shape, t.shape):
+                continue
+            for chain in _chains(ctx, [s.shape], [t.shape]):
+                score, parts = _score(ctx, [s], [t], chain)
+                cands.append(Candidate((i,), (j,), chain, score, parts))
+    # 1 -> n: a fused source split into several targets.
+    for i, s in enumerate(src_ops):
+        partners = [(name_similarity(s.local, t.local), j) for j, t in enumerate(tgt_ops) if t.numel < s.numel]
+        partners = [p for p in sorted(partners, reverse=True) if p[0] > 0.2][:MAX_GROUP_PARTNERS]
+        for r in (2, 3, 4):
+            for combo in itertools.combinations([j for _, j in partners], r):
+                if sum(tgt_ops[j].numel for j in combo) != s.numel:
+                    continue
+                ordered = _split_order(s, [tgt_ops[j] for j in combo])
+                idx = tuple(tgt_ops.index(t) for t in ordered)
+                for chain in _chains(ctx, [s.shape], [t.shape for t in ordered]):
+                    score, parts = _score(ctx, [s], ordered, chain)
+                    cands.append(Candidate((i,), idx, chain, score + 0.5 * (r - 1), parts))
+    # n -> 1: several sources concatenated into one target.
+    for j, t in enumerate(tgt_ops):
+        partners = [(name_similarity(s.local, t.local), i) for i, s in enumerate(src_ops) if s.numel < t.numel]
+        partners = [p for p in sorted(partners, reverse=True) if p[0] > 0.2][:MAX_GROUP_PARTNERS]
+        for r in (2, 3, 4):
+            for combo in itertools.combinations([i for _, i in partners], r):
+                if sum(src_ops[i].numel for i in combo) != t.numel:
+                    continue
+                ordered = _split_order(t, [src_ops[i] for i in combo])
+                idx = tuple(src_ops.index(s) for s in ordered)
+                for chain in _chains(ctx, [s.shape for s in ordered], [t.shape]):
+                    score, parts = _score(ctx, ordered, [t], chain)
+                    cands.append(Candidate(idx, (j,), chain, score + 0.5 * (r - 1), parts))
+    return cands
+
+
+def _pad_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Same rank and all axes equal but one (a padded vocabulary)."""
+    if len(a) != len(b) or a == b:
+        return False
+    diff = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    if len(diff) == 1:
+        return True
+    # Also allow a transposed pad: same multiset of all dims but one.
+    return len(a) == 2 and (a[0] == b[1]) != (a[1] == b[0])

@@ -1,0 +1,54 @@
+"""Framework layout priors: how each framework stores a weight, as a score on a chain.
+
+torch's nn.Linear stores `.weight` as [out, in]; flax/MaxText kernels are [in, out] (with the out or in axis
+often split into heads x head_dim). So a torch `.weight` of rank >= 2 that is not an embedding table
+usually needs a transpose on its way to a flax kernel, and the same across two torch models usually does not.
+Raw parameters (no `.weight` leaf: fused expert tensors, sinks, A_log) carry no such convention.
+"""
+
+from __future__ import annotations
+
+from ckptmap.heuristics.names import concepts
+
+
+def guess_layout(names: list[str]) -> str:
+    """"torch" when leaves are mostly weight/bias, "flax" when mostly kernel/scale/embedding, else "unknown"."""
+    torch_like = flax_like = 0
+    for n in names:
+        leaf = n.replace("/", ".").replace("-", ".").split(".")[-1]
+        if leaf in ("weight", "bias"):
+            torch_like += 1
+        elif leaf in ("kernel", "scale", "embedding"):
+            flax_like += 1
+    if torch_like > 2 * flax_like:
+        return "torch"
+    if flax_like > 2 * torch_like:
+        return "flax"
+    return "unknown"
+
+
+def _has_transpose(chain) -> bool:
+    for op in getattr(chain, "ops", (chain,)):
+        name = type(op).__name__
+        if name == "Transpose":
+            return True
+        if name in ("Chain", "Parallel"):
+            inner = getattr(op, "ops", None) or getattr(op, "branches", ())
+            if any(_has_transpose(o) for o in inner):
+                return True
+    return False
+
+
+def layout_score(chain, src_name: str, src_shape: tuple[int, ...], src_layout: str, tgt_layout: str) -> float:
+    """+1 when the chain's use of a transpose agrees with the layouts, -1 when it goes against them, 0 when
+    the layouts say nothing about this tensor."""
+    leaf = src_name.replace("/", ".").replace("-", ".").split(".")[-1]
+    cs = set(concepts(src_name))
+    if len(src_shape) < 2 or "embed" in cs or "pos_embed" in cs:
+        return 0.5 if not _has_transpose(chain) else -0.5
+    transposes = _has_transpose(chain)
+    if src_layout == tgt_layout:
+        return -0.5 if transposes else 0.5
+    if leaf in ("weight", "kernel") and {src_layout, tgt_layout} == {"torch", "flax"}:
+        return 1.0 if transposes else -1.0
+    return 0.0

@@ -1,0 +1,137 @@
+"""Name similarity between parameter names of two frameworks.
+
+Names are reduced to *concepts*: each token is split into sub-words (`pre_self_attention_layer_norm` ->
+pre, self, attention, layer, norm), sub-words are mapped through general synonym priors (q_proj ~ query,
+gate_proj ~ wi_0, input_layernorm ~ pre-attention norm, weight ~ kernel ~ scale, ...), and filler words
+(self, proj, layer, ...) are dropped. Similarity combines concept overlap with a rapidfuzz ratio over the
+concept strings, so names in conventions not listed here still score by spelling.
+
+These tables are priors about how frameworks *name* things. They never say which tensor maps to which.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from rapidfuzz import fuzz
+
+# Whole-token synonyms: a token (lower case) -> the concepts it stands for. Checked before sub-word splitting.
+WHOLE_TOKEN = {
+    "q_proj": ("query",), "k_proj": ("key",), "v_proj": ("value",), "o_proj": ("out",),
+    "wq": ("query",), "wk": ("key",), "wv": ("value",), "wo": ("wo",),
+    "query_proj": ("query",), "key_proj": ("key",), "value_proj": ("value",), "out_proj": ("out",),
+    "c_attn": ("qkv",), "c_proj": ("out",), "dense": ("out",),
+    "qkv_proj": ("qkv",), "query_key_value": ("qkv",), "wqkv": ("qkv",), "qkv": ("qkv",),
+    "gate_proj": ("wi_0",), "up_proj": ("wi_1",), "down_proj": ("wo",),
+    "gate_up_proj": ("wi_0", "wi_1"), "gate_up": ("wi_0", "wi_1"), "w13": ("wi_0", "wi_1"),
+    "w1": ("wi_0",), "w3": ("wi_1",), "w2": ("wo",),
+    "fc1": ("wi",), "fc2": ("wo",), "c_fc": ("wi",), "dense_h_to_4h": ("wi",), "dense_4h_to_h": ("wo",),
+    "linear_1": ("wi",), "linear_2": ("wo",), "linear_fc1": ("wi",), "linear_fc2": ("wo",),
+    "wi_0": ("wi_0",), "wi_1": ("wi_1",), "wi": ("wi",),
+    "gate_up_proj_bias": ("wi_0", "wi_1", "bias"), "down_proj_bias": ("wo", "bias"),
+    "wi_0_bias": ("wi_0", "bias"), "wi_1_bias": ("wi_1", "bias"), "wo_bias": ("wo", "bias"),
+    "embed_tokens": ("embed",), "wte": ("embed",), "word_embeddings": ("embed",), "tok_embeddings": ("embed",),
+    "token_embedder": ("embed",), "embedding": ("weight",), "embeddings": ("embed",), "embed": ("embed",),
+    "wpe": ("pos_embed",), "position_embeddings": ("pos_embed",), "pos_embedding": ("pos_embed",),
+    "lm_head": ("logits",), "logits_dense": ("logits",), "output": ("logits",), "unembed": ("logits",),
+    "input_layernorm": ("pre", "attention", "norm"), "ln_1": ("pre", "attention", "norm"),
+    "attention_norm": ("pre", "attention", "norm"), "ln_attn": ("pre", "attention", "norm"),
+    "post_attention_layernorm": ("post", "attention", "norm"), "ln_2": ("pre", "ffn", "norm"),
+    "ffn_norm": ("pre", "ffn", "norm"),
+    "norm": ("norm",), "final_layernorm": ("final", "norm"), "ln_f": ("final", "norm"),
+    "decoder_norm": ("final", "norm"), "final_norm": ("final", "norm"), "norm_f": ("final", "norm"),
+    "weight": ("weight",), "kernel": ("weight",), "scale": ("weight",), "w": ("weight",), "gamma": ("weight",),
+    "bias": ("bias",), "beta": ("bias",), "b": ("bias",),
+    "router": ("router",), "gate": ("router",),
+    "self_attn": ("attention",), "self_attention": ("attention",), "attn": ("attention",),
+    "attention": ("attention",), "mlp": ("mlp",), "feed_forward": ("mlp",), "ffn": ("mlp",),
+    "layers": (), "layer": (), "model": (), "params": (), "decoder": (), "transformer": (),
+    "language_model": (), "text_model": (),
+}
+
+# Sub-word synonyms, applied after splitting a token on '_' and camel case.
+SUBWORD = {
+    "q": "query", "k": "key", "v": "value", "o": "out", "attn": "attention", "ffw": "ffn",
+    "feedforward": "ffn", "ff": "ffn", "mlp": "ffn", "input": "pre", "layernorm": "norm", "rmsnorm": "norm",
+    "ln": "norm", "kernel": "weight", "scale": "weight", "embedding": "weight", "embeddings": "embed",
+    "experts": "expert", "shared": "shared", "proj": "", "self": "", "layer": "", "the": "", "module": "",
+    "linear": "", "dense": "", "params": "", "weight": "weight",
+}
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SEP = re.compile(r"[./\-]")
+
+
+def split_subwords(token: str) -> list[str]:
+    """`preSelfAttention_layer_norm` -> [pre, self, attention, layer, norm] (lower case, digits kept apart)."""
+    parts: list[str] = []
+    for piece in token.split("_"):
+        if not piece:
+            continue
+        for sub in _CAMEL.sub(" ", piece).split():
+            parts.append(sub.lower())
+    return parts
+
+
+@lru_cache(maxsize=200_000)
+def concepts(local_name: str) -> tuple[str, ...]:
+    """The concept words of a (slot-relative) name, in order, fillers removed.
+
+    `self_attn.q_proj.weight` -> (attention, query, weight);
+    `self_attention-query-kernel` -> (attention, query, weight).
+    """
+    out: list[str] = []
+    for tok in _SEP.split(local_name):
+        if not tok or tok.isdigit() or tok == "{i}":
+            continue
+        low = tok.lower()
+        base = re.sub(r"_\d+$", "", low) if not low.startswith("wi_") else low
+        if low in WHOLE_TOKEN:
+            out.extend(WHOLE_TOKEN[low])
+            continue
+        if base in WHOLE_TOKEN:
+            out.extend(WHOLE_TOKEN[base])
+            continue
+        for sub in split_subwords(base):
+            if sub.isdigit():
+                continue
+            mapped = SUBWORD.get(sub, sub)
+            if mapped:
+                out.append(mapped)
+    # "wi" (an unsplit input projection) is compatible with both wi_0 and wi_1 at concept level.
+    return tuple(out)
+
+
+def _norm_kind(cs: tuple[str, ...]) -> bool:
+    return "norm" in cs
+
+
+@lru_cache(maxsize=400_000)
+def name_similarity(a: str, b: str) -> float:
+    """Similarity in [0, 1] of two slot-relative names from (possibly) different frameworks."""
+    ca, cb = concepts(a), concepts(b)
+    if not ca or not cb:
+        return 0.0
+    sa, sb = set(ca), set(cb)
+    # Leaf concepts (weight / bias) must agree: a bias never maps onto a weight.
+    la = {"bias"} & sa or {"weight"}
+    lb = {"bias"} & sb or {"weight"}
+    if la != lb:
+        return 0.0
+    inter = len(sa & sb)
+    union = len(sa | sb)
+    jaccard = inter / union if union else 0.0
+    # Concepts that are strong evidence when they disagree.
+    exclusive = [("query", "key", "value", "out", "qkv"), ("wi_0", "wi_1", "wo", "wi"), ("pre", "post")]
+    penalty = 0.0
+    for group in exclusive:
+        ga, gb = sa & set(group), sb & set(group)
+        if ga and gb and not (ga & gb) and not ({"wi"} & (ga | gb) and {"wi_0", "wi_1"} & (ga | gb)) \
+                and not ({"qkv"} & (ga | gb)):
+            penalty += 0.35
+    if _norm_kind(ca) != _norm_kind(cb):
+        penalty += 0.25
+    fuzzy = fuzz.token_set_ratio(" ".join(ca), " ".join(cb)) / 100.0
+    score = 0.6 * jaccard + 0.4 * fuzzy - penalty
+    return max(0.0, min(1.0, score))

@@ -1,0 +1,245 @@
+"""Solve a mapping from two parameter trees alone.
+
+1. analyse both trees (stacks, layer instances, units) and align layer instances;
+2. group aligned pairs by template (the target's and source's sets of local names);
+3. per template, generate scored candidates on one representative pair, build the candidate graph, and
+   let CP-SAT choose, component by component;
+4. instantiate every chosen edge over all pairs of the template (one Rule with a grid);
+5. the same for the globals (and any layer instance left unaligned);
+6. report targets left unmapped and sources left unused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ckptmap.errors import SolveError
+from ckptmap.heuristics.align import align
+from ckptmap.heuristics.candidates import Candidate, Context, Operand, generate, operands
+from ckptmap.heuristics.layout import guess_layout
+from ckptmap.heuristics.structure import Slot, TreeStructure, analyse
+from ckptmap.mapping import Mapping, Rule
+from ckptmap.solver.cpsat import build_model, solve_ranked
+from ckptmap.solver.graph import build_graph, components
+from ckptmap.solver.rules import build_rule
+from ckptmap.trees.model import ParamTree
+
+
+@dataclass
+class Problem:
+    """One local assignment problem and the instances its solution is copied to."""
+
+    name: str
+    instances: list[tuple[dict[str, Operand], dict[str, Operand]]]
+    src_ops: list[Operand]
+    tgt_ops: list[Operand]
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: list[int] = field(default_factory=list)
+    ranked: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class SolveResult:
+    mapping: Mapping
+    alternatives: dict[int, list[Rule]]
+    problems: list[Problem]
+    notes: list[str]
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return not self.mapping.unmapped_targets
+
+    def explain(self, target: str, top: int = 5) -> list[dict]:
+        """The best candidates for the target tensor `target`, with their score parts."""
+        rows = []
+        for prob in self.problems:
+            for inst_src, inst_tgt in prob.instances:
+                hit = [j for j, op in enumerate(prob.tgt_ops)
+                       if any(u.tensor == target for u in inst_tgt.get(op.local, Operand("", (), [])).units)]
+                if not hit:
+                    continue
+                for k, c in enumerate(prob.candidates):
+                    if hit[0] in c.targets:
+                        rows.append({
+                            "template": prob.name,
+                            "sources": [prob.src_ops[i].local for i in c.sources],
+                            "targets": [prob.tgt_ops[j].local for j in c.targets],
+                            "chain": c.chain.describe(),
+                            "score": round(c.score, 4),
+                            "parts": c.parts,
+                            "chosen": k in prob.chosen,
+                        })
+                break
+        rows.sort(key=lambda r: -r["score"])
+        return rows[:top]
+
+    def report(self) -> str:
+        m = self.mapping
+        lines = [f"{len(m.rules)} rules, {len(m.target_names())} target tensors mapped, "
+                 f"{len(m.unmapped_targets)} unmapped, {len(m.unused_sources)} sources unused "
+                 f"({self.seconds:.2f} s)"]
+        lines += [f"  note: {n}" for n in self.notes]
+        for t in m.unmapped_targets[:50]:
+            lines.append(f"  unmapped target: {t}")
+        for s, why in list(m.unused_sources.items())[:50]:
+            lines.append(f"  unused source: {s} ({why})")
+        return "\n".join(lines)
+
+
+def _search():
+    from ckptmap.transforms import search_chains
+
+    return search_chains
+
+
+def _template_key(slot: Slot) -> tuple:
+    return (slot.root, slot.level_names, slot.locals())
+
+
+def _instances(pairs) -> list[tuple[dict[str, Operand], dict[str, Operand]]]:
+    out = []
+    for s, t in pairs:
+        out.append(({op.local: op for op in operands(s.units)}, {op.local: op for op in operands(t.units)}))
+    return out
+
+
+def _problems(src: TreeStructure, tgt: TreeStructure, notes: list[str]) -> list[Problem]:
+    al = align(src, tgt)
+    notes.extend(al.notes)
+    groups: dict[tuple, list] = {}
+    for s, t in al.pairs:
+        groups.setdefault((_template_key(t), _template_key(s)), []).append((s, t))
+    problems = []
+    for (tkey, _skey), pairs in groups.items():
+        inst = _instances(pairs)
+        rep_s, rep_t = inst[0]
+        coords = ", ".join(f"{n}" for n in tkey[1])
+        problems.append(Problem(name=f"{tkey[0]}[{coords}] x{len(pairs)}", instances=inst,
+                                src_ops=list(rep_s.values()), tgt_ops=list(rep_t.values())))
+    # Globals, plus the units of any layer instance left unaligned (matched by full name).
+    g_src = list(src.globals) + [u for s in al.unaligned_source for u in s.units]
+    g_tgt = list(tgt.globals) + [u for s in al.unaligned_target for u in s.units]
+    g_src = [_as_global(u) for u in g_src]
+    g_tgt = [_as_global(u) for u in g_tgt]
+    so, to = operands(g_src), operands(g_tgt)
+    if so or to:
+        problems.append(Problem(name="globals", instances=[({o.local: o for o in so}, {o.local: o for o in to})],
+                                src_ops=so, tgt_ops=to))
+    return problems
+
+
+def _as_global(u):
+    from dataclasses import replace
+
+    if not u.coord:
+        return u
+    return replace(u, local=u.tensor, root="", coord=())
+
+
+def _solve_problem(prob: Problem, ctx: Context, k_alternatives: int) -> None:
+    prob.candidates = generate(ctx, prob.src_ops, prob.tgt_ops)
+    g = build_graph(len(prob.src_ops), len(prob.tgt_ops), prob.candidates)
+    chosen: list[int] = []
+    for s_ids, t_ids, c_ids in components(g):
+        if not c_ids:
+            continue
+        am = build_model(prob.candidates, c_ids, t_ids, s_ids)
+        ranked = solve_ranked(am, k=max(1, k_alternatives))
+        if ranked:
+            chosen.extend(ranked[0])
+            prob.ranked.extend(ranked[1:])
+    prob.chosen = sorted(chosen)
+
+
+def _rule_for(prob: Problem, cand: Candidate, stack_factory) -> Rule:
+    src_names = [prob.src_ops[i].local for i in cand.sources]
+    tgt_names = [prob.tgt_ops[j].local for j in cand.targets]
+    src_inst, tgt_inst = [], []
+    for s_ops, t_ops in prob.instances:
+        if any(n not in s_ops for n in src_names) or any(n not in t_ops for n in tgt_names):
+            raise SolveError(f"template {prob.name}: an instance lacks {src_names} or {tgt_names}",
+                             key=tgt_names[0])
+        src_inst.append([s_ops[n] for n in src_names])
+        tgt_inst.append([t_ops[n] for n in tgt_names])
+    explain = {"template": prob.name, "score_parts": cand.parts}
+    return build_rule(cand.chain, src_inst, tgt_inst, cand.score, explain, stack_factory)
+
+
+def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 3, dims: dict | None = None,
+          search=None) -> SolveResult:
+    """Map every parameter of `tgt` from `src` by structure, names and shapes. Value ops are left to verify."""
+    t0 = time.perf_counter()
+    from ckptmap.transforms import Stack
+
+    notes: list[str] = []
+    if dims is None:
+        dims = {}
+        for tree in (src, tgt):
+            for k, v in (tree.meta.get("dims") or {}).items():
+                dims.setdefault(k, v)
+    ctx = Context(search=search or _search(), dims=dims,
+                  src_layout=guess_layout(src.names()), tgt_layout=guess_layout(tgt.names()),
+                  prior=(priors.edge_bonus if priors is not None and not getattr(priors, "is_empty", False)
+                         else None))
+    s_struct, t_struct = analyse(src), analyse(tgt)
+    problems = _problems(s_struct, t_struct, notes)
+
+    rules: list[Rule] = []
+    alternatives: dict[int, list[Rule]] = {}
+    covered_targets: set[str] = set()
+    used_sources: set[str] = set()
+
+    def stack_factory(n: int):
+        return Stack(0, n)
+
+    for prob in problems:
+        _solve_problem(prob, ctx, k_alternatives)
+        for k in prob.chosen:
+            cand = prob.candidates[k]
+            try:
+                rule = _rule_for(prob, cand, stack_factory)
+            except SolveError as e:
+                notes.append(e.one_line())
+                continue
+            rules.append(rule)
+            covered_targets.update(rule.target_names())
+            used_sources.update(rule.source_names())
+            alts = []
+            others = sorted((c for c in prob.candidates if c is not cand and set(c.targets) == set(cand.targets)),
+                            key=lambda c: -c.score)
+            for other in others[:k_alternatives]:
+                try:
+                    alts.append(_rule_for(prob, other, stack_factory))
+                except SolveError:
+                    continue
+            if alts:
+                alternatives[len(rules) - 1] = alts
+
+    # Shared sources on purpose: a target still uncovered may read a source already used (tied embeddings),
+    # when its best candidate is convincing by name.
+    for prob in problems:
+        uncovered = [j for j, op in enumerate(prob.tgt_ops)
+                     if not any(u.tensor in covered_targets for u in op.units)]
+        for j in uncovered:
+            best = max((c for c in prob.candidates if c.targets == (j,)), key=lambda c: c.score, default=None)
+            if best is None or best.parts.get("name", 0) < 0.3:
+                continue
+            try:
+                rule = _rule_for(prob, best, stack_factory)
+            except SolveError:
+                continue
+            rule.explain["shared_source"] = True
+            rules.append(rule)
+            covered_targets.update(rule.target_names())
+            notes.append(f"{rule.target_names()[0]} shares its source {rule.source_names()[0]} with another target")
+
+    unmapped = [n for n in tgt.names() if n not in covered_targets]
+    unused = {n: "no target reads it" for n in src.names() if n not in used_sources
+              and not any(n in r.source_names() for r in rules)}
+    mapping = Mapping(rules=rules, source=src.origin, target=tgt.origin, unmapped_targets=unmapped,
+                      unused_sources=unused, meta={"solver": "ckptmap.cpsat", "dims": dims,
+                                                   "layouts": [ctx.src_layout, ctx.tgt_layout]})
+    return SolveResult(mapping=mapping, alternatives=alternatives, problems=problems, notes=notes,
+                       seconds=time.perf_counter() - t0)
