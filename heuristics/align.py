@@ -10,14 +10,30 @@ signatures agree best with the source's is kept; ties keep the order of first ap
 from __future__ import annotations
 
 import itertools
+import re
+from dataclasses import replace
 from collections import Counter
 from dataclasses import dataclass
 
 from ckptmap.heuristics.names import name_similarity
 from ckptmap.heuristics.structure import Slot, TreeStructure
 
+_SEP = re.compile(r"[./\\-]")
 END = "\x00end"
 MAX_ORDERINGS = 5040
+# A prior on sibling order when signatures cannot tell: words that usually name earlier layers of a cycle
+# (sliding-window before global attention, dense before MoE) sort first. Only a tie-breaker.
+EARLY_WORDS = ("local", "sliding", "swa", "first", "dense", "even", "linear")
+LATE_WORDS = ("global", "full", "last", "moe", "odd", "remainder")
+
+
+def _position_prior(name: str) -> int:
+    low = name.lower()
+    if any(w in low for w in EARLY_WORDS):
+        return -1
+    if any(w in low for w in LATE_WORDS):
+        return 1
+    return 0
 
 
 def slot_distance(a: Slot, b: Slot) -> float:
@@ -56,8 +72,9 @@ def _choice_points(slots: list[Slot], roots: list[str]) -> list[tuple[tuple, lis
             opts = points.setdefault(key, [])
             if name not in opts:
                 opts.append(name)
-    out = [(("roots",), list(roots))] if len(roots) > 1 else []
-    out += [(k, v) for k, v in points.items() if len(v) > 1]
+    out = [(("roots",), sorted(roots, key=lambda r: (_position_prior(r[len(roots[0]):]), roots.index(r))))] \
+        if len(roots) > 1 else []
+    out += [(k, sorted(v, key=lambda n: (_position_prior(n), v.index(n)))) for k, v in points.items() if len(v) > 1]
     return out
 
 
@@ -103,6 +120,66 @@ def _group_slots(struct: TreeStructure, group: list[str]) -> list[Slot]:
     return [s for s in struct.slots.values() if s.root in group]
 
 
+def _subwords(token: str) -> list[str]:
+    return [w for w in token.split("_") if w]
+
+
+def split_slot(slot: Slot, k: int) -> list[Slot] | None:
+    """Split one layer instance that packs k source layers (gemma2's `mlp_local` / `mlp_global` in one MaxText
+    layer) into k sub-instances, by k marker words that each name exactly one share of its parameters and
+    leave identical names once removed. None when no such markers exist."""
+    locals_ = sorted(slot.locals())
+    if len(locals_) < k or len(locals_) % k:
+        return None
+    counts: Counter = Counter()
+    for loc in locals_:
+        words = {w for tok in _SEP.split(loc) for w in _subwords(tok)}
+        counts.update(words)
+    share = len(locals_) // k
+    cands = [w for w, c in counts.items() if c == share and not w.isdigit()]
+    for markers in itertools.combinations(cands, k):
+        residual: dict[str, set[str]] = {}
+        owner: dict[str, str] = {}
+        ok = True
+        for loc in locals_:
+            hits = [m for m in markers if m in {w for tok in _SEP.split(loc) for w in _subwords(tok)}]
+            if len(hits) != 1:
+                ok = False
+                break
+            m = hits[0]
+            toks = []
+            for tok in _SEP.split(loc):
+                ws = _subwords(tok)
+                if m in ws:
+                    ws = [w for w in ws if w != m]
+                toks.append("_".join(ws))
+            res = "-".join(t for t in toks if t)
+            residual.setdefault(m, set()).add(res)
+            owner[loc] = (m, res)
+        if not ok or len({frozenset(v) for v in residual.values()}) != 1:
+            continue
+        subs = {m: Slot(root=slot.root, coord=slot.coord + ((m, 0),)) for m in markers}
+        for u in slot.units:
+            m, res = owner[u.local]
+            subs[m].units.append(replace(u, local=res, coord=slot.coord + ((m, 0),)))
+        return [subs[m] for m in markers]
+    return None
+
+
+def _maybe_split(src_slots: list[Slot], tgt_slots: list[Slot]) -> list[Slot]:
+    """When the target has k times fewer layer instances than the source, try to split each into k."""
+    if not tgt_slots or len(src_slots) <= len(tgt_slots) or len(src_slots) % len(tgt_slots):
+        return tgt_slots
+    k = len(src_slots) // len(tgt_slots)
+    out: list[Slot] = []
+    for s in tgt_slots:
+        parts = split_slot(s, k)
+        if parts is None:
+            return tgt_slots
+        out.extend(parts)
+    return out
+
+
 def align(src: TreeStructure, tgt: TreeStructure) -> Alignment:
     """Pair stack groups of both trees, then order and pair their layer instances."""
     src_groups = [(g, _group_slots(src, g)) for g in stack_groups(src)]
@@ -113,6 +190,8 @@ def align(src: TreeStructure, tgt: TreeStructure) -> Alignment:
     candidates = []
     for i, (sg, ss) in enumerate(src_groups):
         for j, (tg, ts) in enumerate(tgt_groups):
+            ts = _maybe_split(ss, ts)
+            tgt_groups[j] = (tg, ts)
             count_gap = abs(len(ss) - len(ts)) / max(len(ss), len(ts))
             sig = sum(min(slot_distance(a, b) for b in ts) for a in ss[:4]) / min(len(ss), 4)
             name = name_similarity(sg[0], tg[0])

@@ -11,6 +11,7 @@ Three shapes of candidate are generated: 1 -> 1, 1 -> n (a fused source split in
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +23,7 @@ W_NAME = 3.0
 W_LAYOUT = 0.6
 W_COST = 0.25
 W_PRIOR = 1.0
+W_ORDINAL = 0.8
 BASE = 1.0
 MAX_CHAINS = 6
 MAX_GROUP_PARTNERS = 6
@@ -83,9 +85,60 @@ class Context:
     prior: Callable[[str, str], float] | None = None
 
 
-def _score(ctx: Context, srcs: list[Operand], tgts: list[Operand], chain, extra_name: float | None = None):
+_DIGITS = re.compile(r"(\d+)$")
+_TOKSEP = re.compile(r"[./\-]")
+_LEAVES = {"weight", "kernel", "scale", "bias", "embedding", "w", "b"}
+
+
+def numbers(local: str) -> tuple[int, ...]:
+    """The numbers written into a name: `layer_norm2` -> (2,), `merger_list.1.linear_fc1.weight` -> (1, 1)."""
+    out = []
+    for tok in _TOKSEP.split(local):
+        m = _DIGITS.search(tok)
+        if m and tok != "{e}":
+            out.append(int(m.group(1)))
+    return tuple(out)
+
+
+def ordinal_ranks(ops: list[Operand]) -> dict[int, int]:
+    """For operands that differ from a sibling only by numbers (LayerNorm_0 / LayerNorm_1), their rank among
+    those siblings: numbering may start at 0 or 1, but ranks compare across frameworks."""
+    groups: dict[tuple, list[tuple[tuple, int]]] = {}
+    for i, op in enumerate(ops):
+        key = (tuple(sorted(set(concepts(op.local)))), op.shape)
+        groups.setdefault(key, []).append((numbers(op.local), i))
+    out = {}
+    for members in groups.values():
+        if len(members) < 2 or len({o for o, _ in members}) < len(members):
+            continue
+        for rank, (_, i) in enumerate(sorted(members)):
+            out[i] = rank
+    return out
+
+
+def ordinal_term(s: Operand, t: Operand, s_rank: int | None, t_rank: int | None) -> float:
+    """Agreement of the numbers in two names: the same explicit numbers, or the same rank among siblings."""
+    ns, nt = numbers(s.local), numbers(t.local)
+    if ns and ns == nt:
+        return W_ORDINAL
+    if s_rank is not None and t_rank is not None:
+        return W_ORDINAL / 2 if s_rank == t_rank else -W_ORDINAL / 2
+    return 0.0
+
+
+def raw_overlap(a: str, b: str) -> float:
+    """Jaccard of literal lower-case tokens (digits kept), leaves ignored: exact spellings shared by both."""
+    ta = {t.lower() for t in _TOKSEP.split(a) if t and t.lower() not in _LEAVES}
+    tb = {t.lower() for t in _TOKSEP.split(b) if t and t.lower() not in _LEAVES}
+    if not ta or not tb:
+        return 0.0
+    return len(ta & tb) / len(ta | tb)
+
+
+def _score(ctx: Context, srcs: list[Operand], tgts: list[Operand], chain, extra_name: float | None = None,
+           ordinal: float = 0.0):
     if extra_name is None:
-        sims = [name_similarity(s.local, t.local) for s in srcs for t in tgts]
+        sims = [name_similarity(s.local, t.local) + 0.5 * raw_overlap(s.local, t.local) for s in srcs for t in tgts]
         name = sum(sims) / len(sims)
     else:
         name = extra_name
@@ -96,7 +149,9 @@ def _score(ctx: Context, srcs: list[Operand], tgts: list[Operand], chain, extra_
         pv = [ctx.prior(s.units[0].tensor, t.units[0].tensor) for s in srcs for t in tgts]
         prior = sum(pv) / len(pv)
     parts = {"name": round(name, 4), "layout": layout, "chain_cost": round(cost, 4), "prior": round(prior, 4)}
-    score = BASE + W_NAME * name + W_LAYOUT * layout - W_COST * cost + W_PRIOR * prior
+    if ordinal:
+        parts["ordinal"] = ordinal
+    score = BASE + W_NAME * name + W_LAYOUT * layout - W_COST * cost + W_PRIOR * prior + ordinal
     return score, parts
 
 
@@ -123,12 +178,14 @@ def _split_order(src: Operand, tgts: list[Operand]) -> list[Operand]:
 def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> list[Candidate]:
     """Every plausible candidate between two operand lists, scored."""
     cands: list[Candidate] = []
+    s_rank, t_rank = ordinal_ranks(src_ops), ordinal_ranks(tgt_ops)
     for j, t in enumerate(tgt_ops):
         for i, s in enumerate(src_ops):
             if s.numel != t.numel and not _pad_compatible(s.shape, t.shape):
                 continue
+            ordinal = ordinal_term(s, t, s_rank.get(i), t_rank.get(j))
             for chain in _chains(ctx, [s.shape], [t.shape]):
-                score, parts = _score(ctx, [s], [t], chain)
+                score, parts = _score(ctx, [s], [t], chain, ordinal=ordinal)
                 cands.append(Candidate((i,), (j,), chain, score, parts))
     # 1 -> n: a fused source split into several targets.
     for i, s in enumerate(src_ops):

@@ -46,6 +46,8 @@ WHOLE_TOKEN = {
     "router": ("router",), "gate": ("router",),
     "self_attn": ("attention",), "self_attention": ("attention",), "attn": ("attention",),
     "attention": ("attention",), "mlp": ("mlp",), "feed_forward": ("mlp",), "ffn": ("mlp",),
+    "proj": ("out",), "mlp_out": ("ffn", "wo"), "mlp_in": ("ffn", "wi"),
+    "self_attn_layer_norm": ("pre", "attention", "norm"),
     "layers": (), "layer": (), "model": (), "params": (), "decoder": (), "transformer": (),
     "language_model": (), "text_model": (),
 }
@@ -55,7 +57,7 @@ SUBWORD = {
     "q": "query", "k": "key", "v": "value", "o": "out", "attn": "attention", "ffw": "ffn",
     "feedforward": "ffn", "ff": "ffn", "mlp": "ffn", "input": "pre", "layernorm": "norm", "rmsnorm": "norm",
     "ln": "norm", "kernel": "weight", "scale": "weight", "embedding": "weight", "embeddings": "embed",
-    "experts": "expert", "shared": "shared", "proj": "", "self": "", "layer": "", "the": "", "module": "",
+    "experts": "expert", "moe": "expert", "block": "", "shared": "shared", "proj": "", "self": "", "layer": "", "the": "", "module": "",
     "linear": "", "dense": "", "params": "", "weight": "weight",
 }
 
@@ -96,6 +98,7 @@ def concepts(local_name: str) -> tuple[str, ...]:
         for sub in split_subwords(base):
             if sub.isdigit():
                 continue
+            sub = sub.rstrip("0123456789") or sub
             mapped = SUBWORD.get(sub, sub)
             if mapped:
                 out.append(mapped)

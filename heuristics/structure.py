@@ -199,7 +199,7 @@ def analyse(tree: ParamTree) -> TreeStructure:
                     elif s != sizes:
                         ok = False
                         break
-                if ok and sizes is not None and (len(names) > 1 or a == 1):
+                if ok and sizes is not None and len(names) > 1:
                     found = (cands[:k], tuple(range(a, a + k)), sizes)
                     break
             if found:
