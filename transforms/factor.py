@@ -1,14 +1,16 @@
 """Layout maps between two shapes of equal size: which refinements into common factors, and which bijections.
 
 A layout map reads the source as a tensor of refined factors (each source axis split into ordered factors),
-transposes those factors, and reads the result as the target. Factors are drawn from *atoms*: the axis sizes of
-both shapes and the config dims (heads, head_dim, ...), so that a merged axis H*D splits as [H, D] and not into
-meaningless pieces. Pure functions; `axis_maps` is memoised by the caller.
+transposes those factors, and reads the result as the target. Every factor is a whole axis on at least one side,
+so a merged axis H*D splits only into [H, D] (or [D, H]) where the other side has H and D axes, never into
+meaningless pieces. Config dims rank the orders: heads before head_dim, experts before both, layers first.
+Pure functions; the search memoises the callers.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -17,7 +19,7 @@ from ckptmap.transforms.base import Shape
 DimsKey = tuple[tuple[str, int], ...]
 MAX_PRODUCT = 4096          # cap on factorisation combinations tried per side
 MAX_BIJECTIONS = 24         # cap on assignments of equal-sized factors per refinement pair
-ORDER_PENALTY = 0.5         # a merged axis factored against the usual nesting (head_dim before heads, ...)
+ORDER_PENALTY = 1.5         # a merged axis factored against the usual nesting (head_dim before heads, ...)
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ def nesting_rank(name: str) -> int | None:
 
 
 @lru_cache(maxsize=256)
-def atoms_and_ranks(dkey: DimsKey) -> tuple[frozenset[int], tuple[tuple[int, tuple[int, ...]], ...]]:
-    """Sizes config dims name (plus heads // kv_heads), and for each size the nesting ranks of its names."""
+def size_ranks(dkey: DimsKey) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """For each size a config dim names (heads // kv_heads included), the nesting ranks of its names."""
     dims = dict(dkey)
     if "heads" in dims and "kv_heads" in dims and dims["heads"] % dims["kv_heads"] == 0:
         dims.setdefault("q_per_kv", dims["heads"] // dims["kv_heads"])
@@ -93,8 +95,7 @@ def atoms_and_ranks(dkey: DimsKey) -> tuple[frozenset[int], tuple[tuple[int, tup
         r = nesting_rank(name)
         if r is not None and v > 1:
             ranks.setdefault(v, set()).add(r)
-    return (frozenset(v for v in dims.values() if v > 1),
-            tuple(sorted((v, tuple(sorted(r))) for v, r in ranks.items())))
+    return tuple(sorted((v, tuple(sorted(r))) for v, r in ranks.items()))
 
 
 def _order_penalty(factors: tuple[int, ...], ranks: dict[int, tuple[int, ...]]) -> float:
@@ -106,26 +107,24 @@ def _order_penalty(factors: tuple[int, ...], ranks: dict[int, tuple[int, ...]]) 
 
 
 @lru_cache(maxsize=65536)
-def factorizations(n: int, atoms: frozenset[int], other: tuple[int, ...],
+def factorizations(n: int, other: tuple[int, ...],
                    ranks: tuple[tuple[int, tuple[int, ...]], ...]) -> tuple[tuple[tuple[int, ...], float], ...]:
-    """Ordered ways to split an axis of size n into 1-3 atoms, each dividing some axis of the other shape.
+    """Ordered ways to split an axis of size n into 1-3 factors, each the size of a whole axis of the other shape.
 
-    Returns (factors, convention penalty) pairs, the unsplit axis first.
+    (A piece of a split axis must be a whole axis on the other side: nobody writes a layout whose axis is a
+    piece of one axis times a piece of another.) Returns (factors, convention penalty) pairs, unsplit first.
     """
     rank_of = dict(ranks)
-    fits = lambda f: any(o % f == 0 for o in other)  # noqa: E731 - a factor must lie inside one other axis
+    sizes = set(other)
     out: dict[tuple[int, ...], float] = {(n,): 0.0}
-    divisors = sorted(a for a in atoms if 1 < a < n and n % a == 0 and fits(a))
+    divisors = sorted(a for a in sizes if 1 < a < n and n % a == 0)
     for a in divisors:
-        b = n // a
-        if b in atoms and fits(b):
-            out.setdefault((a, b), _order_penalty((a, b), rank_of))
+        if n // a in sizes:
+            out.setdefault((a, n // a), _order_penalty((a, n // a), rank_of))
         for c in divisors:
-            if (n // a) % c == 0 and n // a > c:
-                d = n // (a * c)
-                if d in atoms and fits(d):
-                    for perm in itertools.permutations((a, c, d)):
-                        out.setdefault(perm, _order_penalty(perm, rank_of))
+            if (n // a) % c == 0 and n // (a * c) in sizes and n // (a * c) > 1:
+                for perm in itertools.permutations((a, c, n // (a * c))):
+                    out.setdefault(perm, _order_penalty(perm, rank_of))
     return tuple(out.items())
 
 
@@ -155,16 +154,15 @@ def _combos(opts: list[tuple]) -> itertools.islice:
 
 
 def axis_maps(src: Shape, tgt: Shape, dkey: DimsKey = ()) -> list[AxisMap]:
-    """All layout maps src -> tgt (same element count) built from atoms, one per distinct element movement,
-    each with the lowest convention penalty found."""
+    """All layout maps src -> tgt (same element count), one per distinct element movement, each with the
+    lowest convention penalty found."""
     src_axes = [i for i, d in enumerate(src) if d != 1]
     tgt_axes = [j for j, d in enumerate(tgt) if d != 1]
-    dim_atoms, ranks = atoms_and_ranks(dkey)
-    atoms = dim_atoms | {d for d in src + tgt if d > 1}
+    ranks = size_ranks(dkey)
     src_sizes = tuple(sorted({src[i] for i in src_axes}))
     tgt_sizes = tuple(sorted({tgt[j] for j in tgt_axes}))
-    src_opts = [factorizations(src[i], atoms, tgt_sizes, ranks) for i in src_axes]
-    tgt_opts = [factorizations(tgt[j], atoms, src_sizes, ranks) for j in tgt_axes]
+    src_opts = [factorizations(src[i], tgt_sizes, ranks) for i in src_axes]
+    tgt_opts = [factorizations(tgt[j], src_sizes, ranks) for j in tgt_axes]
 
     tgt_by_key: dict[tuple[int, ...], list[tuple]] = {}
     for combo in _combos(tgt_opts):
@@ -179,7 +177,13 @@ def axis_maps(src: Shape, tgt: Shape, dkey: DimsKey = ()) -> list[AxisMap]:
             continue
         factor_axis = tuple(i for i, (fac, _) in zip(src_axes, scombo) for _ in fac)
         spen = sum(p for _, p in scombo)
+        src_pieces = Counter(f for fac, _ in scombo if len(fac) > 1 for f in fac)
+        src_whole_sizes = Counter(fac[0] for fac, _ in scombo if len(fac) == 1)
         for tcombo in matches:
+            if src_pieces - Counter(fac[0] for fac, _ in tcombo if len(fac) == 1):
+                continue
+            if Counter(f for fac, _ in tcombo if len(fac) > 1 for f in fac) - src_whole_sizes:
+                continue
             tflat = tuple(f for fac, _ in tcombo for f in fac)
             target_axis = tuple(j for j, (fac, _) in zip(tgt_axes, tcombo) for _ in fac)
             prior = spen + sum(p for _, p in tcombo)
