@@ -1,0 +1,259 @@
+"""The MaxText side: build one MaxText model and describe, initialise, run and (for ground truth) convert into it.
+
+Imports MaxText, so it runs only in a Python >= 3.12 env that has it: inside the worker process, or in-process
+when the caller's own interpreter has MaxText. The model is built the way MaxText's checkpoint conversion builds
+it (`transformer_as_linen`, then init / apply under the mesh and its logical axis rules), and parameter names are
+joined the way that conversion joins them (`params-decoder-layers_0-self_attention-query-kernel`).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ckptmap.maxtext import capture
+
+# Config values reported with every tree (the fixtures' "maxtext_config_values" plus what a mapping needs).
+CONFIG_KEYS = (
+    "model_name", "decoder_block", "emb_dim", "num_query_heads", "num_kv_heads", "head_dim", "mlp_dim",
+    "moe_mlp_dim", "num_decoder_layers", "vocab_size", "num_experts", "num_experts_per_tok", "shared_experts",
+    "first_num_dense_layers", "param_scan_axis", "scan_layers", "inhomogeneous_layer_cycle_interval",
+    "share_kv_projections", "v_norm_with_scale", "use_multimodal", "logits_via_embedding", "attention_type",
+    "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "normalization_layer_epsilon",
+    "rope_type", "rope_max_timescale", "rope_min_timescale", "final_logits_soft_cap", "normalize_embedding_logits",
+    "use_qk_norm", "dtype", "weight_dtype", "sliding_window_size", "mtp_num_layers",
+)
+
+
+def _json_value(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return str(value)
+
+
+def config_values(config) -> dict:
+    """Selected MaxText config values as JSON scalars (enums and dtypes as their str())."""
+    out = {}
+    for key in CONFIG_KEYS:
+        try:
+            out[key] = _json_value(getattr(config, key))
+        except (AttributeError, KeyError):
+            continue
+    return out
+
+
+class MaxTextModel:
+    """One MaxText model (model name + overrides), built once; every method is deterministic."""
+
+    def __init__(self, model_name: str, overrides: list[str]):
+        t_import = time.perf_counter()
+        import jax
+        import flax.linen as nn
+        from maxtext.checkpoint_conversion.utils.utils import param_key_parts_from_path
+        from maxtext.common.common_types import MODEL_MODE_TRAIN
+        from maxtext.configs import pyconfig
+        from maxtext.layers import quantizations
+        from maxtext.models import models
+        from maxtext.utils import maxtext_utils
+
+        t0 = time.perf_counter()
+        imports_s = t0 - t_import
+        self.model_name = model_name
+        self.overrides = list(overrides)
+        self.config = pyconfig.initialize(["", f"model_name={model_name}", *self.overrides])
+        self.mesh = jax.sharding.Mesh(maxtext_utils.create_device_mesh(self.config), self.config.mesh_axes)
+        quant = quantizations.configure_quantization(self.config)
+        self.model = models.transformer_as_linen(self.config, self.mesh, quant=quant, model_mode=MODEL_MODE_TRAIN)
+        self.layer_classes = capture.install(self.config)
+        t1 = time.perf_counter()
+        abstract = maxtext_utils.get_abstract_param(self.model, self.config)
+        flat, self._treedef = jax.tree_util.tree_flatten_with_path(
+            abstract, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+        self.entries = []  # (name, shape, dtype, logical axes | None) in MaxText's flattening order
+        for path, leaf in flat:
+            value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf
+            axes = list(leaf.names) if isinstance(leaf, nn.LogicallyPartitioned) else None
+            name = "-".join(param_key_parts_from_path(path))
+            self.entries.append((name, tuple(int(d) for d in value.shape), str(value.dtype), axes))
+        self.index = {e[0]: i for i, e in enumerate(self.entries)}
+        self.timings = {"imports_s": imports_s, "config_and_model_s": t1 - t0, "abstract_s": time.perf_counter() - t1}
+        self._apply = None
+        self._init = None
+        self._non_param_leaves: dict[str, object] | None = None
+
+    # ---- description ---------------------------------------------------------------------------------------
+    def param_names(self) -> list[str]:
+        return [e[0] for e in self.entries if e[0].startswith("params-")]
+
+    def describe(self) -> dict:
+        """Parameters (`params` collection only), their logical axes, and the config values."""
+        params = [{"name": n, "shape": list(s), "dtype": d, "axes": a}
+                  for n, s, d, a in self.entries if n.startswith("params-")]
+        return {"model_name": self.model_name, "overrides": self.overrides, "params": params,
+                "config": config_values(self.config), "layer_classes": self.layer_classes,
+                "timings": dict(self.timings)}
+
+    # ---- init ----------------------------------------------------------------------------------------------
+    def _context(self):
+        import contextlib
+
+        from flax.linen import partitioning as nn_partitioning
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.mesh)
+        stack.enter_context(nn_partitioning.axis_rules(self.config.logical_axis_rules))
+        return stack
+
+    def _all_leaves(self, seed: int) -> dict[str, object]:
+        """MaxText's own initialisation of every collection, name -> array, for one seed."""
+        import jax
+        import jax.numpy as jnp
+        import flax.linen as nn
+
+        if self._init is None:
+            tokens = jnp.ones((1, 8), dtype=jnp.int32)
+            positions = jnp.arange(8, dtype=jnp.int32)[None, :]
+
+            def init_fn(key):
+                with self._context():
+                    return self.model.init({"params": key, "dropout": key, "aqt": key}, tokens, positions)
+
+            self._init = jax.jit(init_fn)
+        t0 = time.perf_counter()
+        variables = self._init(jax.random.PRNGKey(seed))
+        leaves = jax.tree_util.tree_leaves(variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+        if len(leaves) != len(self.entries):
+            raise RuntimeError(f"MaxText init produced {len(leaves)} variables, its abstract tree has "
+                               f"{len(self.entries)}")
+        out = {}
+        for (name, shape, _, _), leaf in zip(self.entries, leaves):
+            value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf
+            if tuple(value.shape) != shape:
+                raise RuntimeError(f"MaxText init gave {name} shape {tuple(value.shape)}, expected {shape}")
+            out[name] = value
+        self.timings["init_s"] = time.perf_counter() - t0
+        return out
+
+    def init(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """MaxText's own random initialisation of the parameters, name -> numpy array."""
+        leaves = self._all_leaves(seed)
+        if self._non_param_leaves is None:
+            self._non_param_leaves = {n: v for n, v in leaves.items() if not n.startswith("params-")}
+        return {n: np.asarray(v) for n, v in leaves.items() if n.startswith("params-")}
+
+    # ---- forward -------------------------------------------------------------------------------------------
+    def check_params(self, params: dict[str, np.ndarray]) -> None:
+        """Raise KeyError / ValueError naming the first missing, unknown or misshapen parameter."""
+        wanted = self.param_names()
+        missing = [n for n in wanted if n not in params]
+        if missing:
+            raise KeyError(f"missing parameter {missing[0]!r} ({len(missing)} missing)")
+        unknown = [n for n in params if n not in self.index or not n.startswith("params-")]
+        if unknown:
+            raise KeyError(f"unknown parameter {unknown[0]!r} (not in the MaxText model)")
+        for n in wanted:
+            shape = self.entries[self.index[n]][1]
+            if tuple(np.shape(params[n])) != shape:
+                raise ValueError(f"parameter {n!r} has shape {tuple(np.shape(params[n]))}, the model expects {shape}")
+
+    def _variables(self, params: dict[str, np.ndarray]):
+        import jax
+        import jax.numpy as jnp
+
+        if self._non_param_leaves is None:
+            if any(not e[0].startswith("params-") for e in self.entries):
+                # Other collections (router state, ...) are not the caller's: they take MaxText's own init.
+                leaves = self._all_leaves(0)
+                self._non_param_leaves = {n: v for n, v in leaves.items() if not n.startswith("params-")}
+            else:
+                self._non_param_leaves = {}
+        leaves = []
+        for name, _, dtype, _ in self.entries:
+            if name.startswith("params-"):
+                leaves.append(jnp.asarray(params[name], dtype=dtype))
+            else:
+                leaves.append(self._non_param_leaves[name])
+        return jax.tree_util.tree_unflatten(self._treedef, leaves)
+
+    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> tuple[np.ndarray, dict, list[str]]:
+        """Logits [batch, seq, vocab] (float32), activations (embed, layer_{i}, final_norm) and notes.
+
+        Positions are 0..seq-1 in every row; no segment ids (a plain causal mask); dropout off.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+            raise ValueError(f"tokens must be an integer array [batch, seq], got {tokens.dtype} {tokens.shape}")
+        self.check_params(params)
+        if self._apply is None:
+
+            def apply_fn(variables, toks):
+                positions = jnp.broadcast_to(jnp.arange(toks.shape[1], dtype=jnp.int32)[None, :], toks.shape)
+                with self._context(), capture.capturing():
+                    out, state = self.model.apply(variables, toks, positions, enable_dropout=False,
+                                                  mutable=["intermediates"])
+                logits = out[0] if isinstance(out, tuple) else out
+                return logits, state.get("intermediates", {})
+
+            self._apply = jax.jit(apply_fn)
+        t0 = time.perf_counter()
+        logits, intermediates = self._apply(self._variables(params), jnp.asarray(tokens, dtype=jnp.int32))
+        logits = np.asarray(logits, dtype=np.float32)
+        self.timings["forward_s"] = time.perf_counter() - t0
+        calls, final_norm = capture.collect(intermediates)
+        ordered, notes = capture.order_layer_calls(calls, int(self.config.num_decoder_layers))
+        activations: dict[str, np.ndarray] = {}
+        if ordered:
+            activations["embed"] = np.asarray(ordered[0].inputs, dtype=np.float32)
+        for i, call in enumerate(ordered):
+            activations[f"layer_{i}"] = np.asarray(call.outputs, dtype=np.float32)
+        if final_norm is not None:
+            activations["final_norm"] = np.asarray(final_norm, dtype=np.float32)
+        else:
+            notes.append("final_norm: the decoder sowed no final-norm output")
+        return logits, activations, notes
+
+    # ---- ground truth --------------------------------------------------------------------------------------
+    def reference_convert(self, hf_params: dict[str, np.ndarray], hf_config: dict) -> dict[str, np.ndarray]:
+        """MaxText's own HF -> MaxText conversion (its PARAM_MAPPING / HOOK_FNS tables) of the given HF tensors.
+
+        Ground truth for tests and acceptance only; the solver never sees it. `hf_config` is the HF config as a
+        dict (the tiny one the tensors were made for).
+        """
+        from maxtext.checkpoint_conversion import to_maxtext
+        from maxtext.checkpoint_conversion.utils.param_mapping import HOOK_FNS, PARAM_MAPPING
+
+        key = self.model_name.replace("-Instruct", "")
+        if key not in PARAM_MAPPING:
+            raise KeyError(f"MaxText has no HF conversion table for {self.model_name!r}")
+        scan = bool(self.config.scan_layers)
+        param_map = PARAM_MAPPING[key](hf_config, self.config, scan)
+        hook_map = HOOK_FNS[key](hf_config, self.config, scan, saving_to_hf=False)
+
+        def getter(hf_key):
+            if hf_key not in hf_params:
+                raise KeyError(f"MaxText's mapping reads HF tensor {hf_key!r}, which was not given")
+            return np.asarray(hf_params[hf_key], dtype=np.float32)
+
+        out: dict[str, np.ndarray] = {}
+        for mt_key, hf_keys in param_map.items():
+            targets = mt_key if isinstance(mt_key, tuple) else (mt_key,)
+            if not all(t in self.index for t in targets):
+                continue  # tables cover several variants of a family; skip keys this model lacks
+            shapes = [self.entries[self.index[t]][1] for t in targets]
+            load = to_maxtext._get_hf_loading_function(
+                hf_keys, getter, hook_map.get(mt_key), shapes if isinstance(mt_key, tuple) else shapes[0],
+                self.config, mt_key)
+            result = load()
+            values = result if isinstance(mt_key, tuple) else [result]
+            for t, v in zip(targets, values):
+                out[t] = np.asarray(v, dtype=np.float32)
+        missing = [n for n in self.param_names() if n not in out]
+        if missing:
+            raise KeyError(f"MaxText's mapping for {self.model_name!r} leaves {missing[0]!r} unset")
+        return out

@@ -1,0 +1,209 @@
+"""MaxTextSession: one MaxText model (name + overrides) built once and used many times.
+
+`session(model_name, overrides)` returns the process-wide session for that key. The model runs in-process where
+MaxText imports, else in a kept-alive worker (see transport.py). At most `CKPTMAP_MAXTEXT_MAX_WORKERS` (default 2)
+built models stay alive at once (each holds ~0.5-0.7 GB); an evicted session rebuilds on its next call. Every live
+worker is shut down at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from ckptmap.maxtext import transport
+from ckptmap.maxtext.errors import MaxTextError
+from ckptmap.maxtext.overrides import CPU_OVERRIDES, merge_overrides, with_scan_layers
+from ckptmap.maxtext.tree import tree_from_description
+from ckptmap.runner import Forward
+from ckptmap.trees.model import ParamTree
+
+MAX_WORKERS_ENV_VAR = "CKPTMAP_MAXTEXT_MAX_WORKERS"
+
+
+def spec_text(model_name: str, overrides: tuple[str, ...] | list[str]) -> str:
+    """The `maxtext:` spec a session answers to, used as `file` in its errors and `origin` of its tree."""
+    return " ".join([f"maxtext:{model_name}", *overrides])
+
+
+class MaxTextSession:
+    """A MaxText model behind the ModelRunner interface (`param_shapes`, `forward`, `close`), plus its tree.
+
+    `overrides` are the full MaxText overrides (CPU flags merged with the caller's); `user_overrides` are the
+    caller's own, for messages.
+    """
+
+    def __init__(self, model_name: str, overrides: tuple[str, ...], *, user_overrides: tuple[str, ...] = (),
+                 transport_kind: str | None = None):
+        self.model_name = model_name
+        self.overrides = tuple(overrides)
+        self.origin = spec_text(model_name, user_overrides)
+        self.transport_kind = transport_kind or transport.choose_transport()
+        self.notes: list[str] = []  # notes of the latest forward (e.g. activations that could not be ordered)
+        self._backend = None
+        self._tree: ParamTree | None = None
+        self._timings: dict = {}
+        self._lock = threading.RLock()
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def _ensure(self):
+        with self._lock:
+            if self._backend is None:
+                _make_room(keep=self)
+                if self.transport_kind == "inprocess":
+                    self._backend = transport.LocalBackend(self.model_name, self.overrides, origin=self.origin)
+                else:
+                    self._backend = transport.WorkerBackend(self.model_name, self.overrides, origin=self.origin)
+            _touch(self)
+            return self._backend
+
+    @property
+    def alive(self) -> bool:
+        return self._backend is not None
+
+    @property
+    def timings(self) -> dict:
+        """Seconds spent: start_s (worker start + build), import_s, build_s, abstract_s, init_s, forward_s."""
+        if self._backend is not None:
+            self._timings = {**self._timings, **self._backend.timings}
+        return dict(self._timings)
+
+    def close(self) -> None:
+        """Stop the worker (or drop the in-process model); the session rebuilds if used again."""
+        with self._lock:
+            if self._backend is not None:
+                self._timings = {**self._timings, **self._backend.timings}
+                backend, self._backend = self._backend, None
+                backend.close()
+            _forget(self)
+
+    # ---- the model -----------------------------------------------------------------------------------------
+    def abstract_tree(self) -> ParamTree:
+        """The parameters as MaxText's conversion names them, from jax.eval_shape of the real model's init."""
+        if self._tree is None:
+            self._tree = tree_from_description(self._ensure().describe(), origin=self.origin)
+        return self._tree
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.abstract_tree().shapes()
+
+    def init(self, seed: int = 0) -> dict[str, np.ndarray]:
+        """MaxText's own random init of every parameter, name -> array (float32 for the float32 CPU build)."""
+        return self._ensure().init(int(seed))
+
+    def check_params(self, params: dict[str, np.ndarray]) -> None:
+        """Raise MaxTextError naming the first parameter that is missing, unknown or of the wrong shape."""
+        tree = self.abstract_tree()
+        for name in tree.names():
+            if name not in params:
+                raise MaxTextError("parameter missing from the given MaxText params", file=self.origin, key=name)
+        for name, value in params.items():
+            if name not in tree:
+                raise MaxTextError("not a parameter of this MaxText model", file=self.origin, key=name)
+            if tuple(np.shape(value)) != tree[name].shape:
+                raise MaxTextError(f"shape {tuple(np.shape(value))}, the model expects {tree[name].shape}",
+                                   file=self.origin, key=name)
+
+    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> Forward:
+        """Run the model on tokens [batch, seq] (ints): logits [batch, seq, vocab] float32 and activations
+        `embed`, `layer_{i}` (global layer order, scanned or not), `final_norm`, each [batch, seq, hidden]."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+            raise MaxTextError(f"tokens must be an integer array [batch, seq], got {tokens.dtype} {tokens.shape}",
+                               file=self.origin)
+        self.check_params(params)
+        logits, activations, notes = self._ensure().forward(
+            {k: np.asarray(v) for k, v in params.items()}, tokens.astype(np.int32))
+        self.notes = list(notes)
+        return Forward(logits=logits, activations=activations)
+
+    def reference_convert(self, hf_params: dict[str, np.ndarray], hf_config: dict) -> dict[str, np.ndarray]:
+        """MaxText's own HF -> MaxText conversion of `hf_params` (its PARAM_MAPPING / HOOK_FNS tables).
+
+        Ground truth for tests and acceptance checks only; the solver must never read it.
+        """
+        return self._ensure().reference_convert({k: np.asarray(v) for k, v in hf_params.items()}, dict(hf_config))
+
+
+# ---- the process-wide cache -------------------------------------------------------------------------------
+_sessions: dict[tuple, MaxTextSession] = {}
+_live: "OrderedDict[int, MaxTextSession]" = OrderedDict()  # sessions with a built model, least recent first
+_registry_lock = threading.RLock()
+
+
+def _max_live() -> int:
+    try:
+        return max(1, int(os.environ.get(MAX_WORKERS_ENV_VAR, "2")))
+    except ValueError:
+        return 2
+
+
+def _touch(s: MaxTextSession) -> None:
+    with _registry_lock:
+        _live.pop(id(s), None)
+        _live[id(s)] = s
+
+
+def _forget(s: MaxTextSession) -> None:
+    with _registry_lock:
+        _live.pop(id(s), None)
+
+
+def _make_room(keep: MaxTextSession) -> None:
+    """Close the least recently used built models until one more fits under the limit."""
+    with _registry_lock:
+        while len([k for k in _live if k != id(keep)]) >= _max_live():
+            oldest_id = next(k for k in _live if k != id(keep))
+            oldest = _live.pop(oldest_id)
+            oldest.close()
+
+
+def session(model_name: str, overrides: tuple[str, ...] | list[str] = (), *,
+            transport_kind: str | None = None) -> MaxTextSession:
+    """The session for MaxText model `model_name` with `overrides` (`key=value` strings), built on first use.
+
+    The CPU flags (ckptmap.maxtext.overrides.CPU_OVERRIDES) are added underneath the caller's overrides; a caller's
+    value for the same key wins. Cached per (model, full overrides, transport) for the life of the process.
+    """
+    if not model_name or not isinstance(model_name, str):
+        raise MaxTextError(f"a MaxText model name is required, got {model_name!r}", file="maxtext:")
+    user = tuple(str(o) for o in overrides)
+    full = merge_overrides(CPU_OVERRIDES, user, origin=spec_text(model_name, user))
+    kind = transport_kind or transport.choose_transport()
+    key = (model_name, full, kind)
+    with _registry_lock:
+        if key not in _sessions:
+            _sessions[key] = MaxTextSession(model_name, full, user_overrides=user, transport_kind=kind)
+        return _sessions[key]
+
+
+def read_maxtext_tree(model_name: str, overrides: tuple[str, ...] | list[str] = (),
+                      scan_layers: bool | None = None) -> ParamTree:
+    """The ParamTree of a MaxText model (the `maxtext:MODEL key=value ...` spec); scan_layers overrides the flag."""
+    return session(model_name, with_scan_layers(tuple(overrides), scan_layers)).abstract_tree()
+
+
+def available() -> bool:
+    """Whether MaxText can be reached: in-process, or through a worker interpreter that imports it."""
+    if transport.maxtext_in_process():
+        return True
+    python = transport.worker_python()
+    return python is not None and transport.worker_python_has_maxtext(python)
+
+
+def close_all() -> None:
+    """Shut down every live MaxText model (registered with atexit)."""
+    with _registry_lock:
+        live = list(_live.values())
+    for s in live:
+        try:
+            s.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+atexit.register(close_all)

@@ -1,0 +1,252 @@
+"""Two ways to reach one built MaxText model, with the same four calls.
+
+- `LocalBackend`: MaxText imports in this interpreter (a single Python >= 3.12 env): call it directly.
+- `WorkerBackend`: start `<python> -m ckptmap.maxtext.worker` (the .venv-maxtext interpreter), keep it alive,
+  and exchange JSON lines plus .npy files in a private temp directory.
+
+Both offer `describe() -> dict`, `init(seed) -> {name: array}`, `forward(params, tokens) -> (logits,
+activations, notes)`, `reference_convert(hf, hf_config) -> {name: array}`, `timings` and `close()`, and raise
+MaxTextError carrying MaxText's own message.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ckptmap.maxtext import protocol
+from ckptmap.maxtext.errors import MaxTextError, one_line
+
+PYTHON_ENV_VAR = "CKPTMAP_MAXTEXT_PYTHON"
+TRANSPORT_ENV_VAR = "CKPTMAP_MAXTEXT_TRANSPORT"  # "auto" (default), "inprocess" or "subprocess"
+VENV_NAME = ".venv-maxtext"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def maxtext_in_process() -> bool:
+    """True when this interpreter itself can import MaxText (Python >= 3.12 with maxtext installed)."""
+    return sys.version_info >= (3, 12) and importlib.util.find_spec("maxtext") is not None
+
+
+def worker_python() -> Path | None:
+    """The interpreter that runs the worker: $CKPTMAP_MAXTEXT_PYTHON, else `.venv-maxtext/bin/python` next to this
+    checkout (or under the current directory). None when none exists."""
+    explicit = os.environ.get(PYTHON_ENV_VAR)
+    if explicit:
+        p = Path(explicit)
+        return p if p.exists() else None
+    for root in (_REPO_ROOT, Path.cwd()):
+        p = root / VENV_NAME / "bin" / "python"
+        if p.exists():
+            return p
+    return None
+
+
+_worker_ok: dict[str, bool] = {}
+
+
+def worker_python_has_maxtext(python: Path) -> bool:
+    """Whether `python` can import maxtext (asked once per interpreter, a fraction of a second)."""
+    key = str(python)
+    if key not in _worker_ok:
+        probe = "import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('maxtext') else 1)"
+        try:
+            _worker_ok[key] = subprocess.run([key, "-c", probe], capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            _worker_ok[key] = False
+    return _worker_ok[key]
+
+
+def choose_transport() -> str:
+    """"inprocess" or "subprocess", honouring $CKPTMAP_MAXTEXT_TRANSPORT."""
+    wanted = os.environ.get(TRANSPORT_ENV_VAR, "auto").strip().lower()
+    if wanted in ("inprocess", "subprocess"):
+        return wanted
+    return "inprocess" if maxtext_in_process() else "subprocess"
+
+
+def _squeeze(error: Exception) -> str:
+    return one_line(f"{type(error).__name__}: {error}")
+
+
+class LocalBackend:
+    """MaxText in this process."""
+
+    def __init__(self, model_name: str, overrides: tuple[str, ...], *, origin: str):
+        self.origin = origin
+        t0 = time.perf_counter()
+        try:
+            from ckptmap.maxtext.backend import MaxTextModel
+
+            self.model = MaxTextModel(model_name, list(overrides))
+        except Exception as e:  # noqa: BLE001 - MaxText raises anything; the user gets its message
+            raise MaxTextError(f"MaxText could not build the model: {_squeeze(e)}", file=origin) from e
+        self.start_s = time.perf_counter() - t0
+
+    @property
+    def timings(self) -> dict:
+        return {"start_s": self.start_s, **self.model.timings}
+
+    def _guard(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001
+            raise MaxTextError(f"MaxText failed in {what}: {_squeeze(e)}", file=self.origin) from e
+
+    def describe(self) -> dict:
+        return self._guard("describe", self.model.describe)
+
+    def init(self, seed: int) -> dict[str, np.ndarray]:
+        return self._guard("init", self.model.init, seed)
+
+    def forward(self, params, tokens):
+        return self._guard("forward", self.model.forward, params, tokens)
+
+    def reference_convert(self, hf_params, hf_config):
+        return self._guard("reference_convert", self.model.reference_convert, hf_params, hf_config)
+
+    def close(self) -> None:
+        self.model = None
+
+
+class WorkerBackend:
+    """MaxText in a kept-alive worker process; arrays go through .npy files in a private temp directory."""
+
+    def __init__(self, model_name: str, overrides: tuple[str, ...], *, origin: str, python: Path | None = None):
+        self.origin = origin
+        python = python or worker_python()
+        if python is None or not worker_python_has_maxtext(python):
+            where = os.environ.get(PYTHON_ENV_VAR) or str(_REPO_ROOT / VENV_NAME / "bin" / "python")
+            raise MaxTextError(
+                f"the MaxText worker needs a Python >= 3.12 with maxtext installed; {where} is missing or cannot "
+                f"import maxtext (run `make setup`, or set {PYTHON_ENV_VAR})", file=origin)
+        self.dir = Path(tempfile.mkdtemp(prefix="ckptmap-maxtext-"))
+        self.log_path = self.dir / "worker.log"
+        self._log = open(self.log_path, "w", encoding="utf-8")
+        self._lock = threading.Lock()
+        self._calls = 0
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONUNBUFFERED"] = "1"
+        # The worker runs this very checkout of ckptmap, whatever the worker venv has installed.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([str(python), "-m", "ckptmap.maxtext.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, cwd=str(self.dir), env=env,
+                                     text=True, encoding="utf-8")
+        try:
+            built = self._call("build", model_name=model_name, overrides=list(overrides))
+        except MaxTextError:
+            self.close()
+            raise
+        self._timings = {"start_s": time.perf_counter() - t0, **built.get("timings", {})}
+
+    @property
+    def timings(self) -> dict:
+        return dict(self._timings)
+
+    def _log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return one_line("\n".join(text.splitlines()[-lines:]), limit=800)
+
+    def _call(self, op: str, **fields) -> dict:
+        with self._lock:
+            if self.proc.poll() is not None:
+                raise MaxTextError(f"the MaxText worker has exited (code {self.proc.returncode}); log: "
+                                   f"{self._log_tail()}", file=self.origin)
+            try:
+                protocol.send(self.proc.stdin, {"op": op, **fields})
+                line = self.proc.stdout.readline()
+            except (BrokenPipeError, OSError) as e:
+                line = ""
+                _ = e
+            if not line:
+                self.proc.wait(timeout=30)
+                raise MaxTextError(f"the MaxText worker died during {op} (code {self.proc.returncode}); log: "
+                                   f"{self._log_tail()}", file=self.origin)
+        message = protocol.decode(line)
+        if not message.get("ok"):
+            what = "could not build the model" if op == "build" else f"failed in {op}"
+            raise MaxTextError(f"MaxText {what}: {one_line(message.get('type', 'Error') + ': ' + message.get('error', ''))}",
+                               file=self.origin)
+        result = message.get("result", {})
+        if "timings" in result:
+            self._timings = {**getattr(self, "_timings", {}), **result["timings"]}
+        return result
+
+    def _scratch(self) -> Path:
+        self._calls += 1
+        d = self.dir / f"call{self._calls}"
+        d.mkdir()
+        return d
+
+    def describe(self) -> dict:
+        return self._call("describe")
+
+    def init(self, seed: int) -> dict[str, np.ndarray]:
+        d = self._scratch()
+        try:
+            result = self._call("init", seed=int(seed), out_dir=str(d / "out"))
+            return protocol.load_arrays(result["arrays"], d / "out")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def forward(self, params, tokens):
+        d = self._scratch()
+        try:
+            manifest = protocol.save_arrays(params, d / "in")
+            token_file = protocol.save_arrays({"tokens": np.asarray(tokens)}, d / "tok")["tokens"]
+            result = self._call("forward", in_dir=str(d / "in"), params=manifest,
+                                tokens=str(d / "tok" / token_file), out_dir=str(d / "out"))
+            arrays = protocol.load_arrays(result["arrays"], d / "out")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        logits = arrays.pop("logits")
+        activations = {k[len("act:"):]: v for k, v in arrays.items() if k.startswith("act:")}
+        return logits, activations, list(result.get("notes", []))
+
+    def reference_convert(self, hf_params, hf_config):
+        d = self._scratch()
+        try:
+            manifest = protocol.save_arrays(hf_params, d / "in")
+            result = self._call("reference_convert", in_dir=str(d / "in"), hf=manifest, hf_config=hf_config,
+                                out_dir=str(d / "out"))
+            return protocol.load_arrays(result["arrays"], d / "out")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def close(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            try:
+                with self._lock:
+                    protocol.send(proc.stdin, {"op": "shutdown"})
+                    proc.stdout.readline()
+                proc.wait(timeout=10)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait(timeout=10)
+        for stream in (getattr(proc, "stdin", None), getattr(proc, "stdout", None)):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+        if getattr(self, "_log", None):
+            self._log.close()
+        if getattr(self, "dir", None):
+            shutil.rmtree(self.dir, ignore_errors=True)
