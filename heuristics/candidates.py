@@ -24,6 +24,8 @@ W_LAYOUT = 0.6
 W_COST = 0.25
 W_PRIOR = 1.0
 W_ORDINAL = 0.8
+W_EXPERT_STACK = 0.3
+MIN_PART_SIMILARITY = 0.3
 BASE = 1.0
 MAX_CHAINS = 6
 MAX_GROUP_PARTNERS = 6
@@ -119,7 +121,7 @@ def ordinal_ranks(ops: list[Operand]) -> dict[int, int]:
 def ordinal_term(s: Operand, t: Operand, s_rank: int | None, t_rank: int | None) -> float:
     """Agreement of the numbers in two names: the same explicit numbers, or the same rank among siblings."""
     ns, nt = numbers(s.local), numbers(t.local)
-    if ns and ns == nt:
+    if ns and nt and ns[-1] == nt[-1]:
         return W_ORDINAL
     if s_rank is not None and t_rank is not None:
         return W_ORDINAL / 2 if s_rank == t_rank else -W_ORDINAL / 2
@@ -152,7 +154,36 @@ def _score(ctx: Context, srcs: list[Operand], tgts: list[Operand], chain, extra_
     if ordinal:
         parts["ordinal"] = ordinal
     score = BASE + W_NAME * name + W_LAYOUT * layout - W_COST * cost + W_PRIOR * prior + ordinal
+    if any(op.stacked_experts for op in srcs):
+        score -= W_EXPERT_STACK
+        parts["expert_stack"] = -W_EXPERT_STACK
+    # A candidate covering several targets stands for that many 1 -> 1 edges in the objective.
+    score *= max(len(tgts), 1)
     return score, parts
+
+
+def _plausible_parts(fused: Operand, parts: list[Operand]) -> bool:
+    """Parts of one fused tensor play different roles, and the fused name names each role:
+    `qkv_proj` has query, key and value; `gate_up_proj` has wi_0 and wi_1."""
+    sets = [frozenset(concepts(o.local)) for o in parts]
+    if len(set(sets)) != len(sets):
+        return False
+    shared = frozenset.intersection(*sets)
+    fused_concepts = list(concepts(fused.local))
+    return all((st - shared) and all(_role_position(c, fused_concepts) is not None for c in st - shared)
+               for st in sets)
+
+
+def _role_position(concept: str, fused_concepts: list[str]) -> tuple[int, int] | None:
+    """Where a part's role appears in the fused name: as a concept (`wi_0` in gate_up), or as letters of a
+    short packed word (`qkv` and `z` in `qkvz`, `b` and `a` in `ba`)."""
+    if concept in fused_concepts:
+        return (fused_concepts.index(concept), 0)
+    if len(concept) <= 3:
+        for i, word in enumerate(fused_concepts):
+            if 1 < len(word) <= 5 and concept in word and concept != word:
+                return (i, word.index(concept))
+    return None
 
 
 def _chains(ctx: Context, src_shapes, tgt_shapes):
@@ -165,12 +196,12 @@ def _chains(ctx: Context, src_shapes, tgt_shapes):
 def _split_order(src: Operand, tgts: list[Operand]) -> list[Operand]:
     """Order split parts as the fused name lists them (qkv: q, k, v; gate_up: gate, up), else by name."""
     src_concepts = list(concepts(src.local))
+    shared = frozenset.intersection(*[frozenset(concepts(t.local)) for t in tgts])
 
     def key(t: Operand):
-        tc = concepts(t.local)
-        positions = [src_concepts.index(c) for c in tc if c in src_concepts and c not in ("weight", "bias",
-                                                                                       "attention", "mlp")]
-        return (min(positions) if positions else 99, t.local)
+        positions = [p for c in concepts(t.local) if c not in shared
+                     for p in [_role_position(c, src_concepts)] if p is not None]
+        return (min(positions) if positions else (99, 0), t.local)
 
     return sorted(tgts, key=key)
 
@@ -190,29 +221,33 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
     # 1 -> n: a fused source split into several targets.
     for i, s in enumerate(src_ops):
         partners = [(name_similarity(s.local, t.local), j) for j, t in enumerate(tgt_ops) if t.numel < s.numel]
-        partners = [p for p in sorted(partners, reverse=True) if p[0] > 0.2][:MAX_GROUP_PARTNERS]
+        partners = [p for p in sorted(partners, reverse=True) if p[0] >= MIN_PART_SIMILARITY][:MAX_GROUP_PARTNERS]
         for r in (2, 3, 4):
             for combo in itertools.combinations([j for _, j in partners], r):
                 if sum(tgt_ops[j].numel for j in combo) != s.numel:
+                    continue
+                if not _plausible_parts(s, [tgt_ops[j] for j in combo]):
                     continue
                 ordered = _split_order(s, [tgt_ops[j] for j in combo])
                 idx = tuple(tgt_ops.index(t) for t in ordered)
                 for chain in _chains(ctx, [s.shape], [t.shape for t in ordered]):
                     score, parts = _score(ctx, [s], ordered, chain)
-                    cands.append(Candidate((i,), idx, chain, score + 0.5 * (r - 1), parts))
+                    cands.append(Candidate((i,), idx, chain, score + 0.1, parts))
     # n -> 1: several sources concatenated into one target.
     for j, t in enumerate(tgt_ops):
         partners = [(name_similarity(s.local, t.local), i) for i, s in enumerate(src_ops) if s.numel < t.numel]
-        partners = [p for p in sorted(partners, reverse=True) if p[0] > 0.2][:MAX_GROUP_PARTNERS]
+        partners = [p for p in sorted(partners, reverse=True) if p[0] >= MIN_PART_SIMILARITY][:MAX_GROUP_PARTNERS]
         for r in (2, 3, 4):
             for combo in itertools.combinations([i for _, i in partners], r):
                 if sum(src_ops[i].numel for i in combo) != t.numel:
+                    continue
+                if not _plausible_parts(t, [src_ops[i] for i in combo]):
                     continue
                 ordered = _split_order(t, [src_ops[i] for i in combo])
                 idx = tuple(src_ops.index(s) for s in ordered)
                 for chain in _chains(ctx, [s.shape for s in ordered], [t.shape]):
                     score, parts = _score(ctx, ordered, [t], chain)
-                    cands.append(Candidate(idx, (j,), chain, score + 0.5 * (r - 1), parts))
+                    cands.append(Candidate(idx, (j,), chain, score * r + 0.1, parts))
     return cands
 
 
