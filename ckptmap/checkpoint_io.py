@@ -402,6 +402,10 @@ class CheckpointWriter(ABC):
         self._names: set[str] = set()
         self.bytes_written = 0
 
+    @property
+    def tensors_written(self) -> int:
+        return len(self._names)
+
     def write(self, name: str, array: np.ndarray) -> None:
         if name in self._names:
             raise CheckpointIOError("tensor written twice", file=self.path, key=name)
