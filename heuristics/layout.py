@@ -16,7 +16,7 @@ def guess_layout(names: list[str]) -> str:
     torch_like = flax_like = 0
     for n in names:
         leaf = n.replace("/", ".").replace("-", ".").split(".")[-1]
-        if leaf in ("weight", "bias"):
+        if leaf == "weight":
             torch_like += 1
         elif leaf in ("kernel", "scale", "embedding"):
             flax_like += 1

@@ -95,7 +95,7 @@ def _search():
 
 
 def _template_key(slot: Slot) -> tuple:
-    return (slot.root, slot.level_names, slot.locals())
+    return (slot.root, slot.level_names, frozenset((u.local, u.shape) for u in slot.units))
 
 
 def _instances(pairs) -> list[tuple[dict[str, Operand], dict[str, Operand]]]:
