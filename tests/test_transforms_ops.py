@@ -29,6 +29,8 @@ def arange(shape, dtype=np.float32):
 def one_input_op(draw, shape):
     """A random structural op that accepts one array of `shape`."""
     nd = len(shape)
+    if nd == 0:  # a scalar, e.g. after unstacking a 1-d array
+        return draw(st.sampled_from([Identity(), ExpandDims(0), ExpandDims(-1), Reshape((), (1, 1))]))
     kind = draw(st.sampled_from(["transpose", "reshape", "expand", "squeeze", "pad", "truncate", "split",
                                  "unstack", "identity"]))
     axis = draw(st.integers(-nd, nd - 1))

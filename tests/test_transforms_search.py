@@ -224,3 +224,19 @@ def test_one_to_many_many_to_one_and_side_by_side_shapes(src, tgts):
     assert chains
     for c in chains:
         assert c.shape(tuple(src)) == tuple(tgts)
+
+
+def test_nested_stacks_layers_by_experts():
+    layers, experts = 3, 2
+    cells = [seeded((F, E), 10 + i) for i in range(layers * experts)]
+    chains = search_chains([(F, E)] * (layers * experts), [(layers, experts, E, F)], DIMS)
+    want = np.stack([x.T for x in cells]).reshape(layers, experts, E, F)  # row-major: layer-major, then expert
+    assert find(chains, [want], *cells) == 0
+    assert find(search_chains([want.shape], [(F, E)] * (layers * experts), DIMS), cells, want) == 0
+
+
+def test_scalar_and_size_one_shapes():
+    assert [c.describe() for c in search_chains((), (1,))] == ["reshape[]->[1]"]
+    assert [c.describe() for c in search_chains((), ())] == ["identity"]
+    assert [c.describe() for c in search_chains((1, E, F), (1, F, E))] == ["transpose(0, 2, 1)"]
+    assert [c.describe() for c in search_chains((E,), (1, E))] == [f"reshape[{E}]->[1, {E}]"]

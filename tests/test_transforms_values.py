@@ -263,3 +263,8 @@ def test_value_chains_match_maxtext_conversion_hooks_exactly(tmp_path):
     assert np.array_equal(Offset(1.0).apply((arrays["norm"],))[0], mt["norm"])
     wi_0, wi_1 = interleaved.apply((arrays["gate_up"],))
     assert np.array_equal(np.stack([wi_0, wi_1], axis=-1), mt["gate_up"])
+
+
+def test_a_zero_scale_has_no_inverse():
+    with pytest.raises(TransformError, match="cannot be inverted"):
+        Scale("0", 0.0).inverse()

@@ -26,9 +26,11 @@ class ShapeMismatch(TransformError):
 
 
 def as_shapes(shapes: Any) -> Shapes:
-    """Normalise `(4, 8)` or `[(4, 8), (8,)]` to a tuple of int tuples."""
+    """Normalise `(4, 8)` or `[(4, 8), (8,)]` to a tuple of int tuples; a bare `()` is one scalar shape."""
     shapes = tuple(shapes)
-    if shapes and all(isinstance(d, (int, np.integer)) for d in shapes):
+    if not shapes:
+        return ((),)
+    if all(isinstance(d, (int, np.integer)) for d in shapes):
         return (tuple(int(d) for d in shapes),)
     return tuple(tuple(int(d) for d in s) for s in shapes)
 

@@ -2,7 +2,8 @@
 
 - 1 -> 1, same size: layout maps (factor.axis_maps) rendered as reshape/transpose chains (render.render);
 - 1 -> 1, one axis differs: pad or truncate it (vocab 256 <-> 320), then a layout map;
-- 1 -> n: split a fused axis (contiguous, or interleaved in rounds) or unstack it, then a 1 -> 1 chain per part;
+- 1 -> n: split a fused axis (contiguous, or interleaved in rounds) or unstack it (or a run of neighbouring axes,
+  for nested stacks such as layers x experts), then a 1 -> 1 chain per part;
 - n -> 1: the inverse of 1 -> n (concat / stack);
 - n -> n: a 1 -> 1 chain per pair, side by side.
 
@@ -21,7 +22,7 @@ from ckptmap.transforms.combinators import Chain, Parallel, op_length
 from ckptmap.transforms.factor import DimsKey, nesting_rank, axis_maps, dims_key
 from ckptmap.transforms.fusion import Split, Unstack
 from ckptmap.transforms.render import render
-from ckptmap.transforms.structural import Pad, Truncate
+from ckptmap.transforms.structural import Pad, Reshape, Truncate
 
 PAD_MAX_RATIO = 1.5     # pad/truncate only an axis this close in size, unless dims name one side as the vocab
 PART_ALTERNATIVES = 8   # per-part chains kept when combining the parts of a split
@@ -136,9 +137,25 @@ def _natural(part: int, tgt: Shape) -> bool:
     return part == 1
 
 
+def _nested_unstacks(src: Shape, tgts: Shapes) -> list[tuple[Op, Shapes]]:
+    """(reshape + unstack, part shapes) where 2-3 neighbouring axes together count the parts (layers x experts,
+    blocks x local layers): the parts are read in row-major order of those axes."""
+    n, out = len(tgts), []
+    if len({numel(t) for t in tgts}) != 1 or numel(tgts[0]) * n != numel(src):
+        return out
+    for start in range(len(src)):
+        for stop in range(start + 2, min(start + 3, len(src)) + 1):
+            if numel(src[start:stop]) == n and all(d > 1 for d in src[start:stop]):
+                merged = src[:start] + (n,) + src[stop:]
+                part = src[:start] + src[stop:]
+                out.append((Chain((Reshape(src, merged), Unstack(start, n))), (part,) * n))
+    return out
+
+
 def _split_ops(src: Shape, tgts: Shapes, dkey: DimsKey) -> list[tuple[Op, Shapes]]:
-    """(split op, part shapes) for every axis of src that can be cut into len(tgts) parts of the right sizes."""
-    total, out = numel(src), []
+    """(split op, part shapes) for every axis of src that can be cut into len(tgts) parts of the right sizes,
+    and for every run of neighbouring axes that together hold one part each."""
+    total, out = numel(src), _nested_unstacks(src, tgts)
     for axis, size in enumerate(src):
         rest = total // size
         if any(numel(t) % rest for t in tgts):

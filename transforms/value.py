@@ -108,6 +108,8 @@ class Scale(_PerArray):
         return f"(lambda a: (a.astype(np.float32) * np.float32({float(self.value)!r})).astype(a.dtype))({a})"
 
     def inverse(self) -> Op:
+        if self.value == 0:
+            raise TransformError(f"{self.describe()} cannot be inverted")
         expr = f"{self.round_dtype}({self.expr})" if self.round_dtype else self.expr
         return Scale(reciprocal_expr(expr), 1.0 / self.value)
 
