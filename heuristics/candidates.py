@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ckptmap.heuristics.layout import layout_score
+from ckptmap.heuristics.layout import has_transpose, layout_score
 from ckptmap.heuristics.names import concepts, name_similarity
 from ckptmap.heuristics.structure import Unit
 
@@ -260,3 +260,44 @@ def _pad_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
         return True
     # Also allow a transposed pad: same multiset of all dims but one.
     return len(a) == 2 and (a[0] == b[1]) != (a[1] == b[0])
+
+
+def _is_raw(local: str) -> bool:
+    """A parameter without a framework leaf (`experts.gate_up_proj`, `sinks`): no layout convention applies."""
+    return _TOKSEP.split(local)[-1].lower() not in _LEAVES
+
+
+def _module(local: str) -> str:
+    parts = _TOKSEP.split(local)
+    return ".".join(parts[:-1])
+
+
+def apply_module_consistency(cands: list[Candidate], src_ops: list[Operand]) -> None:
+    """Raw tensors of one module follow one storage convention: when shapes force a sibling's chain to
+    transpose (or not), prefer the same for tensors whose shapes leave it open (gate_up_proj [E, 2F, H] beside
+    down_proj [E, H, F]). Adjusts scores in place and records the part as "module_layout"."""
+    by_source: dict[int, list[Candidate]] = {}
+    for c in cands:
+        if len(c.sources) == 1 and _is_raw(src_ops[c.sources[0]].local):
+            by_source.setdefault(c.sources[0], []).append(c)
+    forced: dict[int, bool] = {}
+    for i, cs in by_source.items():
+        best = max(c.parts.get("name", 0.0) for c in cs)
+        top = [c for c in cs if c.parts.get("name", 0.0) >= best - 1e-9]
+        flags = {has_transpose(c.chain) for c in top}
+        if len(flags) == 1:
+            forced[i] = flags.pop()
+    convention: dict[str, set[bool]] = {}
+    for i, flag in forced.items():
+        convention.setdefault(_module(src_ops[i].local), set()).add(flag)
+    for i, cs in by_source.items():
+        if i in forced:
+            continue
+        conv = convention.get(_module(src_ops[i].local))
+        if not conv or len(conv) != 1:
+            continue
+        want = next(iter(conv))
+        for c in cs:
+            bonus = W_LAYOUT if has_transpose(c.chain) == want else -W_LAYOUT
+            c.score += bonus * max(len(c.targets), 1)
+            c.parts["module_layout"] = bonus

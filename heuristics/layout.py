@@ -27,14 +27,14 @@ def guess_layout(names: list[str]) -> str:
     return "unknown"
 
 
-def _has_transpose(chain) -> bool:
+def has_transpose(chain) -> bool:
     for op in getattr(chain, "ops", (chain,)):
         name = type(op).__name__
         if name == "Transpose":
             return True
         if name in ("Chain", "Parallel"):
             inner = getattr(op, "ops", None) or getattr(op, "branches", ())
-            if any(_has_transpose(o) for o in inner):
+            if any(has_transpose(o) for o in inner):
                 return True
     return False
 
@@ -45,8 +45,8 @@ def layout_score(chain, src_name: str, src_shape: tuple[int, ...], src_layout: s
     leaf = src_name.replace("/", ".").replace("-", ".").split(".")[-1]
     cs = set(concepts(src_name))
     if len(src_shape) < 2 or "embed" in cs or "pos_embed" in cs:
-        return 0.5 if not _has_transpose(chain) else -0.5
-    transposes = _has_transpose(chain)
+        return 0.5 if not has_transpose(chain) else -0.5
+    transposes = has_transpose(chain)
     if src_layout == tgt_layout:
         return -0.5 if transposes else 0.5
     if leaf in ("weight", "kernel") and {src_layout, tgt_layout} == {"torch", "flax"}:

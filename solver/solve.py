@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from ckptmap.errors import SolveError
 from ckptmap.heuristics.align import align
-from ckptmap.heuristics.candidates import Candidate, Context, Operand, generate, operands
+from ckptmap.heuristics.candidates import (Candidate, Context, Operand, apply_module_consistency, generate,
+                                           operands)
 from ckptmap.heuristics.layout import guess_layout
 from ckptmap.heuristics.structure import Slot, TreeStructure, analyse
 from ckptmap.mapping import Mapping, Rule
@@ -140,6 +141,7 @@ def _as_global(u):
 
 def _solve_problem(prob: Problem, ctx: Context, k_alternatives: int) -> None:
     prob.candidates = generate(ctx, prob.src_ops, prob.tgt_ops)
+    apply_module_consistency(prob.candidates, prob.src_ops)
     g = build_graph(len(prob.src_ops), len(prob.tgt_ops), prob.candidates)
     chosen: list[int] = []
     for s_ids, t_ids, c_ids in components(g):
