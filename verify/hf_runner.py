@@ -97,13 +97,18 @@ def _first_tensor(x):
 
 
 class HFRunner:
-    """A transformers model built once from `config` (float32, eager attention), run with many param dicts."""
+    """A transformers model built once from `config` (float32, eager attention), run with many param dicts.
+
+    On the CPU, torch runs single-threaded by default (`threads`; None leaves torch's setting alone)."""
 
     framework = "hf"
 
-    def __init__(self, config: Any, device: str = "cpu"):
+    def __init__(self, config: Any, device: str = "cpu", threads: int | None = 1):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         torch = _torch()
+        if threads and device == "cpu":
+            # Tiny models: one thread is several times faster than contended intra-op parallelism.
+            torch.set_num_threads(threads)
         from transformers import AutoModelForCausalLM
 
         self.config = hf_config(config)
@@ -117,6 +122,10 @@ class HFRunner:
         self.n_layers = int(self.text_config.num_hidden_layers)
         self.vocab = int(self.text_config.vocab_size)
         self._shapes, self.aliases = self._checkpoint_names(model)
+        # Where checkpoint names are the module's own names, one model is reused and loaded in place;
+        # otherwise (fused experts, renamed keys) transformers' loader converts on every load.
+        self._in_place = set(self._shapes) <= set(model.state_dict())
+        self._model = model.to(self.device).eval() if self._in_place else None
 
     @staticmethod
     def _checkpoint_names(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
@@ -164,6 +173,10 @@ class HFRunner:
             if tuple(arr.shape) != shape:
                 raise VerifyError(f"shape {tuple(arr.shape)}, the HF model expects {shape}", key=name)
             state[name] = torch.from_numpy(np.ascontiguousarray(arr))
+        if self._model is not None:
+            with torch.no_grad():
+                self._model.load_state_dict(state, strict=False)
+            return self._model
         model = self.model_class.from_pretrained(None, config=self.config, state_dict=state, dtype=torch.float32,
                                                  attn_implementation="eager")
         return model.to(self.device).eval()

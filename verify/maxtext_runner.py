@@ -1,0 +1,61 @@
+"""The MaxText runner: a thin ModelRunner over a ckptmap.maxtext session (the worker, or in-process MaxText).
+
+The session adds the float32 CPU flags itself (ckptmap.maxtext.CPU_OVERRIDES); `device="gpu"` asks MaxText for its
+GPU build instead (`hardware=gpu`), `device="cpu"` pins JAX to the CPU in the worker.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ckptmap.runner import Forward
+
+
+class MaxTextRunner:
+    """MaxText model `model_name` with `overrides` ("key=value"), built once by its session."""
+
+    framework = "maxtext"
+    aliases: dict[str, str] = {}
+
+    def __init__(self, model_name: str, overrides: list[str] | tuple[str, ...] = (), device: str = "cpu"):
+        from ckptmap import maxtext
+
+        overrides = list(overrides)
+        if device in ("gpu", "cuda"):
+            overrides = [o for o in overrides if not o.startswith("hardware=")] + ["hardware=gpu"]
+        elif device == "cpu":
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        self.model_name = model_name
+        self.device = device
+        self.session = maxtext.session(model_name, overrides)
+        self.tree = self.session.abstract_tree()
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.tree.shapes()
+
+    def dims(self) -> dict[str, int]:
+        return dict(self.tree.meta.get("dims") or {})
+
+    @property
+    def vocab(self) -> int | None:
+        return self.dims().get("vocab")
+
+    @property
+    def tied_logits(self) -> bool:
+        """Logits through the embedding (MaxText casts it on that path: the bf16 floor of the KL)."""
+        cfg = self.tree.meta.get("config") or {}
+        if "logits_via_embedding" in cfg:
+            return bool(cfg["logits_via_embedding"])
+        return not any("logits" in n for n in self.tree.names())
+
+    @property
+    def timings(self) -> dict:
+        return self.session.timings
+
+    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> Forward:
+        return self.session.forward(params, tokens)
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,121 @@
+"""VerifyReport: the outcome of verifying (and searching) a mapping, as JSON and as a readable table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ckptmap.verify.metrics import LogitStats
+
+
+def _fmt(x) -> str:
+    if isinstance(x, str):
+        return x
+    if x is None:
+        return "-"
+    x = float(x)
+    if x != x or x in (float("inf"), float("-inf")):
+        return str(x)
+    return f"{x:.2e}" if (x and (abs(x) < 1e-2 or abs(x) >= 1e4)) else f"{x:.4f}"
+
+
+@dataclass
+class VerifyReport:
+    """passed: max per-token KL(source || target) <= kl_threshold. `stages`: relative error per stage.
+    `first_divergence` / `suspects`: the first stage over tolerance and the target tensors feeding it.
+    `broken`: target tensors a diagnosis showed to be wrong, with the change that fixed their stage.
+    `trials` / `decisions`: the search log (every candidate with its stage error and KL) and what it settled."""
+
+    passed: bool
+    dtype: str
+    kl_threshold: float
+    tolerance: float
+    logits: LogitStats | None
+    stages: dict[str, float] = field(default_factory=dict)
+    first_divergence: str | None = None
+    suspects: list[str] = field(default_factory=list)
+    broken: list[dict] = field(default_factory=list)
+    trials: list = field(default_factory=list)
+    decisions: list = field(default_factory=list)
+    source: str = ""
+    target: str = ""
+    seed: int = 0
+    tokens: int = 0
+    forwards: int = 0
+    timings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def kl_max(self) -> float:
+        return self.logits.kl_max if self.logits else float("inf")
+
+    def to_json(self) -> dict:
+        return {
+            "format": "ckptmap.verify_report", "version": 1,
+            "passed": self.passed, "dtype": self.dtype, "kl_threshold": self.kl_threshold,
+            "activation_tolerance": self.tolerance,
+            "logits": self.logits.to_json() if self.logits else None,
+            "stages": {k: _json_num(v) for k, v in self.stages.items()},
+            "first_divergence": self.first_divergence, "suspects": self.suspects, "broken": self.broken,
+            "decisions": [d.to_json() for d in self.decisions],
+            "trials": [t.to_json() for t in self.trials],
+            "source": self.source, "target": self.target, "seed": self.seed, "tokens": self.tokens,
+            "forwards": self.forwards, "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
+            "notes": self.notes, "error": self.error,
+        }
+
+    def table(self, max_trials_per_step: int = 5) -> str:
+        """A readable summary: verdict, logit metrics, stage errors, decisions, and the best trials per step."""
+        lines = []
+        verdict = "PASS" if self.passed else "FAIL"
+        if self.logits:
+            s = self.logits
+            lines.append(f"verify: {verdict}  max KL {_fmt(s.kl_max)} (threshold {_fmt(self.kl_threshold)}, "
+                         f"{self.dtype})  mean KL {_fmt(s.kl_mean)}  max |logit diff| {_fmt(s.max_abs_diff)}  "
+                         f"top-1 agreement {100 * s.top1_agreement:.1f}%  ({s.tokens} tokens, vocab {s.vocab})")
+        else:
+            lines.append(f"verify: {verdict}  {self.error}")
+        lines.append(f"  source: {self.source}")
+        lines.append(f"  target: {self.target}")
+        t = self.timings
+        lines.append(f"  {self.forwards} target forward passes, seed {self.seed}; "
+                     + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
+        if self.stages:
+            lines.append("  stage errors (relative RMS): " + "  ".join(f"{k} {_fmt(v)}" for k, v in self.stages.items()))
+        if self.first_divergence:
+            lines.append(f"  first divergence: {self.first_divergence} (tolerance {_fmt(self.tolerance)})")
+            if self.suspects:
+                lines.append(f"  parameters in it: {', '.join(self.suspects[:12])}"
+                             + (" ..." if len(self.suspects) > 12 else ""))
+        for b in self.broken:
+            lines.append(f"  broken: {', '.join(b['targets'])}  (fixed by: {b['fix']})")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        if self.decisions:
+            lines.append("  decisions:")
+            for d in self.decisions:
+                lines.append(f"    rule {d.rule:3d}  {d.targets[0]:60s} {d.choice}")
+        if self.trials:
+            lines.append(f"  trials ({len(self.trials)}; best {max_trials_per_step} per step, * = accepted):")
+            lines.append(f"    {'step':>4} {'stage':12} {'stage err':>10} {'max KL':>10}  move")
+            steps = sorted({tr.step for tr in self.trials})
+            for st in steps:
+                rows = sorted((tr for tr in self.trials if tr.step == st),
+                              key=lambda tr: (not tr.accepted, _key(tr.stage_error), _key(tr.kl_max)))
+                for tr in rows[:max_trials_per_step]:
+                    mark = "*" if tr.accepted else " "
+                    lines.append(f"   {mark}{tr.step:>4} {tr.stage:12} {_fmt(tr.stage_error):>10} "
+                                 f"{_fmt(tr.kl_max):>10}  {tr.move[:110]}")
+        return "\n".join(lines)
+
+
+def _key(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("inf")
+
+
+def _json_num(x):
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else str(x)

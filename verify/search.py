@@ -1,0 +1,290 @@
+"""Value-op search: finish a structural mapping with the value ops (and structural choices) that make the
+converted model compute what the source computes.
+
+Greedy by localised stage, in forward order: run the target, find the first stage that diverges (embed, then
+layer 0, ...), and try only the rules feeding that stage. Each rule gets one decision that applies to all of its
+cells, and is copied to the rules that share its name templates. Moves tried per step:
+1. one rule's full choice (structural variant x value options of its targets), a joint value choice over the
+   stage (the same RoPE layout on every q and k, the same offset on every norm), or swapping the sources of two
+   same-shaped rules;
+2. only when no move of (1) helps: a joint choice combined with one rule's full choice.
+The move with the lowest error at that stage is kept if it lowers it. Every move tried is recorded with the
+stage error and the logits' max KL.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from ckptmap.mapping import Mapping, Rule
+from ckptmap.trees.model import parse_name
+from ckptmap.verify.candidates import RuleChoice, RuleSpace, structural_variants, value_options
+from ckptmap.verify.evaluate import Evaluation, Evaluator
+from ckptmap.verify.localise import first_divergence, rules_in_stage
+
+MAX_COMBOS_PER_RULE = 96
+
+
+@dataclass
+class Trial:
+    """One candidate evaluated: at which step and stage, what it changed, and how it scored."""
+
+    step: int
+    stage: str
+    move: str
+    rules: list[int]
+    stage_error: float
+    kl_max: float
+    accepted: bool = False
+    error: str = ""
+
+    def to_json(self) -> dict:
+        d = {"step": self.step, "stage": self.stage, "move": self.move, "rules": self.rules,
+             "stage_error": _num(self.stage_error), "kl_max": _num(self.kl_max), "accepted": self.accepted}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class Decision:
+    """What the search settled for one rule (only rules it changed)."""
+
+    rule: int
+    targets: list[str]
+    choice: str
+    step: int
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "targets": self.targets, "choice": self.choice, "step": self.step}
+
+
+@dataclass
+class SearchResult:
+    mapping: Mapping
+    trials: list[Trial] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    final: Evaluation | None = None
+    stuck_stage: str | None = None
+    seconds: float = 0.0
+
+
+def _num(x: float):
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else str(x)
+
+
+def _template_key(rule: Rule) -> tuple:
+    return (tuple(parse_name(s.names()[0]).template for s in rule.sources),
+            tuple(parse_name(t.names()[0]).template for t in rule.targets))
+
+
+def _short(name: str) -> str:
+    words = [w for w in parse_name(name).words if w not in ("params", "model", "weight", "kernel", "decoder")]
+    return ".".join(words[-3:]) or name
+
+
+class Search:
+    """The state of one search: the current choice per rule, the candidate spaces, and the log."""
+
+    def __init__(self, mapping: Mapping, evaluator: Evaluator, *, alternatives: dict[int, list[Rule]] | None = None,
+                 dims: dict | None = None, tolerance: float = 1e-3, kl_threshold: float = 1e-4):
+        self.base = mapping
+        self.ev = evaluator
+        self.alternatives = alternatives or {}
+        self.dims = dict(dims or {})
+        self.tolerance = tolerance
+        self.kl_threshold = kl_threshold
+        self.state: list[RuleChoice] = [RuleChoice(structural=r, values=tuple(() for _ in r.targets))
+                                        for r in mapping.rules]
+        self.spaces: dict[int, RuleSpace] = {}
+        self.templates = [_template_key(r) for r in mapping.rules]
+        self.trials: list[Trial] = []
+        self.decisions: dict[int, Decision] = {}
+
+    # ---- candidate spaces ----------------------------------------------------------------------------------
+    def _cell_shapes(self, rule: Rule) -> tuple[tuple, tuple] | None:
+        cell = tuple(0 for _ in rule.grid)
+        src = []
+        for s in rule.sources:
+            shape = list(self.ev.source_shape(s.name_at(cell)))
+            for axis in sorted(s.axes, reverse=True):
+                del shape[axis]
+            src.append(tuple(shape))
+        try:
+            tgt = rule.chain.shape(tuple(src))
+        except Exception:
+            return None
+        return tuple(src), tuple(tuple(t) for t in tgt)
+
+    def space(self, i: int) -> RuleSpace:
+        if i not in self.spaces:
+            rule = self.base.rules[i]
+            shapes = self._cell_shapes(rule)
+            tgt_shapes = list(shapes[1]) if shapes else []
+            variants = structural_variants(rule, self.alternatives.get(i, []), tgt_shapes)
+            srcs = rule.source_names()
+            options = [value_options(t.names()[0], srcs, tgt_shapes[j], self.dims) if shapes else {}
+                       for j, t in enumerate(rule.targets)]
+            self.spaces[i] = RuleSpace(index=i, variants=variants, options=options, template=self.templates[i],
+                                       cell_shapes=tuple(tgt_shapes))
+        return self.spaces[i]
+
+    # ---- mapping under a state -----------------------------------------------------------------------------
+    def mapping(self, overrides: dict[int, RuleChoice] | None = None) -> Mapping:
+        overrides = overrides or {}
+        rules = [overrides.get(i, c).rule() for i, c in enumerate(self.state)]
+        return replace(self.base, rules=rules, meta=dict(self.base.meta))
+
+    def _with_mates(self, i: int, choice: RuleChoice) -> dict[int, RuleChoice]:
+        """The move for rule i, with its value choice copied to rules of the same templates and shapes."""
+        move = {i: choice}
+        for m, key in enumerate(self.templates):
+            if m == i or key != self.templates[i] or self.space(m).cell_shapes != self.space(i).cell_shapes:
+                continue
+            mate = self.state[m]
+            for j in range(len(mate.structural.targets)):
+                for kind in ("rope", "scale", "offset"):
+                    mate = mate.with_value(j, kind, choice.value_of(j, kind))
+            move[m] = mate
+        return move
+
+    # ---- moves ---------------------------------------------------------------------------------------------
+    def _single_moves(self, rules: list[int]) -> list[tuple[str, dict[int, RuleChoice]]]:
+        moves = []
+        for i in rules:
+            sp = self.space(i)
+            current = self.state[i]
+            combos = sp.value_choices()[:MAX_COMBOS_PER_RULE]
+            name = _short(self.base.rules[i].targets[0].names()[0])
+            for v in range(len(sp.variants)):
+                for combo in combos:
+                    choice = sp.choice(v, combo)
+                    if choice.rule() == current.rule():
+                        continue
+                    moves.append((f"{name}: {choice.describe()}", self._with_mates(i, choice)))
+        return moves
+
+    def _joint_moves(self, rules: list[int]) -> list[tuple[str, dict[int, RuleChoice]]]:
+        moves = []
+        for kind in ("rope", "offset"):
+            keys: dict[str, list[tuple[int, int, object]]] = {}
+            holders = []
+            for i in rules:
+                for j, kinds in enumerate(self.space(i).options):
+                    for opt in kinds.get(kind, []):
+                        keys.setdefault(opt.key, []).append((i, j, opt))
+                    if kind in kinds:
+                        holders.append((i, j))
+            if len({i for i, _ in holders}) < 2:
+                continue
+            for key, members in keys.items():
+                move: dict[int, RuleChoice] = {}
+                for i, j, opt in members:
+                    move[i] = move.get(i, self.state[i]).with_value(j, kind, opt)
+                moves.append((f"{kind} '{members[0][2].label}' on all {len({i for i, _, _ in members})} rules "
+                              f"of the stage", self._expand(move)))
+            if any(self.state[i].value_of(j, kind) for i, j in holders):
+                move = {}
+                for i, j in holders:
+                    move[i] = move.get(i, self.state[i]).with_value(j, kind, None)
+                moves.append((f"no {kind} anywhere in the stage", self._expand(move)))
+        return moves
+
+    def _expand(self, move: dict[int, RuleChoice]) -> dict[int, RuleChoice]:
+        out = dict(move)
+        for i, c in move.items():
+            for m, mc in self._with_mates(i, c).items():
+                out.setdefault(m, mc)
+        return out
+
+    def _swap_moves(self, rules: list[int]) -> list[tuple[str, dict[int, RuleChoice]]]:
+        moves = []
+        for a_pos, a in enumerate(rules):
+            for b in rules[a_pos + 1:]:
+                ra, rb = self.state[a].structural, self.state[b].structural
+                if ra.grid != rb.grid or len(ra.sources) != len(rb.sources) or ra.sources == rb.sources:
+                    continue
+                if self.space(a).cell_shapes != self.space(b).cell_shapes or not self.space(a).cell_shapes:
+                    continue
+                sa, sb = self._cell_shapes(ra), self._cell_shapes(rb)
+                if sa is None or sb is None or sa[0] != sb[0]:
+                    continue
+                na = replace(self.state[a], structural=replace(ra, sources=rb.sources),
+                             structure=f"sources of rule {b}")
+                nb = replace(self.state[b], structural=replace(rb, sources=ra.sources),
+                             structure=f"sources of rule {a}")
+                moves.append((f"swap the sources of {_short(ra.target_names()[0])} and "
+                              f"{_short(rb.target_names()[0])}", {a: na, b: nb}))
+        return moves
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def _score(self, step: int, stage: str, label: str, move: dict[int, RuleChoice]) -> tuple[float, float, Trial]:
+        ev = self.ev.evaluate(self.mapping(move))
+        trial = Trial(step, stage, label, sorted(move), ev.stage_error(stage), ev.kl_max, error=ev.error)
+        self.trials.append(trial)
+        return ev.stage_error(stage), ev.kl_max, trial
+
+    def _cost(self, move: dict[int, RuleChoice]) -> float:
+        return sum(c.rule().chain.cost for c in move.values())
+
+    def _best(self, step: int, stage: str, moves) -> tuple[float, float, Trial, dict] | None:
+        """The move with the lowest stage error; errors equal up to round-off go to the cheaper chains."""
+        best = None
+        for label, move in moves:
+            err, kl, trial = self._score(step, stage, label, move)
+            if best is None:
+                best = (err, kl, trial, move)
+                continue
+            tie = abs(err - best[0]) <= 1e-9 + 1e-6 * min(err, best[0])
+            if (tie and self._cost(move) < self._cost(best[3])) or (not tie and (err, kl) < (best[0], best[1])):
+                best = (err, kl, trial, move)
+        return best
+
+    def _accept(self, step: int, trial: Trial, move: dict[int, RuleChoice]) -> None:
+        trial.accepted = True
+        for i, c in move.items():
+            self.state[i] = c
+            self.decisions[i] = Decision(i, self.base.rules[i].target_names()[:4], c.describe(), step)
+
+    def run(self, *, max_steps: int = 40, first_stage_only: bool = False) -> SearchResult:
+        """Search until the KL threshold is met, the localised stage cannot be improved, or max_steps."""
+        t0 = time.perf_counter()
+        current = self.ev.evaluate(self.mapping())
+        first_stage = None
+        stuck = None
+        for step in range(1, max_steps + 1):
+            if current.ok and current.kl_max <= self.kl_threshold:
+                break
+            stage = first_divergence(current.errors, self.tolerance) if current.ok else "logits"
+            stage = stage or "logits"
+            if first_stage_only and first_stage is not None and stage != first_stage:
+                break
+            first_stage = first_stage or stage
+            rules = rules_in_stage(self.base, stage)
+            cur_err = current.stage_error(stage)
+            phase1 = self._joint_moves(rules) + self._single_moves(rules) + self._swap_moves(rules)
+            best = self._best(step, stage, phase1)
+            if best is None or not best[0] < cur_err * 0.98:
+                joints = self._joint_moves(rules)
+                singles = self._single_moves(rules)
+                phase2 = []
+                for jl, jm in joints:
+                    for sl, sm in singles:
+                        merged = dict(jm)
+                        merged.update(sm)
+                        phase2.append((f"{jl} + {sl}", merged))
+                best2 = self._best(step, stage, phase2)
+                if best2 is not None and (best is None or best2[:2] < best[:2]):
+                    best = best2
+            if best is None or not best[0] < cur_err * 0.98:
+                stuck = stage
+                break
+            self._accept(step, best[2], best[3])
+            current = self.ev.evaluate(self.mapping())
+        decisions = sorted(self.decisions.values(), key=lambda d: d.rule)
+        mapping = self.mapping()
+        mapping.meta = dict(mapping.meta, verify={"decisions": [d.to_json() for d in decisions]})
+        return SearchResult(mapping=mapping, trials=self.trials, decisions=decisions, final=current,
+                            stuck_stage=stuck, seconds=time.perf_counter() - t0)
