@@ -39,12 +39,29 @@ def has_transpose(chain) -> bool:
     return False
 
 
+def _transposes(chain) -> list[tuple[int, ...]] | None:
+    """The permutations of a chain made only of transposes (None if it holds any other op)."""
+    ops = getattr(chain, "ops", (chain,))
+    out = []
+    for op in ops:
+        if type(op).__name__ != "Transpose":
+            return None
+        out.append(tuple(op.perm))
+    return out
+
+
 def layout_score(chain, src_name: str, src_shape: tuple[int, ...], src_layout: str, tgt_layout: str) -> float:
     """+1 when the chain's use of a transpose agrees with the layouts, -1 when it goes against them, 0 when
     the layouts say nothing about this tensor."""
     leaf = src_name.replace("/", ".").replace("-", ".").split(".")[-1]
     cs = set(concepts(src_name))
-    if len(src_shape) < 2 or "embed" in cs or "pos_embed" in cs:
+    if len(src_shape) >= 3 and leaf in ("weight", "kernel") and {src_layout, tgt_layout} == {"torch", "flax"}:
+        # Convolutions: torch [out, in, *spatial] <-> flax [*spatial, in, out] by one canonical transpose.
+        n = len(src_shape)
+        canonical = tuple(range(2, n)) + (1, 0) if src_layout == "torch" else (n - 1, n - 2) + tuple(range(n - 2))
+        if _transposes(chain) == [canonical]:
+            return 1.5
+    if len(src_shape) < 2 or (len(src_shape) == 2 and ("embed" in cs or "pos_embed" in cs)):
         return 0.5 if not has_transpose(chain) else -0.5
     transposes = has_transpose(chain)
     if src_layout == tgt_layout:
