@@ -38,6 +38,8 @@ def one_input_op(draw, shape):
         return Transpose(tuple(draw(st.permutations(range(nd)))))
     if kind == "reshape":
         flat = int(np.prod(shape))
+        if flat == 1 and draw(st.booleans()):
+            return Reshape(shape, ())
         divisors = [d for d in range(1, flat + 1) if flat % d == 0]
         d = draw(st.sampled_from(divisors))
         return Reshape(shape, (d, flat // d))

@@ -116,7 +116,8 @@ class Reshape(Op):
         return Reshape(self.out_shape, self.in_shape)
 
     def to_code(self, args: list[str]) -> list[str]:
-        return [f"{paren(args[0])}.reshape{shape_text(self.out_shape)}"]
+        shape = shape_text(self.out_shape) if self.out_shape else "(())"
+        return [f"{paren(args[0])}.reshape{shape}"]
 
     @property
     def cost(self) -> float:
