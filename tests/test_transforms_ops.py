@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckptmap.transforms import (Cast, Chain, Concat, ExpandDims, Identity, Offset, Parallel, Pad, Reshape, RopePermute,
-                                Scale, ShapeMismatch, Split, Squeeze, Stack, TransformError, Transpose, Truncate,
+                                Scale, ShapeMismatch, Split, Squeeze, TransformError, Transpose, Truncate,
                                 Unstack, compile_op, function_source, op_from_json)
 
 sizes = st.integers(1, 4)

@@ -13,8 +13,7 @@ import pytest
 
 from ckptmap.apply import apply_rule, apply_to_dict
 from ckptmap.mapping import Mapping, Rule, Slot
-from ckptmap.transforms import (Chain, Offset, RopePermute, Scale, Split, Transpose, eval_expr, op_from_json,
-                                search_chains)
+from ckptmap.transforms import Chain, Offset, RopePermute, Scale, Split, eval_expr, op_from_json, search_chains
 from ckptmap.transforms.base import TransformError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -95,6 +95,8 @@ def one_to_one(src: Shape, tgt: Shape, dkey: DimsKey = ()) -> tuple[Chain, ...]:
     if numel(src) == numel(tgt):
         return _layout_chains(src, tgt, dkey)
     found: list[Chain] = []
+    if 0 in src or 0 in tgt:
+        return ()
     for b, have in enumerate(src):
         for want in set(tgt):
             if want == have or numel(src) // have * want != numel(tgt) or not _pad_allowed(have, want, dkey):
@@ -155,6 +157,8 @@ def _nested_unstacks(src: Shape, tgts: Shapes) -> list[tuple[Op, Shapes]]:
 def _split_ops(src: Shape, tgts: Shapes, dkey: DimsKey) -> list[tuple[Op, Shapes]]:
     """(split op, part shapes) for every axis of src that can be cut into len(tgts) parts of the right sizes,
     and for every run of neighbouring axes that together hold one part each."""
+    if 0 in src or any(0 in t for t in tgts):
+        return []
     total, out = numel(src), _nested_unstacks(src, tgts)
     for axis, size in enumerate(src):
         rest = total // size
