@@ -50,7 +50,8 @@ tree = read_tree(sys.argv[1])
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "read_s": t2 - t1, "tensors": len(tree), "params": tree.total_params,
                   "bytes": tree.total_bytes, "cls": tree.meta["hf"]["class"],
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 """
 
 
@@ -87,7 +88,7 @@ def measure(config_path: str) -> dict:
     return out
 
 
-def results_section(rows: list[tuple[str, dict]], command: str) -> str:
+def results_section(rows: list[tuple[str, dict]], command: str, load_before: float) -> str:
     machine = f"2-core CPU container ({platform.machine()}, Python {platform.python_version()})"
     lines = [SECTION, "",
              f"`hf:` trees of full-size configs, built on the meta device (no weight memory). Machine: {machine}. "
@@ -95,14 +96,16 @@ def results_section(rows: list[tuple[str, dict]], command: str) -> str:
              f"Command: `{command}`. One fresh interpreter per config; `wall` includes starting Python and importing "
              "torch + transformers + ckptmap (`import`), `read` is `read_tree` alone; peak RSS is the child's "
              "`ru_maxrss`. `read` still includes transformers' lazy import of the model's own modules (most of it); the "
-             "machine is shared with other developers' jobs, so times vary by about 2x between runs. Bytes use the "
+             "machine is shared with other developers' jobs, so wall times vary with its load (1-minute load average "
+             f"{load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after); `CPU s` (the child's user+system "
+             "time) varies much less. Bytes use the "
              "config's dtype (float32 where it names none). Budget: < 10 s and < 1 GB each.", "",
-             "| config | class | tensors | parameters | bytes | read s | import s | wall s | peak RSS MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| config | class | tensors | parameters | bytes | read s | import s | wall s | CPU s | peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows:
         lines.append(f"| {name} | {r['cls']} | {r['tensors']:,} | {r['params'] / 1e9:.2f}B | "
                      f"{r['bytes'] / 2**30:.1f} GiB | {r['read_s']:.2f} | {r['import_s']:.2f} | {r['wall_s']:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{r['cpu_s']:.2f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -127,17 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = args.names or sorted(n[:-5] for n in os.listdir(CONFIG_DIR) if n.endswith(".json"))
     rows = []
+    load_before = os.getloadavg()[0]
     for name in names:
         r = measure(os.path.join(CONFIG_DIR, f"{name}.json"))
         rows.append((name, r))
         print(f"{name:18s} {r['cls']:32s} {r['tensors']:7,d} tensors {r['params'] / 1e9:8.2f}B params  "
-              f"read {r['read_s']:5.2f}s  wall {r['wall_s']:5.2f}s  peak {r['peak_rss_mb']:6.0f} MB", flush=True)
+              f"read {r['read_s']:5.2f}s  wall {r['wall_s']:5.2f}s  cpu {r['cpu_s']:5.2f}s  peak {r['peak_rss_mb']:6.0f} MB", flush=True)
     if args.results:
         command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_trees.py --results" + (
             " " + " ".join(args.names) if args.names else "")
         with open(RESULTS) if os.path.exists(RESULTS) else open(os.devnull) as f:
             text = f.read()
-        new = replace_section(text, results_section(rows, command))
+        new = replace_section(text, results_section(rows, command, load_before))
         tmp = RESULTS + ".tmp"
         with open(tmp, "w") as f:
             f.write(new)
