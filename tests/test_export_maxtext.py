@@ -1,0 +1,67 @@
+"""Acceptance: an exported module, run by MaxText's own to_maxtext loading steps (and to_huggingface's saving
+steps), gives exactly the tensors `ckptmap convert` gives. Runs MaxText in .venv-maxtext through a subprocess
+(`python -m ckptmap.export_check`, which imports to_maxtext / to_huggingface and calls their functions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ckptmap import checkpoint_io as cio
+from ckptmap.convert import convert
+from ckptmap.export import export_maxtext_module
+from test_convert_cases import fixture, fused_qkv_mapping, gpt_oss_experts_mapping, llama_mapping, mixtral_mapping, seeded
+
+REPO = Path(__file__).resolve().parents[1]
+MAXTEXT_PYTHON = REPO / ".venv-maxtext" / "bin" / "python"
+
+
+def write_case(root: Path, name: str, family: str, mapping, hf_shapes: dict, scan: int, model: str) -> str:
+    """hf.npz, expected.npz (ckptmap convert), module.py (ckptmap export) and case.json for export_check."""
+    cfg, _, mt = fixture(family)
+    d = root / name
+    d.mkdir()
+    hf = seeded({n: s for n, s in hf_shapes.items() if n in set(mapping.source_names())})
+    cio.write_all(str(d / "hf.npz"), hf)
+    convert(mapping, str(d / "hf.npz"), str(d / "expected.npz"), progress=False)
+    expected = cio.read_all(str(d / "expected.npz"))
+    export_maxtext_module(mapping, str(d / "module.py"), model, hf_config=cfg["hf_config"], target_shapes=mt[scan])
+    case = {"model_name": model, "hf_config": cfg["hf_config"],
+            "maxtext_config": cfg["maxtext_config_values"][f"scan{scan}"],
+            "target_shapes": {n: list(a.shape) for n, a in expected.items()}}
+    (d / "case.json").write_text(json.dumps(case))
+    return str(d)
+
+
+@pytest.mark.maxtext
+def test_maxtext_loads_the_exported_module_to_the_same_tensors_as_convert(tmp_path):
+    assert MAXTEXT_PYTHON.exists(), f"the MaxText tests need {MAXTEXT_PYTHON} (make maxtext-venv)"
+    cases = []
+    for scan in (0, 1):
+        _, hf, _ = fixture("llama3.1")
+        cases.append(write_case(tmp_path, f"llama-scan{scan}", "llama3.1", llama_mapping(bool(scan)), hf, scan,
+                                "llama3.1-8b"))
+        _, hf, _ = fixture("mixtral")
+        cases.append(write_case(tmp_path, f"mixtral-scan{scan}", "mixtral", mixtral_mapping(bool(scan)), hf, scan,
+                                "mixtral-8x7b"))
+        _, hf, _ = fixture("gpt-oss")
+        cases.append(write_case(tmp_path, f"gpt-oss-experts-scan{scan}", "gpt-oss", gpt_oss_experts_mapping(bool(scan)),
+                                hf, scan, "gpt-oss-20b"))
+        mapping, hf = fused_qkv_mapping(bool(scan))
+        cases.append(write_case(tmp_path, f"fused-qkv-scan{scan}", "llama3.1", mapping, hf, scan, "fused-qkv"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([str(MAXTEXT_PYTHON), "-m", "ckptmap.export_check", *cases], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=str(REPO))
+    results = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines()
+               if line.startswith("CKPTMAP_EXPORT_CHECK ")]
+    assert len(results) == len(cases), proc.stderr[-3000:]
+    for r in results:
+        assert r["load_errors"] == {} and r["load_mismatches"] == {}, r
+        assert r["loaded"] == r["expected"] > 0, r
+        assert r["save_errors"] == {} and r["save_mismatches"] == {}, r
+        assert r["saved"] > 0, r
+    assert proc.returncode == 0
