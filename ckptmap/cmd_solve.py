@@ -22,7 +22,6 @@ def add_parser(sub) -> None:
     p.add_argument("--no-scan", dest="scan", action="store_false", help="with --tiny: unscanned MaxText layers")
     p.add_argument("--out", help="write the mapping JSON here")
     p.add_argument("--export", help="write a Python module in MaxText's PARAM_MAPPING/HOOK_FNS form here")
-    p.add_argument("--hints", choices=["off", "cache", "gemini"], default="off", help="LLM priors (default off)")
     p.add_argument("--explain", metavar="TARGET", help="print the top candidates for TARGET with score parts")
     p.add_argument("--alternatives", type=int, default=3, help="alternatives kept per rule (default 3)")
     p.add_argument("--allow-partial", action="store_true",
@@ -31,6 +30,9 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto")
     p.add_argument("--report", help="with --verify: write the verification report JSON here")
     p.add_argument("--quiet", action="store_true", help="print the summary only, not the mapping")
+    from ckptmap.llm_hints.cli_args import add_hint_arguments
+
+    add_hint_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -66,11 +68,9 @@ def run(args) -> int:
 
     src_spec, tgt_spec, bundled_model = _tree_specs(args)
     src, tgt = read_tree(src_spec), read_tree(tgt_spec)
-    priors = None
-    if args.hints != "off":
-        from ckptmap.llm_hints import get_priors
+    from ckptmap.llm_hints.cli_args import describe, priors_from_args
 
-        priors = get_priors(src, tgt, mode=args.hints)
+    priors = priors_from_args(args, src, tgt)
     result = solve(src, tgt, priors=priors, k_alternatives=args.alternatives)
 
     if args.explain:
@@ -88,6 +88,8 @@ def run(args) -> int:
         print(f"mapping {src_spec} -> {tgt_spec}")
         print_mapping(mapping)
     print(result.report())
+    if not priors.is_empty:
+        print(describe(priors))
 
     report = None
     if args.verify:

@@ -66,6 +66,7 @@ class Slot:
     root: str
     coord: tuple[tuple[str, int], ...]
     units: list[Unit] = field(default_factory=list)
+    _signature: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def level_names(self) -> tuple[str, ...]:
@@ -76,10 +77,12 @@ class Slot:
 
     def signature(self) -> tuple[int, ...]:
         """Sorted element counts of its local params (expert copies summed): compares layers across frameworks."""
-        sums: dict[str, int] = defaultdict(int)
-        for u in self.units:
-            sums[u.local] += u.numel
-        return tuple(sorted(sums.values()))
+        if self._signature is None or self._signature[0] != len(self.units):
+            sums: dict[str, int] = defaultdict(int)
+            for u in self.units:
+                sums[u.local] += u.numel
+            self._signature = (len(self.units), tuple(sorted(sums.values())))
+        return self._signature[1]
 
 
 @dataclass

@@ -235,11 +235,11 @@ def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 
             rule.explain["shared_source"] = True
             rules.append(rule)
             covered_targets.update(rule.target_names())
+            used_sources.update(rule.source_names())
             notes.append(f"{rule.target_names()[0]} shares its source {rule.source_names()[0]} with another target")
 
     unmapped = [n for n in tgt.names() if n not in covered_targets]
-    unused = {n: "no target reads it" for n in src.names() if n not in used_sources
-              and not any(n in r.source_names() for r in rules)}
+    unused = {n: "no target reads it" for n in src.names() if n not in used_sources}
     mapping = Mapping(rules=rules, source=src.origin, target=tgt.origin, unmapped_targets=unmapped,
                       unused_sources=unused, meta={"solver": "ckptmap.cpsat", "dims": dims,
                                                    "layouts": [ctx.src_layout, ctx.tgt_layout]})

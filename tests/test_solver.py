@@ -149,3 +149,27 @@ def test_unrelated_trees_report_unmapped(tmp_path):
     res = solve(read_tree(str(vpath)), _load(os.path.join(DATA, "llama3.1", "maxtext_params.scan0.json")))
     assert len(res.mapping.unmapped_targets) == 21
     assert set(res.mapping.unused_sources) == set(vision)
+
+
+def test_a_wrong_hint_cannot_change_the_mapping():
+    from ckptmap.llm_hints import load_priors_file
+
+    wrong = load_priors_file(os.path.join(os.path.dirname(__file__), "data", "llm_hints", "wrong",
+                                          "llama3.1.scan0.wrong.json"))
+    assert not wrong.is_empty
+    case = load_case("llama3.1", 0)
+    plain = solve(case.src, case.tgt).mapping
+    hinted = solve(case.src, case.tgt, priors=wrong).mapping
+    assert [r.to_json()["targets"] for r in hinted.rules] == [r.to_json()["targets"] for r in plain.rules]
+    assert [r.source_names() for r in hinted.rules] == [r.source_names() for r in plain.rules]
+    score = score_mapping(hinted, case.gt, case.hf_shapes)
+    assert score.count("exact") + score.count("structural") == score.scored
+
+
+def test_recorded_hints_work_offline_from_the_committed_cache(capsys):
+    from ckptmap.cli import main
+
+    rc = main(["solve", "llama3.1", "--tiny", "--hints", "cache", "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "hints: 12 correspondences" in out
