@@ -3,8 +3,8 @@
 Methods (each gives a ckptmap Mapping for the HF tree -> MaxText tree of a case):
 - `ckptmap`: `ckptmap.solver.solve(src, tgt)`, from the trees alone;
 - `ckptmap+hints`: the same with the recorded LLM priors (`ckptmap.llm_hints.get_priors(mode="cache")`);
-- `ckptmap+verify`: the solve, then `ckptmap.verify.search_and_verify` on the fixture model's tiny runners
-  (what `ckptmap solve MODEL --tiny --verify` does); where verify is missing or fails the run says why;
+- `ckptmap+verify`: the solve, then `ckptmap.verify.search_and_verify` with HF and MaxText runners built at
+  exactly the fixture's configs (CPU); where verify is missing or fails the run says why;
 - `name-greedy`, `shapes-only`, `llm-only`: the baselines of `ckptmap.benchmarks.baselines`.
 
 Each method runs twice: once timed, once under tracemalloc for its peak traced memory (Python and numpy
@@ -112,11 +112,11 @@ MAPPERS: dict[str, Callable[[Case], object]] = {
     **{name: _baseline(name) for name in baselines.BASELINES},
 }
 
-VERIFY_API = ("tiny_specs", "runners_for", "search_and_verify")
+VERIFY_API = ("runners_for", "search_and_verify")
 
 
 def verify_module() -> tuple[object | None, str]:
-    """ckptmap.verify when it offers what `ckptmap solve MODEL --tiny --verify` calls, else (None, why not)."""
+    """ckptmap.verify when it offers what `ckptmap solve --verify` calls, else (None, why not)."""
     try:
         module = importlib.import_module("ckptmap.verify")
     except ImportError as e:
@@ -127,38 +127,49 @@ def verify_module() -> tuple[object | None, str]:
     return module, ""
 
 
-def _report_number(report: object, *names: str):
-    data = report.to_json() if callable(getattr(report, "to_json", None)) else {}
-    for name in names:
-        value = getattr(report, name, None)
-        if value is None and isinstance(data, dict):
-            value = data.get(name)
-        if value is not None:
-            return len(value) if isinstance(value, (list, tuple)) else value
-    return None
+def fixture_specs(case: Case, directory: str) -> tuple[str, str]:
+    """Runner SPECs at exactly the fixture's configs: its HF config (written to `directory`) and its MaxText
+    model name with the fixture's overrides and this case's scan setting."""
+    import json
+    import os
+    import shlex
+
+    from ckptmap.benchmarks.cases import FIXTURES
+    from ckptmap.mapping import write_json_atomic
+
+    with open(os.path.join(FIXTURES, case.family, "config.json")) as f:
+        fixture = json.load(f)
+    hf_path = os.path.join(directory, "config.json")
+    write_json_atomic(hf_path, fixture["hf_config"])
+    overrides = list(fixture["maxtext_overrides"]) + [f"scan_layers={'true' if case.scan else 'false'}"]
+    return f"hf:{hf_path}", " ".join(shlex.quote(t) for t in [f"maxtext:{fixture['maxtext_model_name']}", *overrides])
 
 
 def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
-    """Verify the solve the way `ckptmap solve MODEL --tiny --verify` does (tiny configs of the fixture's MaxText
-    model, CPU); returns verify's final mapping and its metrics, or the solve's mapping and why verify did not run."""
+    """Verify the solve (and let verify choose its value ops) with runners at the fixture's configs on CPU.
+    Returns verify's final mapping and its numbers, or the solve's mapping and why verify did not run."""
+    import tempfile
+
     verify, why = verify_module()
     if verify is None:
         return solved.mapping, {"not_run": why}
     start = time.perf_counter()
     runners = ()
-    try:
-        src_spec, tgt_spec = verify.tiny_specs(case.gt.model_name, scan=bool(case.scan))
-        runners = verify.runners_for(src_spec, tgt_spec, "cpu")
-        mapping, report = verify.search_and_verify(solved, *runners)
-    except Exception as e:  # verify's failure on one case is a result to report, not a reason to stop
-        return solved.mapping, {"not_run": f"verify raised {type(e).__name__}: {str(e)[:200]}"}
-    finally:
-        for runner in runners:
-            runner.close()
+    with tempfile.TemporaryDirectory(prefix="ckptmap-bench-verify-") as tmp:
+        try:
+            runners = verify.runners_for(*fixture_specs(case, tmp), "cpu")
+            mapping, report = verify.search_and_verify(solved, *runners)
+        except Exception as e:  # verify's failure on one case is a result to report, not a reason to stop
+            return solved.mapping, {"not_run": f"verify raised {type(e).__name__}: {str(e)[:200]}"}
+        finally:
+            for runner in runners:
+                runner.close()
+    kl = getattr(report, "kl_max", None)
     return mapping, {"seconds": round(time.perf_counter() - start, 2),
-                     "max_kl": _report_number(report, "max_kl", "kl"),
-                     "iterations": _report_number(report, "iterations", "tried", "attempts"),
-                     "passed": getattr(report, "passed", None)}
+                     "max_kl": float(kl) if isinstance(kl, (int, float)) else None,
+                     "iterations": len(getattr(report, "trials", []) or []),
+                     "forwards": getattr(report, "forwards", None), "passed": getattr(report, "passed", None),
+                     **({"error": report.error} if getattr(report, "error", "") else {})}
 
 
 def _clear_caches() -> None:
