@@ -3,6 +3,7 @@ console-script subprocess)."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import struct
@@ -123,3 +124,15 @@ def test_console_script_subprocess_error(tmp_path, case):
     assert proc.returncode == 2
     assert proc.stderr == f"ckptmap trees: error: {message}\n"
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_every_fixture_file_prints(capsys):
+    """Acceptance: `ckptmap trees` reads every fixture file (trees and configs); only the Qwen3-Omni config needs
+    `enable_audio_output=false` (see test_trees_hf.EXTRA_OVERRIDES)."""
+    paths = sorted(glob.glob(os.path.join(DATA, "maxtext_tiny", "*", "*.json"))
+                   + glob.glob(os.path.join(DATA, "agent_context", "*", "*.json")))
+    assert len(paths) == 82
+    failed = [p for p in paths if main(["trees", p]) != 0]
+    assert failed == [os.path.join(DATA, "maxtext_tiny", "qwen3-omni", "config.json")]
+    assert main(["trees", failed[0], "enable_audio_output=false"]) == 0
+    assert capsys.readouterr().out.count(" tensors, ") == 82

@@ -186,6 +186,13 @@ def test_memory_layout_keeps_fused_experts():
     assert saved.total_params == memory.total_params
 
 
+def test_fused_expert_tensors_carry_their_expert_axis():
+    tree = read_tree(hf_spec("gpt-oss"))  # GPT-OSS checkpoints keep experts fused
+    assert tree["model.layers.0.mlp.experts.gate_up_proj"].stacked_axes == ((0, "experts"),)
+    assert tree["model.layers.0.mlp.experts.down_proj"].shape == (4, 32, 64)
+    assert tree["model.layers.0.mlp.router.weight"].stacked_axes == ()
+
+
 def test_unknown_model_type_names_the_key():
     with pytest.raises(TreeError) as e:
         read_tree("hf:no_such_model_type")

@@ -9,6 +9,7 @@ Accepted forms (top level is one JSON object):
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -104,10 +105,14 @@ def tree_from_document(doc: dict, file: str) -> ParamTree:
 
 
 def tree_document(tree: ParamTree) -> dict:
-    """ParamTree -> the JSON document `tree_from_document` reads back (meta must be JSON-serialisable)."""
+    """ParamTree -> the JSON document `tree_from_document` reads back.
+
+    Reader notes that are not plain JSON (an enum, a path object) are written as their `str`.
+    """
+    meta = json.loads(json.dumps(tree.meta, default=str))
     return {"format": TREE_FORMAT, "version": TREE_FORMAT_VERSION, "origin": tree.origin,
             "framework": tree.framework, "count": len(tree), "total_params": tree.total_params,
-            "total_bytes": tree.total_bytes, "meta": tree.meta, "params": tree.to_json()}
+            "total_bytes": tree.total_bytes, "meta": meta, "params": tree.to_json()}
 
 
 def sibling_config(path: str) -> str | None:
