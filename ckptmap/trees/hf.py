@@ -150,14 +150,14 @@ def tree_from_model(model, *, origin: str, layout: str = "saved", notes: list[st
         memory_tags[name] = tuple(tags)
         memory_stacked[name] = _expert_stacked_axes(model, name, tuple(t.shape), dims.get("experts"))
 
+    # Renamings hand the very tensor object through, so identity links a saved name to its module name.
+    memory_of = {id(t): n for n, t in kept.items()}
     if layout == "saved":
-        memory_of = {id(t): n for n, t in kept.items()}
         with quiet_transformers():
             tensors = revert_weight_conversion(model, kept)
         tied = {_saved_name(model, n, full[n]): (_saved_name(model, src, kept[src]) if src in kept else src)
                 for n, src in tied_to_memory.items()}
     else:
-        memory_of = {id(t): n for n, t in kept.items()}
         tensors = kept
         tied = dict(tied_to_memory)
 
