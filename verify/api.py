@@ -52,7 +52,7 @@ def _report(ev: Evaluator, final: Evaluation, mapping: Mapping, *, dtype: str, t
     report = VerifyReport(
         passed=passed, dtype=dtype, kl_threshold=threshold, tolerance=tol, logits=final.stats,
         stages=dict(final.errors), first_divergence=first,
-        suspects=stage_targets(mapping, first) if (first and not passed) else [],
+        suspects=stage_targets(mapping, first, list(final.errors)) if (first and not passed) else [],
         source=_describe(src_runner), target=_describe(tgt_runner), seed=ev.seed,
         tokens=int(ev.tokens.size), forwards=ev.forwards, error=final.error)
     report.timings = {**ev.timings, "total_s": time.perf_counter() - t0}

@@ -30,15 +30,34 @@ def stage_names(n_layers: int) -> list[str]:
     return ["embed", *(f"layer_{i}" for i in range(n_layers)), "final_norm", "logits"]
 
 
+def layer_alignment(n_ref: int, n_other: int) -> dict[str, str]:
+    """Reference stage -> the other pass's stage holding the same activation.
+
+    Equal counts pair layer i with layer i. When one side groups k layers into one block (MaxText's Gemma2 runs a
+    local and a global layer as one), block j's output is the output of reference layer (j+1)*k-1."""
+    pairs = {"embed": "embed", "final_norm": "final_norm"}
+    if n_ref == n_other:
+        pairs.update({f"layer_{i}": f"layer_{i}" for i in range(n_ref)})
+    elif n_other and n_ref % n_other == 0:
+        k = n_ref // n_other
+        pairs.update({f"layer_{(j + 1) * k - 1}": f"layer_{j}" for j in range(n_other)})
+    elif n_ref and n_other % n_ref == 0:
+        k = n_other // n_ref
+        pairs.update({f"layer_{i}": f"layer_{(i + 1) * k - 1}" for i in range(n_ref)})
+    return pairs
+
+
 def stage_errors(reference: Forward, other: Forward) -> dict[str, float]:
-    """Relative RMS error of every stage both passes recorded, in forward order (logits over the common vocab)."""
+    """Relative RMS error of every stage both passes recorded, in forward order (logits over the common vocab),
+    named by the reference's stages."""
     out: dict[str, float] = {}
+    pairs = layer_alignment(layer_count(reference), layer_count(other))
     for name in stage_names(layer_count(reference)):
         if name == "logits":
             v = min(reference.logits.shape[-1], other.logits.shape[-1])
             out[name] = relative_error(reference.logits[..., :v], other.logits[..., :v])
-        elif name in reference.activations and name in other.activations:
-            out[name] = relative_error(reference.activations[name], other.activations[name])
+        elif name in pairs and name in reference.activations and pairs[name] in other.activations:
+            out[name] = relative_error(reference.activations[name], other.activations[pairs[name]])
     return out
 
 
@@ -66,15 +85,27 @@ def rule_layers(rule: Rule) -> set[int] | None:
     return None
 
 
-def rules_in_stage(mapping: Mapping, stage: str) -> list[int]:
+def _stage_layers(stage: str, compared: list[str] | None) -> set[int]:
+    """The layers whose rules feed a compared layer stage first: its own, plus any uncompared layers since the
+    previous compared one (a runner that runs k layers as one block reports only every k-th)."""
+    j = int(_LAYER.match(stage).group(1))
+    if not compared:
+        return {j}
+    before = [int(m.group(1)) for c in compared if (m := _LAYER.match(c)) and int(m.group(1)) < j]
+    return set(range(max(before) + 1 if before else 0, j + 1))
+
+
+def rules_in_stage(mapping: Mapping, stage: str, compared: list[str] | None = None) -> list[int]:
     """Indices of the rules that can change `stage`'s activation first: layer i's rules for `layer_i`, the global
-    rules for `embed` / `final_norm` / `logits`. Grid rules whose layers cannot be read are in every layer."""
+    rules for `embed` / `final_norm` / `logits`. Grid rules whose layers cannot be read are in every layer.
+    `compared`: the stages that were compared (see _stage_layers)."""
     m = _LAYER.match(stage)
+    wanted = _stage_layers(stage, compared) if m else set()
     out = []
     for i, rule in enumerate(mapping.rules):
         layers = rule_layers(rule)
         if m:
-            if layers is not None and (not layers or int(m.group(1)) in layers):
+            if layers is not None and (not layers or layers & wanted):
                 out.append(i)
         elif layers is None:
             out.append(i)
@@ -83,10 +114,10 @@ def rules_in_stage(mapping: Mapping, stage: str) -> list[int]:
     return out
 
 
-def stage_targets(mapping: Mapping, stage: str) -> list[str]:
+def stage_targets(mapping: Mapping, stage: str, compared: list[str] | None = None) -> list[str]:
     """Target tensor names of the rules in `stage` (the parameters a divergence there points at)."""
     names: list[str] = []
-    for i in rules_in_stage(mapping, stage):
+    for i in rules_in_stage(mapping, stage, compared):
         for n in mapping.rules[i].target_names():
             if n not in names:
                 names.append(n)

@@ -64,6 +64,15 @@ class VerifyReport:
             "notes": self.notes, "error": self.error,
         }
 
+    def save(self, path: str) -> tuple[str, str]:
+        """Write the report as JSON at `path` and as the readable table beside it (`.txt`), atomically."""
+        from ckptmap.mapping import write_json_atomic, write_text_atomic
+
+        text_path = (path[:-5] if path.endswith(".json") else path) + ".txt"
+        write_json_atomic(path, self.to_json())
+        write_text_atomic(text_path, self.table(max_trials_per_step=1000) + "\n")
+        return path, text_path
+
     def table(self, max_trials_per_step: int = 5) -> str:
         """A readable summary: verdict, logit metrics, stage errors, decisions, and the best trials per step."""
         lines = []

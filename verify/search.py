@@ -14,6 +14,8 @@ stage error and the logits' max KL.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -75,14 +77,25 @@ def _num(x: float):
     return x if x == x and abs(x) != float("inf") else str(x)
 
 
+_LAYER_INDEX = re.compile(r"(?<=[._/-])(layers|layer|h|blocks|block)([._/-]|_)(\d+)(?=[._/-]|$)")
+
+
+def layer_template(name: str) -> str:
+    """`name` with its layer index replaced: model.layers.3.mlp.up_proj -> model.layers.{i}.mlp.up_proj
+    (other indices, like MaxText's wi_0 / wi_1, stay: they name different tensors)."""
+    return _LAYER_INDEX.sub(lambda m: f"{m.group(1)}{m.group(2)}{{i}}", "." + name)[1:]
+
+
 def _template_key(rule: Rule) -> tuple:
-    return (tuple(parse_name(s.names()[0]).template for s in rule.sources),
-            tuple(parse_name(t.names()[0]).template for t in rule.targets))
+    return (tuple(layer_template(s.names()[0]) for s in rule.sources),
+            tuple(layer_template(t.names()[0]) for t in rule.targets))
 
 
 def _short(name: str) -> str:
-    words = [w for w in parse_name(name).words if w not in ("params", "model", "weight", "kernel", "decoder")]
-    return ".".join(words[-3:]) or name
+    """A short display name: the last module tokens, layer index replaced."""
+    tokens = [t for t in re.split(r"[./-]", layer_template(name))
+              if t not in ("params", "model", "weight", "kernel", "decoder", "")]
+    return ".".join(tokens[-3:]) or name
 
 
 class Search:
@@ -102,6 +115,7 @@ class Search:
         self.templates = [_template_key(r) for r in mapping.rules]
         self.trials: list[Trial] = []
         self.decisions: dict[int, Decision] = {}
+        self._memo: dict[tuple, Evaluation] = {}
 
     # ---- candidate spaces ----------------------------------------------------------------------------------
     def _cell_shapes(self, rule: Rule) -> tuple[tuple, tuple] | None:
@@ -151,14 +165,18 @@ class Search:
         return move
 
     # ---- moves ---------------------------------------------------------------------------------------------
-    def _single_moves(self, rules: list[int]) -> list[tuple[str, dict[int, RuleChoice]]]:
+    def _single_moves(self, rules: list[int], *, values_only: bool = False) -> list[tuple[str, dict[int, RuleChoice]]]:
+        """Every full choice of one rule; `values_only` keeps each rule's current structural variant."""
         moves = []
         for i in rules:
             sp = self.space(i)
             current = self.state[i]
             combos = sp.value_choices()[:MAX_COMBOS_PER_RULE]
             name = _short(self.base.rules[i].targets[0].names()[0])
-            for v in range(len(sp.variants)):
+            variants = range(len(sp.variants))
+            if values_only:
+                variants = [v for v in variants if sp.variants[v][1] == current.structural][:1]
+            for v in variants:
                 for combo in combos:
                     choice = sp.choice(v, combo)
                     if choice.rule() == current.rule():
@@ -183,6 +201,8 @@ class Search:
                 move: dict[int, RuleChoice] = {}
                 for i, j, opt in members:
                     move[i] = move.get(i, self.state[i]).with_value(j, kind, opt)
+                if all(c == self.state[i] for i, c in move.items()):
+                    continue
                 moves.append((f"{kind} '{members[0][2].label}' on all {len({i for i, _, _ in members})} rules "
                               f"of the stage", self._expand(move)))
             if any(self.state[i].value_of(j, kind) for i, j in holders):
@@ -220,8 +240,16 @@ class Search:
         return moves
 
     # ---- the loop ------------------------------------------------------------------------------------------
+    def _evaluate(self, mapping: Mapping) -> Evaluation:
+        """Evaluate, remembering results by the rules' content (different moves often build the same mapping)."""
+        key = tuple(json.dumps({k: v for k, v in r.to_json().items() if k != "explain"}, sort_keys=True)
+                    for r in mapping.rules)
+        if key not in self._memo:
+            self._memo[key] = self.ev.evaluate(mapping)
+        return self._memo[key]
+
     def _score(self, step: int, stage: str, label: str, move: dict[int, RuleChoice]) -> tuple[float, float, Trial]:
-        ev = self.ev.evaluate(self.mapping(move))
+        ev = self._evaluate(self.mapping(move))
         trial = Trial(step, stage, label, sorted(move), ev.stage_error(stage), ev.kl_max, error=ev.error)
         self.trials.append(trial)
         return ev.stage_error(stage), ev.kl_max, trial
@@ -251,7 +279,7 @@ class Search:
     def run(self, *, max_steps: int = 40, first_stage_only: bool = False) -> SearchResult:
         """Search until the KL threshold is met, the localised stage cannot be improved, or max_steps."""
         t0 = time.perf_counter()
-        current = self.ev.evaluate(self.mapping())
+        current = self._evaluate(self.mapping())
         first_stage = None
         stuck = None
         for step in range(1, max_steps + 1):
@@ -262,13 +290,13 @@ class Search:
             if first_stage_only and first_stage is not None and stage != first_stage:
                 break
             first_stage = first_stage or stage
-            rules = rules_in_stage(self.base, stage)
+            rules = rules_in_stage(self.base, stage, list(current.errors))
             cur_err = current.stage_error(stage)
             phase1 = self._joint_moves(rules) + self._single_moves(rules) + self._swap_moves(rules)
             best = self._best(step, stage, phase1)
             if best is None or not best[0] < cur_err * 0.98:
                 joints = self._joint_moves(rules)
-                singles = self._single_moves(rules)
+                singles = self._single_moves(rules, values_only=True)
                 phase2 = []
                 for jl, jm in joints:
                     for sl, sm in singles:
@@ -282,7 +310,7 @@ class Search:
                 stuck = stage
                 break
             self._accept(step, best[2], best[3])
-            current = self.ev.evaluate(self.mapping())
+            current = self._evaluate(self.mapping())
         decisions = sorted(self.decisions.values(), key=lambda d: d.rule)
         mapping = self.mapping()
         mapping.meta = dict(mapping.meta, verify={"decisions": [d.to_json() for d in decisions]})

@@ -248,6 +248,30 @@ def tiny_maxtext_overrides(real_maxtext: dict, real_hf: dict, tiny_hf: dict) -> 
     return [f"{k}={v}" for k, v in out.items()]
 
 
+def reconcile_rope(tiny_hf: dict, real_maxtext: dict) -> list[str]:
+    """Make the HF config's RoPE bases those MaxText runs with (its yml is what its model uses; the paired HF
+    config can disagree, e.g. a global-layer theta): `rope_max_timescale` is the (global) theta,
+    `local_rope_max_timescale` the sliding layers' one. Changes tiny_hf in place; returns notes."""
+    notes = []
+    theta, local = _num(real_maxtext, "rope_max_timescale"), _num(real_maxtext, "local_rope_max_timescale")
+    rp = tiny_hf.get("rope_parameters")
+    if not isinstance(rp, dict) or theta is None:
+        return notes
+    per_type = {k: v for k, v in rp.items() if isinstance(v, dict)}
+    targets = []
+    if per_type:
+        for layer_type, params in per_type.items():
+            want = local if ("sliding" in layer_type or "local" in layer_type) and local is not None else theta
+            targets.append((params, want, layer_type))
+    else:
+        targets.append((rp, theta, "all layers"))
+    for params, want, where in targets:
+        if "rope_theta" in params and params["rope_theta"] != want:
+            notes.append(f"rope_theta of {where}: {params['rope_theta']:g} -> {want:g} (MaxText's)")
+            params["rope_theta"] = float(want)
+    return notes
+
+
 def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     """MaxText model name -> TinyPair, from the real configs (read through the MaxText venv unless given)."""
     if real is None:
@@ -255,6 +279,7 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
 
         real = real_configs(maxtext_model)
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
+    notes += reconcile_rope(hf_cfg, real["maxtext"])
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
     return TinyPair(maxtext_model=maxtext_model, hf_config=hf_cfg, maxtext_overrides=overrides, notes=notes)
 

@@ -1,0 +1,80 @@
+"""Runners from SPECs, and the tiny SPEC pair of a MaxText model.
+
+    src, tgt = runners_for("hf:config.json", "maxtext:llama3.1-8b base_emb_dim=64 ...", device="cpu")
+    src_spec, tgt_spec = tiny_specs("llama3.1-8b")
+
+SPEC forms with a runner: `hf:CONFIG.json [k=v ...]`, `hf:MODEL_TYPE [k=v ...]` (or a bare config.json path), and
+`maxtext:MODEL [k=v ...]`; the MaxText session adds the float32 CPU flags itself. Checkpoints and trees have no
+forward pass, so they cannot be verified.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from ckptmap.mapping import write_json_atomic
+from ckptmap.trees.spec import parse_spec
+from ckptmap.verify.hf_runner import HFRunner, VerifyError
+from ckptmap.verify.tiny import derive_tiny
+
+
+def _hf_config(spec):
+    from ckptmap.trees import hf_config
+
+    if spec.kind == "hf_type":
+        config, _ = hf_config.config_for_model_type(spec.target, spec.overrides, spec.text)
+    else:
+        config, _, _ = hf_config.config_for_file(spec.target, spec.overrides)
+    return config
+
+
+def runner_for(spec_text: str, device: str = "cpu"):
+    """A ModelRunner for one SPEC (HF or MaxText), tagged with `.spec` for reports."""
+    spec = parse_spec(spec_text)
+    if spec.kind in ("hf_type", "hf_config"):
+        runner = HFRunner(_hf_config(spec), device=device)
+    elif spec.kind == "json":
+        from ckptmap.trees import hf_config
+        from ckptmap.trees.jsonio import load_json_strict
+
+        if not hf_config.looks_like_config(load_json_strict(spec.target)):
+            raise VerifyError("a parameter tree has no forward pass to verify; give hf:CONFIG.json or "
+                              "maxtext:MODEL", file=spec.target)
+        runner = HFRunner(_hf_config(parse_spec(f"hf:{spec_text}")), device=device)
+    elif spec.kind == "maxtext":
+        from ckptmap.verify.maxtext_runner import MaxTextRunner
+
+        runner = MaxTextRunner(spec.target, list(spec.raw_overrides), device=device)
+    else:
+        raise VerifyError(f"a {spec.kind} SPEC has no forward pass to verify; give hf:CONFIG.json, hf:MODEL_TYPE "
+                          "or maxtext:MODEL", file=spec_text)
+    runner.spec = spec.text
+    return runner
+
+
+def runners_for(src_spec: str, tgt_spec: str, device: str = "cpu"):
+    """(source runner, target runner) for two SPECs; device "cpu", "gpu" or "auto" (GPU when torch sees one)."""
+    src = runner_for(src_spec, device)
+    try:
+        tgt = runner_for(tgt_spec, device)
+    except Exception:
+        src.close()
+        raise
+    return src, tgt
+
+
+def tiny_dir() -> str:
+    """Where tiny HF configs are written: $CKPTMAP_CACHE_DIR/tiny, else ~/.cache/ckptmap/tiny."""
+    base = os.environ.get("CKPTMAP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ckptmap")
+    return os.path.join(base, "tiny")
+
+
+def tiny_specs(maxtext_model_name: str, *, directory: str | None = None, real: dict | None = None) -> tuple[str, str]:
+    """(`hf:<dir>/<model>.config.json`, `maxtext:<model> k=v ...`): the tiny pair derived from the real configs.
+    The HF config is written (atomically) so that both trees and runners read the same file."""
+    pair = derive_tiny(maxtext_model_name, real)
+    path = os.path.join(directory or tiny_dir(), f"{maxtext_model_name}.config.json")
+    write_json_atomic(path, pair.hf_config)
+    tgt = " ".join([f"maxtext:{maxtext_model_name}", *(shlex.quote(o) for o in pair.maxtext_overrides)])
+    return f"hf:{path}", tgt
