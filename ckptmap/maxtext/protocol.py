@@ -1,6 +1,8 @@
 """The worker protocol: one JSON object per line each way, arrays as .npy files in a shared directory.
 
-Request:  {"op": "build" | "describe" | "init" | "forward" | "reference_convert" | "shutdown", ...}
+Request:  {"op": "build", "model_name", "overrides"}            -> {"model": id, "timings"}
+          {"op": "describe" | "init" | "forward" | "reference_convert" | "drop", "model": id, ...}
+          {"op": "shutdown"}
 Response: {"ok": true, "result": {...}} or {"ok": false, "error": "<MaxText's message>", "type": "<exception>"}
 
 Arrays never travel inside JSON: the sender writes each one with `np.save(..., allow_pickle=False)` under a

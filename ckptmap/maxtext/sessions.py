@@ -1,9 +1,9 @@
 """MaxTextSession: one MaxText model (name + overrides) built once and used many times.
 
 `session(model_name, overrides)` returns the process-wide session for that key. The model runs in-process where
-MaxText imports, else in a kept-alive worker (see transport.py). At most `CKPTMAP_MAXTEXT_MAX_WORKERS` (default 2)
-built models stay alive at once (each holds ~0.5-0.7 GB); an evicted session rebuilds on its next call. Every live
-worker is shut down at interpreter exit.
+MaxText imports, else inside one kept-alive worker process shared by all sessions (see transport.py), so JAX and
+MaxText are imported once. At most `CKPTMAP_MAXTEXT_MAX_MODELS` (default 4) built models stay alive at once; an
+evicted session rebuilds on its next call. Workers are shut down at interpreter exit.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ckptmap.maxtext.tree import tree_from_description
 from ckptmap.runner import Forward
 from ckptmap.trees.model import ParamTree
 
-MAX_WORKERS_ENV_VAR = "CKPTMAP_MAXTEXT_MAX_WORKERS"
+MAX_MODELS_ENV_VAR = "CKPTMAP_MAXTEXT_MAX_MODELS"
 
 
 def spec_text(model_name: str, overrides: tuple[str, ...] | list[str]) -> str:
@@ -52,6 +52,8 @@ class MaxTextSession:
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def _ensure(self):
         with self._lock:
+            if self._backend is not None and not self._backend.alive:
+                self._backend = None  # its worker died: build again in a fresh one
             if self._backend is None:
                 _make_room(keep=self)
                 if self.transport_kind == "inprocess":
@@ -73,7 +75,7 @@ class MaxTextSession:
         return dict(self._timings)
 
     def close(self) -> None:
-        """Stop the worker (or drop the in-process model); the session rebuilds if used again."""
+        """Drop the built model (in the worker or in-process); the session rebuilds if used again."""
         with self._lock:
             if self._backend is not None:
                 self._timings = {**self._timings, **self._backend.timings}
@@ -137,9 +139,9 @@ _registry_lock = threading.RLock()
 
 def _max_live() -> int:
     try:
-        return max(1, int(os.environ.get(MAX_WORKERS_ENV_VAR, "2")))
+        return max(1, int(os.environ.get(MAX_MODELS_ENV_VAR, "4")))
     except ValueError:
-        return 2
+        return 4
 
 
 def _touch(s: MaxTextSession) -> None:
@@ -196,7 +198,7 @@ def available() -> bool:
 
 
 def close_all() -> None:
-    """Shut down every live MaxText model (registered with atexit)."""
+    """Drop every built MaxText model and shut the worker processes down (registered with atexit)."""
     with _registry_lock:
         live = list(_live.values())
     for s in live:
@@ -204,6 +206,7 @@ def close_all() -> None:
             s.close()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
+    transport.close_workers()
 
 
 atexit.register(close_all)

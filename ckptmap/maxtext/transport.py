@@ -1,8 +1,8 @@
 """Two ways to reach one built MaxText model, with the same four calls.
 
 - `LocalBackend`: MaxText imports in this interpreter (a single Python >= 3.12 env): call it directly.
-- `WorkerBackend`: start `<python> -m ckptmap.maxtext.worker` (the .venv-maxtext interpreter), keep it alive,
-  and exchange JSON lines plus .npy files in a private temp directory.
+- `WorkerBackend`: a model built inside the shared worker process `<python> -m ckptmap.maxtext.worker` (the
+  .venv-maxtext interpreter), started once and kept alive; JSON lines plus .npy files in a private temp directory.
 
 Both offer `describe() -> dict`, `init(seed) -> {name: array}`, `forward(params, tokens) -> (logits,
 activations, notes)`, `reference_convert(hf, hf_config) -> {name: array}`, `timings` and `close()`, and raise
@@ -114,12 +114,130 @@ class LocalBackend:
     def reference_convert(self, hf_params, hf_config):
         return self._guard("reference_convert", self.model.reference_convert, hf_params, hf_config)
 
+    @property
+    def alive(self) -> bool:
+        return self.model is not None
+
     def close(self) -> None:
         self.model = None
 
 
+class WorkerProcess:
+    """One kept-alive `python -m ckptmap.maxtext.worker`, hosting any number of built models.
+
+    Imports (JAX, MaxText: most of a build's time) are paid once per process; each model is a cheap build inside
+    it. Requests are serialised; arrays go through .npy files in the process's private temp directory.
+    """
+
+    def __init__(self, python: Path):
+        self.python = python
+        self.dir = Path(tempfile.mkdtemp(prefix="ckptmap-maxtext-"))
+        self.log_path = self.dir / "worker.log"
+        self._log = open(self.log_path, "w", encoding="utf-8")
+        self._lock = threading.Lock()
+        self._scratch_count = 0
+        self.builds = 0  # models built so far (the first one pays for the process start and imports)
+        env = dict(os.environ)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("TRANSFORMERS_OFFLINE", "1")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONUNBUFFERED"] = "1"
+        # The worker runs this very checkout of ckptmap, whatever the worker venv has installed.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([str(python), "-m", "ckptmap.maxtext.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, cwd=str(self.dir), env=env,
+                                     text=True, encoding="utf-8")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return one_line("\n".join(text.splitlines()[-lines:]), limit=800)
+
+    def call(self, op: str, *, origin: str, **fields) -> dict:
+        """Send one request and wait for its answer; MaxTextError (with MaxText's message) on failure."""
+        with self._lock:
+            if not self.alive:
+                raise MaxTextError(f"the MaxText worker has exited (code {self.proc.returncode}); log: "
+                                   f"{self.log_tail()}", file=origin)
+            try:
+                protocol.send(self.proc.stdin, {"op": op, **fields})
+                line = self.proc.stdout.readline()
+            except (BrokenPipeError, OSError, ValueError):
+                line = ""
+            if not line:
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                raise MaxTextError(f"the MaxText worker died during {op} (code {self.proc.returncode}); log: "
+                                   f"{self.log_tail()}", file=origin)
+        message = protocol.decode(line)
+        if not message.get("ok"):
+            what = "could not build the model" if op == "build" else f"failed in {op}"
+            detail = one_line(f"{message.get('type', 'Error')}: {message.get('error', '')}")
+            raise MaxTextError(f"MaxText {what}: {detail}", file=origin)
+        return message.get("result", {})
+
+    def scratch(self) -> Path:
+        """A fresh directory for one request's arrays (the caller removes it)."""
+        with self._lock:
+            self._scratch_count += 1
+            d = self.dir / f"call{self._scratch_count}"
+        d.mkdir()
+        return d
+
+    def close(self) -> None:
+        if self.alive:
+            try:
+                with self._lock:
+                    protocol.send(self.proc.stdin, {"op": "shutdown"})
+                    self.proc.stdout.readline()
+                self.proc.wait(timeout=10)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_workers: dict[str, WorkerProcess] = {}
+_workers_lock = threading.Lock()
+
+
+def shared_worker(python: Path) -> WorkerProcess:
+    """The live worker process for this interpreter, started on first use (or after it died)."""
+    with _workers_lock:
+        worker = _workers.get(str(python))
+        if worker is None or not worker.alive:
+            if worker is not None:
+                worker.close()
+            worker = _workers[str(python)] = WorkerProcess(python)
+        return worker
+
+
+def close_workers() -> None:
+    """Shut every worker process down (at interpreter exit)."""
+    with _workers_lock:
+        workers = list(_workers.values())
+        _workers.clear()
+    for worker in workers:
+        worker.close()
+
+
 class WorkerBackend:
-    """MaxText in a kept-alive worker process; arrays go through .npy files in a private temp directory."""
+    """One model built inside the shared worker process."""
 
     def __init__(self, model_name: str, overrides: tuple[str, ...], *, origin: str, python: Path | None = None):
         self.origin = origin
@@ -129,76 +247,35 @@ class WorkerBackend:
             raise MaxTextError(
                 f"the MaxText worker needs a Python >= 3.12 with maxtext installed; {where} is missing or cannot "
                 f"import maxtext (run `make setup`, or set {PYTHON_ENV_VAR})", file=origin)
-        self.dir = Path(tempfile.mkdtemp(prefix="ckptmap-maxtext-"))
-        self.log_path = self.dir / "worker.log"
-        self._log = open(self.log_path, "w", encoding="utf-8")
-        self._lock = threading.Lock()
-        self._calls = 0
-        env = dict(os.environ)
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("TRANSFORMERS_OFFLINE", "1")
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        env["PYTHONUNBUFFERED"] = "1"
-        # The worker runs this very checkout of ckptmap, whatever the worker venv has installed.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        self.worker = shared_worker(python)
+        fresh = self.worker.builds == 0
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen([str(python), "-m", "ckptmap.maxtext.worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, cwd=str(self.dir), env=env,
-                                     text=True, encoding="utf-8")
-        try:
-            built = self._call("build", model_name=model_name, overrides=list(overrides))
-        except MaxTextError:
-            self.close()
-            raise
-        self._timings = {"start_s": time.perf_counter() - t0, **built.get("timings", {})}
+        built = self.worker.call("build", origin=origin, model_name=model_name, overrides=list(overrides))
+        self.worker.builds += 1
+        self.model_id = built["model"]
+        # A first build in a fresh process includes the process start and JAX / MaxText imports.
+        start_s = time.perf_counter() - (self.worker.started if fresh else t0)
+        self._timings = {"start_s": start_s, "worker_reused": not fresh, **built.get("timings", {})}
 
     @property
     def timings(self) -> dict:
         return dict(self._timings)
 
-    def _log_tail(self, lines: int = 8) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return one_line("\n".join(text.splitlines()[-lines:]), limit=800)
+    @property
+    def alive(self) -> bool:
+        return self.worker.alive
 
     def _call(self, op: str, **fields) -> dict:
-        with self._lock:
-            if self.proc.poll() is not None:
-                raise MaxTextError(f"the MaxText worker has exited (code {self.proc.returncode}); log: "
-                                   f"{self._log_tail()}", file=self.origin)
-            try:
-                protocol.send(self.proc.stdin, {"op": op, **fields})
-                line = self.proc.stdout.readline()
-            except (BrokenPipeError, OSError) as e:
-                line = ""
-                _ = e
-            if not line:
-                self.proc.wait(timeout=30)
-                raise MaxTextError(f"the MaxText worker died during {op} (code {self.proc.returncode}); log: "
-                                   f"{self._log_tail()}", file=self.origin)
-        message = protocol.decode(line)
-        if not message.get("ok"):
-            what = "could not build the model" if op == "build" else f"failed in {op}"
-            raise MaxTextError(f"MaxText {what}: {one_line(message.get('type', 'Error') + ': ' + message.get('error', ''))}",
-                               file=self.origin)
-        result = message.get("result", {})
+        result = self.worker.call(op, origin=self.origin, model=self.model_id, **fields)
         if "timings" in result:
-            self._timings = {**getattr(self, "_timings", {}), **result["timings"]}
+            self._timings.update(result["timings"])
         return result
-
-    def _scratch(self) -> Path:
-        self._calls += 1
-        d = self.dir / f"call{self._calls}"
-        d.mkdir()
-        return d
 
     def describe(self) -> dict:
         return self._call("describe")
 
     def init(self, seed: int) -> dict[str, np.ndarray]:
-        d = self._scratch()
+        d = self.worker.scratch()
         try:
             result = self._call("init", seed=int(seed), out_dir=str(d / "out"))
             return protocol.load_arrays(result["arrays"], d / "out")
@@ -206,7 +283,7 @@ class WorkerBackend:
             shutil.rmtree(d, ignore_errors=True)
 
     def forward(self, params, tokens):
-        d = self._scratch()
+        d = self.worker.scratch()
         try:
             manifest = protocol.save_arrays(params, d / "in")
             token_file = protocol.save_arrays({"tokens": np.asarray(tokens)}, d / "tok")["tokens"]
@@ -220,7 +297,7 @@ class WorkerBackend:
         return logits, activations, list(result.get("notes", []))
 
     def reference_convert(self, hf_params, hf_config):
-        d = self._scratch()
+        d = self.worker.scratch()
         try:
             manifest = protocol.save_arrays(hf_params, d / "in")
             result = self._call("reference_convert", in_dir=str(d / "in"), hf=manifest, hf_config=hf_config,
@@ -230,23 +307,9 @@ class WorkerBackend:
             shutil.rmtree(d, ignore_errors=True)
 
     def close(self) -> None:
-        proc = getattr(self, "proc", None)
-        if proc is not None and proc.poll() is None:
+        """Drop this model from the worker (the process stays up for other models)."""
+        if self.worker.alive:
             try:
-                with self._lock:
-                    protocol.send(proc.stdin, {"op": "shutdown"})
-                    proc.stdout.readline()
-                proc.wait(timeout=10)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                proc.kill()
-                proc.wait(timeout=10)
-        for stream in (getattr(proc, "stdin", None), getattr(proc, "stdout", None)):
-            try:
-                if stream:
-                    stream.close()
-            except OSError:
+                self.worker.call("drop", origin=self.origin, model=self.model_id)
+            except MaxTextError:
                 pass
-        if getattr(self, "_log", None):
-            self._log.close()
-        if getattr(self, "dir", None):
-            shutil.rmtree(self.dir, ignore_errors=True)

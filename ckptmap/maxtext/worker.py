@@ -1,8 +1,10 @@
-"""`python -m ckptmap.maxtext.worker`: one MaxText model served over JSON lines on stdin / stdout.
+"""`python -m ckptmap.maxtext.worker`: MaxText models served over JSON lines on stdin / stdout.
 
-The first request is `build` (model_name, overrides); then `describe`, `init`, `forward`, `reference_convert`
-and `shutdown` (see ckptmap.maxtext.protocol). The protocol owns the real stdout: everything else MaxText, JAX or
-absl print goes to stderr, which the client sends to a log file. No pickled objects cross the boundary.
+`build` (model_name, overrides) builds a model and answers its id; `describe`, `init`, `forward`,
+`reference_convert` and `drop` name that id in `model`; `shutdown` ends the process (see
+ckptmap.maxtext.protocol). One process hosts many models so that JAX and MaxText are imported once. The protocol
+owns the real stdout: everything MaxText, JAX or absl print goes to stderr, which the client sends to a log file.
+No pickled objects cross the boundary.
 """
 
 from __future__ import annotations
@@ -21,29 +23,27 @@ def _claim_stdout():
     return protocol_out
 
 
-def handle(model, request: dict):
-    """Answer one request against a built model; returns (result, stop)."""
+def handle(model, request: dict) -> dict:
+    """Answer one request against a built model."""
     from ckptmap.maxtext import protocol
 
     op = request.get("op")
     if op == "describe":
-        return model.describe(), False
+        return model.describe()
     if op == "init":
         arrays = model.init(int(request.get("seed", 0)))
-        return {"arrays": protocol.save_arrays(arrays, request["out_dir"]), "timings": dict(model.timings)}, False
+        return {"arrays": protocol.save_arrays(arrays, request["out_dir"]), "timings": dict(model.timings)}
     if op == "forward":
         params = protocol.load_arrays(request["params"], request["in_dir"])
         tokens = protocol.load_array(request["tokens"])
         logits, activations, notes = model.forward(params, tokens)
         arrays = {"logits": logits, **{f"act:{k}": v for k, v in activations.items()}}
         manifest = protocol.save_arrays(arrays, request["out_dir"])
-        return {"arrays": manifest, "notes": notes, "timings": dict(model.timings)}, False
+        return {"arrays": manifest, "notes": notes, "timings": dict(model.timings)}
     if op == "reference_convert":
         hf = protocol.load_arrays(request["hf"], request["in_dir"])
         arrays = model.reference_convert(hf, request["hf_config"])
-        return {"arrays": protocol.save_arrays(arrays, request["out_dir"])}, False
-    if op == "shutdown":
-        return {}, True
+        return {"arrays": protocol.save_arrays(arrays, request["out_dir"])}
     raise ValueError(f"unknown worker op {op!r}")
 
 
@@ -51,29 +51,39 @@ def main() -> int:
     out = _claim_stdout()
     from ckptmap.maxtext import protocol
 
-    model = None
+    models: dict[int, object] = {}
+    next_id = 0
     for line in sys.stdin:
         if not line.strip():
             continue
-        stop = False
+        op = None
         try:
             request = protocol.decode(line)
-            if request.get("op") == "build":
+            op = request.get("op")
+            if op == "shutdown":
+                result = {}
+            elif op == "build":
                 t0 = time.perf_counter()
                 from ckptmap.maxtext.backend import MaxTextModel
 
                 model = MaxTextModel(request["model_name"], list(request.get("overrides", [])))
                 model.timings["build_s"] = time.perf_counter() - t0
-                result = {"timings": dict(model.timings)}
-            elif model is None and request.get("op") != "shutdown":
-                raise RuntimeError("the worker has no model yet: send 'build' first")
+                next_id += 1
+                models[next_id] = model
+                result = {"model": next_id, "timings": dict(model.timings)}
+            elif op == "drop":
+                models.pop(int(request["model"]), None)
+                result = {}
             else:
-                result, stop = handle(model, request)
+                model_id = int(request.get("model", -1))
+                if model_id not in models:
+                    raise KeyError(f"the worker has no model {model_id}: send 'build' first")
+                result = handle(models[model_id], request)
             protocol.send(out, {"ok": True, "result": result})
         except Exception as e:  # noqa: BLE001 - every failure goes back to the client as one message
             traceback.print_exc(file=sys.stderr)
             protocol.send(out, {"ok": False, "error": f"{e}" or repr(e), "type": type(e).__name__})
-        if stop:
+        if op == "shutdown":
             break
     return 0
 
