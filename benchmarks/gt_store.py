@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -283,12 +283,3 @@ def find_stacking(target: np.ndarray, nested_names: Any, arrays: dict[str, np.nd
         if moved.shape == target.shape and np.array_equal(moved, target):
             return {"stack": nested_names, "axes": list(axes)}
     return None
-
-
-def iter_nested(value: Any) -> Iterable[Any]:
-    """Leaves of a nested list (a tuple counts as one leaf)."""
-    if isinstance(value, list):
-        for v in value:
-            yield from iter_nested(v)
-    else:
-        yield value

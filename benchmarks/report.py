@@ -105,6 +105,15 @@ def notes(result: SuiteResult) -> str:
         if r.verify.get("not_run") and "verify" not in reported:
             lines.append(f"- ckptmap+verify: verify not run: {r.verify['not_run']} (scores are the solve's)")
             reported.add("verify")
+    from ckptmap.benchmarks import gt_store
+
+    for family, scan in sorted({(r.family, r.scan) for r in result.runs}):
+        try:
+            note = gt_store.load(family, scan, with_tensors=False).target_note
+        except gt_store.GroundTruthError:
+            continue
+        if note.startswith("MaxText's abstract model"):
+            lines.append(f"- {family}/scan{scan}: the target tree is {note}")
     no_truth = sorted({(f"{r.family}/scan{r.scan}", t.name, t.detail) for r in result.runs if r.score is not None
                        for t in r.score.targets if t.verdict == "no_truth"})
     if no_truth:
