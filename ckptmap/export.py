@@ -35,7 +35,8 @@ from typing import Any, Sequence
 from ckptmap.errors import MappingError
 from ckptmap.export_templates import (EXPERT, LAYER, Field, Template, claim_unit_dims, config_ints,
                                       count_expression, fields_of, fit_template, offset_expression,
-                                      render_template, skeleton, varying_kinds, word_kind)
+                                      render_template, number_sequences, sequence_expression, skeleton,
+                                      varying_kinds, word_kind)
 from ckptmap.mapping import Mapping, Rule, Slot, write_text_atomic
 
 
@@ -83,6 +84,66 @@ def is_scanned(mapping: Mapping) -> bool:
                     return True
     return any(tok in ("layers", "dense_layers", "moe_layers", "scanned_blocks")
                for n in mapping.target_names() for tok in n.split("-"))
+
+
+# ------------------------------------------------------------------------------------------------ normal form
+
+_ELEMENTWISE = ("scale", "offset", "cast", "identity")
+
+
+def lift_stacked_sources(rule: Rule) -> Rule:
+    """The same rule with its source stack as a grid dim, when that is exactly equivalent.
+
+    A solver may map the experts of a layer as n per-cell sources whose chain starts with Stack(axis, n). MaxText's
+    form for that is one more list level (`[[... for layer] for expert]`), so such a rule is rewritten with grid
+    `grid + (n,)`, one source slot whose names run over the new dim, and the rest of the chain per slice; the
+    target gets the new dim at the axis the stack ends up on. Only done when the rest of the chain moves that axis
+    predictably (transposes, elementwise ops) and the n names differ in one index; otherwise the rule is returned
+    unchanged (and exported with its n names as a tuple)."""
+    ops = _flat_ops(rule.chain)
+    n = len(rule.sources)
+    if n < 2 or not ops or getattr(ops[0], "op_name", "") != "stack" or ops[0].n != n or ops[0].axis < 0:
+        return rule
+    d = len(rule.grid)
+    if any(s.axes or (s.is_per_cell and s.depth != d) or (not s.is_per_cell and d) for s in rule.sources):
+        return rule
+    from ckptmap.transforms import Chain, Transpose
+
+    b, rest = ops[0].axis, []
+    for op in ops[1:]:
+        kind = getattr(op, "op_name", "")
+        if kind == "transpose":
+            if b >= len(op.perm):
+                return rule
+            rest.append(Transpose(tuple(x - (x > b) for x in op.perm if x != b)))
+            b = list(op.perm).index(b)
+        elif kind in _ELEMENTWISE:
+            rest.append(op)
+        else:
+            return rule
+    zero = (0,) * d
+    per_source = [s.name_at(zero) for s in rule.sources]
+    t = fit_template(lambda env: per_source[env["e"]], [("e", list(range(n)))])
+    if t is None or sum(1 for f in fields_of(t) if f.coeffs) != 1:
+        return rule
+
+    def keys_over(prefix: tuple) -> Any:
+        if len(prefix) == d:
+            return [s.name_at(prefix) for s in rule.sources]
+        return [keys_over(prefix + (i,)) for i in range(rule.grid[len(prefix)])]
+
+    def with_new_axis(slot: Slot) -> Slot:
+        taken, k, axis = set(slot.axes), -1, -1
+        while k < b:
+            axis += 1
+            if axis not in taken:
+                k += 1
+        if slot.is_per_cell:
+            return Slot(keys=slot.keys, axes=slot.axes + (axis,))
+        return Slot(key=slot.key, axes=slot.axes + (axis,))
+
+    return Rule(sources=(Slot(keys=keys_over(())),), targets=tuple(with_new_axis(t) for t in rule.targets),
+                chain=Chain(tuple(rest)), grid=rule.grid + (n,), score=rule.score, explain=dict(rule.explain))
 
 
 # ------------------------------------------------------------------------------------------------ MaxText's stacking
@@ -475,8 +536,8 @@ class Block:
     plans: list[RulePlan]
     mt_templates: list[Template]  # per MaxText slot, over group + entry vars
     hf_templates: list[Template]  # per HF slot, over group + entry + stack vars
-    loop_vars: list[tuple[str, int]]  # (var, size): group var first, then entry vars
-    stack_vars: list[tuple[str, int]]  # MaxText list levels, outermost first
+    loop_vars: list[tuple[str, list[int]]]  # (var, the values it takes): group var first, then entry vars
+    stack_vars: list[tuple[str, list[int]]]  # MaxText list levels, outermost first
     load_hooks: list[str | None]
     save_hook: str | None
     comment: str = ""
@@ -487,17 +548,41 @@ def _dim_var(j: int) -> str:
 
 
 def _fit_block(plans: list[RulePlan]) -> Block | None:
-    """Templates shared by `plans` (rules differing only in their numbers), or None when they are not affine."""
+    """Templates shared by `plans` (rules differing only in their numbers), or None when they are not affine.
+
+    A grid dim normally loops over range(n); when the names along it skip some indices (the linear-attention
+    layers of a hybrid model: 0, 1, 2, 4, 5, 6) it loops over that index sequence instead."""
     p0 = plans[0]
     grid = p0.rule.grid
-    group = [("g", len(plans))] if len(plans) > 1 else []
-    entry = [(_dim_var(j), grid[j]) for j in p0.entry]
-    stack = [(_dim_var(j), grid[j]) for j in p0.stack]
+    group = [("g", list(range(len(plans))))] if len(plans) > 1 else []
+    dims = [j for j in p0.entry + p0.stack]
+    values = {j: list(range(grid[j])) for j in dims}
+    attempt = _fit_with(plans, group, values)
+    if attempt is not None:
+        return attempt
+    for j in dims:
+        along = [tuple(i if k == j else 0 for k in range(len(grid))) for i in range(grid[j])]
+        for seq in number_sequences([p0.rule.targets[0].name_at(c) for c in along]) + \
+                number_sequences([p0.rule.sources[0].name_at(c) for c in along]):
+            if seq == values[j] or len(seq) != grid[j]:
+                continue
+            attempt = _fit_with(plans, group, {**values, j: seq})
+            if attempt is not None:
+                return attempt
+    return None
+
+
+def _fit_with(plans: list[RulePlan], group: list, values: dict[int, list[int]]) -> Block | None:
+    p0 = plans[0]
+    grid = p0.rule.grid
+    entry = [(_dim_var(j), values[j]) for j in p0.entry]
+    stack = [(_dim_var(j), values[j]) for j in p0.stack]
+    index_of = {j: {v: i for i, v in enumerate(values[j])} for j in values}
 
     def cell_of(env: dict[str, int]) -> tuple:
         cell = [0] * len(grid)
         for j in p0.entry + p0.stack:
-            cell[j] = env.get(_dim_var(j), 0)
+            cell[j] = index_of[j][env[_dim_var(j)]] if _dim_var(j) in env else 0
         return tuple(cell)
 
     def plan_of(env: dict[str, int]) -> RulePlan:
@@ -580,6 +665,8 @@ class Naming:
     ints: dict[str, int]
     known_offsets: dict[int, str] = field(default_factory=dict)
 
+    config: dict = field(default_factory=dict)
+
     def count(self, value: int, kind: str | None, *, compound: bool = True) -> str:
         expr = count_expression(value, kind, self.ints, compound=compound) if self.ints else None
         if expr is None:
@@ -587,6 +674,14 @@ class Naming:
         if kind == LAYER:
             self.known_offsets.setdefault(value, expr)
         return expr
+
+    def iterable(self, values: list[int], kind: str | None, *, compound: bool = True) -> str:
+        """`range(<count>)` for 0..n-1, else the index sequence (from a per-layer config list, or literally)."""
+        if values == list(range(len(values))):
+            return f"range({self.count(len(values), kind, compound=compound)})"
+        if values == list(range(values[0], values[-1] + 1)):
+            return f"range({values[0]}, {values[-1] + 1})"
+        return sequence_expression(values, self.config) or repr(tuple(values))
 
 
 def _rename(template: Template, names: dict[str, str], naming: Naming, kinds: dict[str, str]) -> Template:
@@ -602,17 +697,17 @@ def _rename(template: Template, names: dict[str, str], naming: Naming, kinds: di
     return tuple(out)
 
 
-def _value_source(block: Block, names: dict[str, str], counts: dict[str, str], hf: list[Template]) -> str:
+def _value_source(block: Block, names: dict[str, str], iterables: dict[str, str], hf: list[Template]) -> str:
     leaves = [render_template(t) for t in hf]
     leaf = leaves[0] if len(leaves) == 1 else "(" + ", ".join(leaves) + ")"
     if block.plans[0].whole:
-        loops = " ".join(f"for {names[v]} in range({counts[v]})" for v, _ in block.stack_vars)
+        loops = " ".join(f"for {names[v]} in {iterables[v]}" for v, _ in block.stack_vars)
         if len(leaves) == 1:
             return f"tuple({leaf} {loops})" if loops else f"({leaf},)"
         return f"tuple(name {loops} for name in {leaf})" if loops else leaf
     expr = leaf
     for v, _ in reversed(block.stack_vars):
-        expr = f"[{expr} for {names[v]} in range({counts[v]})]"
+        expr = f"[{expr} for {names[v]} in {iterables[v]}]"
     return expr
 
 
@@ -624,11 +719,27 @@ class RenderedBlock:
     comment: str = ""
 
 
+def _implicit_layer(block: Block) -> int | None:
+    """The layer index of a rule without a grid whose every name carries one (`dense_layers_0` from
+    `model.layers.0`), else None: such a rule is one layer of a run whose length the config gives."""
+    firsts = []
+    for t in block.mt_templates + block.hf_templates:
+        hits = [f for f in fields_of(t) if not f.coeffs and word_kind(f.word) == LAYER]
+        if not hits:
+            return None
+        firsts.append(hits[0].offset)
+    return firsts[0] if firsts[0] == 0 else None
+
+
 def render_block(block: Block, naming: Naming) -> RenderedBlock:
     """Loop headers and the PARAM_MAPPING / HOOK_FN statements of one block (unindented)."""
+    if not block.loop_vars and not block.stack_vars:
+        layer = _implicit_layer(block)
+        if layer is not None:  # one tensor of an indexed layer (the only dense layer): still a loop over layers
+            block.loop_vars = [("u", [layer])]
     all_vars = block.loop_vars + block.stack_vars
     kinds = varying_kinds(block.hf_templates + block.mt_templates)
-    unit = [v for v, n in all_vars if n == 1 and v not in kinds]
+    unit = [(v, vals[0]) for v, vals in all_vars if len(vals) == 1 and v not in kinds]
     if unit:
         templates = claim_unit_dims(block.hf_templates + block.mt_templates, unit, kinds)
         block.hf_templates = templates[:len(block.hf_templates)]
@@ -644,11 +755,11 @@ def render_block(block: Block, naming: Naming) -> RenderedBlock:
         used.add(name)
     # a loop over grouped rules runs over the members of a repeating block (layers_0, layers_1 of a scanned
     # pair): its length is a config key only when one names it, never a coincidental ratio of two
-    counts = {v: naming.count(n, kinds.get(v), compound=(v != "g")) for v, n in all_vars}
+    iterables = {v: naming.iterable(vals, kinds.get(v), compound=(v != "g")) for v, vals in all_vars}
     mt = [_rename(t, names, naming, kinds) for t in block.mt_templates]
     hf = [_rename(t, names, naming, kinds) for t in block.hf_templates]
-    head = [f"for {names[v]} in range({counts[v]}):" for v, _ in block.loop_vars]
-    value = _value_source(block, names, counts, hf)
+    head = [f"for {names[v]} in {iterables[v]}:" for v, _ in block.loop_vars]
+    value = _value_source(block, names, iterables, hf)
     keys = [render_template(t) for t in mt]
     if len(keys) == 1:
         body = [f"mapping[{keys[0]}] = {value}"]
@@ -691,6 +802,8 @@ def _wrap(line: str, limit: int = 118) -> list[str]:
     head, rest = line.split(" = ", 1)
     if rest.startswith("[") and rest.endswith("]"):
         opener, inner, closer = "[", rest[1:-1], "]"
+    elif rest.startswith("tuple(") and rest.endswith(")"):
+        opener, inner, closer = "tuple(", rest[6:-1], ")"
     elif rest.startswith("hook(") and rest.endswith(")"):
         opener, inner, closer = "hook(", rest[5:-1], ")"
     else:
@@ -750,8 +863,9 @@ def model_prefix(model_name: str) -> str:
     return prefix if prefix and not prefix[0].isdigit() else "M_" + prefix
 
 
-def render_module(branches: dict[bool, list[Block]], hooks: HookSet, model_name: str, ints: dict[str, int],
+def render_module(branches: dict[bool, list[Block]], hooks: HookSet, model_name: str, config: dict,
                   provenance: list[str], scan_axis: int) -> str:
+    ints = config_ints(config)
     prefix = model_prefix(model_name)
     map_fn, hook_fn = f"{prefix}_MAXTEXT_TO_HF_PARAM_MAPPING", f"{prefix}_MAXTEXT_TO_HF_PARAM_HOOK_FN"
     names = hooks.final_names()
@@ -759,7 +873,7 @@ def render_module(branches: dict[bool, list[Block]], hooks: HookSet, model_name:
     hook_body: dict[bool, list[str]] = {}
     indent = "        " if len(branches) > 1 else "    "
     for scanned, blocks in branches.items():
-        naming = Naming(ints)
+        naming = Naming(ints, config=config)
         rendered = [render_block(b, naming) for b in blocks]
         map_body[scanned] = _emit(rendered, "mapping", indent)
         hook_body[scanned] = _emit(rendered, "hooks", indent, lambda line: rename_ids(line, names))
@@ -767,7 +881,7 @@ def render_module(branches: dict[bool, list[Block]], hooks: HookSet, model_name:
     def branch_code(bodies: dict[bool, list[str]]) -> list[str]:
         if len(bodies) == 1:
             only = next(iter(bodies))
-            return [f"    if bool(scan_layers) != {only}:",
+            return [f"    if {'not ' if only else ''}scan_layers:",
                     f"        raise ValueError(\"exported from a scan_layers={only} tree only; export the "
                     f"scan_layers={not only} mapping too\")", *bodies[only]]
         return ["    if scan_layers:", *(bodies[True] or ["        pass"]),
@@ -853,13 +967,12 @@ def export_maxtext_module(mapping: Mapping | Sequence[Mapping], path: str | None
         if scanned in branches:
             raise ExportError(f"two mappings for scan_layers={scanned}; give at most one scanned and one unscanned")
         scan_axis = int(m.meta.get("param_scan_axis", 1))
-        plans = [plan_rule(r, i, scanned=scanned, scan_axis=scan_axis, target_shapes=shapes)
+        plans = [plan_rule(lift_stacked_sources(r), i, scanned=scanned, scan_axis=scan_axis, target_shapes=shapes)
                  for i, r in enumerate(m.rules)]
         branches[scanned] = build_blocks(plans, hooks)
         provenance.append(f"{m.source or 'HF'} -> {m.target or 'MaxText'}, scan_layers={scanned}")
-    ints = config_ints(hf_config) if hf_config else {}
-    text = render_module(dict(sorted(branches.items(), reverse=True)), hooks, model_name, ints, provenance,
-                         scan_axis)
+    text = render_module(dict(sorted(branches.items(), reverse=True)), hooks, model_name, hf_config or {},
+                         provenance, scan_axis)
     compile(text, path or "<export>", "exec")
     if path is not None:
         write_text_atomic(path, text)

@@ -79,30 +79,35 @@ def word_kind(word: str) -> str | None:
     return LAYER if w in ("h", "resblocks") else None
 
 
-def fit_template(name_at: Callable[[dict[str, int]], str], dims: Sequence[tuple[str, int]],
+def fit_template(name_at: Callable[[dict[str, int]], str], dims: Sequence[tuple[str, Sequence[int]]],
                  *, check_limit: int = 20000) -> Template | None:
-    """The template that gives `name_at(env)` for every env over `dims` ((var, size) pairs), or None.
+    """The template that gives `name_at(env)` for every env over `dims` ((var, the values it takes) pairs), or None.
 
-    Each number is fitted as `offset + sum(coeff * var)` from the first cell and the unit steps, then checked on
-    every cell (up to `check_limit` cells, a spread sample beyond). A dim of size 1 gets coefficient 0 here;
-    `claim_unit_dims` decides what it indexes.
+    Each number is fitted as `offset + sum(coeff * var)` from the first values and one step of each var, then
+    checked on every combination (up to `check_limit`, a spread sample beyond). A var with one value gets
+    coefficient 0 here; `claim_unit_dims` decides what it indexes.
     """
-    zero = {v: 0 for v, _ in dims}
-    texts, base = split_name(name_at(zero))
+    first = {v: vals[0] for v, vals in dims}
+    texts, base = split_name(name_at(first))
     coeffs: list[dict[str, int]] = [dict() for _ in base]
-    for var, size in dims:
-        if size < 2:
+    for var, vals in dims:
+        if len(vals) < 2:
             continue
-        t, vals = split_name(name_at({**zero, var: 1}))
-        if t != texts:
+        step = vals[1] - vals[0]
+        t, after = split_name(name_at({**first, var: vals[1]}))
+        if t != texts or step == 0:
             return None
-        for k, (v0, v1) in enumerate(zip(base, vals)):
+        for k, (v0, v1) in enumerate(zip(base, after)):
+            if (v1 - v0) % step:
+                return None
             if v1 != v0:
-                coeffs[k][var] = v1 - v0
-    fields = [Field(offset=b, coeffs=tuple((v, c[v]) for v, _ in dims if c.get(v)), word=word_before(texts[k]))
-              for k, (b, c) in enumerate(zip(base, coeffs))]
-    envs = _cells(dims, check_limit)
-    for env in envs:
+                coeffs[k][var] = (v1 - v0) // step
+    fields = []
+    for k, (b, c) in enumerate(zip(base, coeffs)):
+        offset = b - sum(c.get(v, 0) * first[v] for v, _ in dims)
+        fields.append(Field(offset=offset, coeffs=tuple((v, c[v]) for v, _ in dims if c.get(v)),
+                            word=word_before(texts[k])))
+    for env in _combinations(dims, check_limit):
         t, vals = split_name(name_at(env))
         if t != texts or any(f.value(env) != v for f, v in zip(fields, vals)):
             return None
@@ -115,22 +120,36 @@ def fit_template(name_at: Callable[[dict[str, int]], str], dims: Sequence[tuple[
     return tuple(out)
 
 
-def _cells(dims: Sequence[tuple[str, int]], limit: int):
+def _combinations(dims: Sequence[tuple[str, Sequence[int]]], limit: int):
     total = 1
-    for _, n in dims:
-        total *= n
+    for _, vals in dims:
+        total *= len(vals)
     names = [v for v, _ in dims]
     if total <= limit:
-        for idx in itertools.product(*(range(n) for _, n in dims)):
-            yield dict(zip(names, idx))
+        for combo in itertools.product(*(vals for _, vals in dims)):
+            yield dict(zip(names, combo))
         return
     step = max(1, total // limit)
     for flat in range(0, total, step):
         env, rest = {}, flat
-        for v, n in reversed(dims):
-            env[v], rest = rest % n, rest // n
+        for v, vals in reversed(dims):
+            env[v], rest = vals[rest % len(vals)], rest // len(vals)
         yield env
-    yield {v: n - 1 for v, n in dims}
+    yield {v: vals[-1] for v, vals in dims}
+
+
+def number_sequences(names: Sequence[str]) -> list[list[int]]:
+    """For names that share a skeleton, each number position's values in order: candidate index sequences for
+    a loop that skips some layers (`layers.0, 1, 2, 4, 5, 6`)."""
+    splits = [split_name(n) for n in names]
+    if len({t for t, _ in splits}) != 1:
+        return []
+    out = []
+    for k in range(len(splits[0][1])):
+        seq = [nums[k] for _, nums in splits]
+        if all(b > a for a, b in zip(seq, seq[1:])) and seq not in out:
+            out.append(seq)
+    return out
 
 
 def fields_of(template: Template) -> list[Field]:
@@ -149,30 +168,30 @@ def varying_kinds(templates: Sequence[Template]) -> dict[str, str]:
     return kinds
 
 
-def claim_unit_dims(templates: list[Template], unit_vars: Sequence[str], kinds: dict[str, str],
+def claim_unit_dims(templates: list[Template], unit_vars: Sequence[tuple[str, int]], kinds: dict[str, str],
                     claimed_kinds: Sequence[str] = ()) -> list[Template]:
-    """Give each size-1 var the index it most likely stands for: in every template, the first constant number
-    following a layer word (else an expert word) that no other var explains gets coefficient 1 for it. Without
+    """Give each one-valued var ((var, its value) pairs) the index it most likely stands for: in every template,
+    the first constant number following a layer word (else an expert word) gets coefficient 1 for it. Without
     this a one-layer stack (`model.layers.0...` for a 1-long grid) would be written as a constant name."""
     taken = set(claimed_kinds) | set(kinds.values())
-    for var in unit_vars:
+    for var, value in unit_vars:
         for kind in (LAYER, EXPERT):
             if kind in taken:
                 continue
             hits = [any(not f.coeffs and word_kind(f.word) == kind for f in fields_of(t)) for t in templates]
             if any(hits):
-                templates = [_claim(t, var, kind) for t in templates]
+                templates = [_claim(t, var, value, kind) for t in templates]
                 kinds[var] = kind
                 taken.add(kind)
                 break
     return templates
 
 
-def _claim(template: Template, var: str, kind: str) -> Template:
+def _claim(template: Template, var: str, value: int, kind: str) -> Template:
     out, done = [], False
     for p in template:
         if not done and isinstance(p, Field) and not p.coeffs and word_kind(p.word) == kind:
-            p = Field(offset=p.offset, coeffs=((var, 1),), word=p.word)
+            p = Field(offset=p.offset - value, coeffs=((var, 1),), word=p.word)
             done = True
         out.append(p)
     return tuple(out)
@@ -200,19 +219,21 @@ def skeleton(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------ config expressions
 
-def config_ints(config: dict) -> dict[str, int]:
-    """Source expression -> int for every integer in the HF config (top level and one nested dict, such as
-    `text_config`)."""
+def config_ints(config: dict, prefix: str = "config", depth: int = 3) -> dict[str, int]:
+    """Source expression -> int for every integer in the HF config, nested dicts included (`text_config`,
+    `thinker_config.text_config`), shallowest first."""
     out: dict[str, int] = {}
+    nested = []
     for k, v in config.items():
         if isinstance(v, bool):
             continue
         if isinstance(v, int):
-            out[f'config["{k}"]'] = v
-        elif isinstance(v, dict):
-            for k2, v2 in v.items():
-                if isinstance(v2, int) and not isinstance(v2, bool):
-                    out[f'config["{k}"]["{k2}"]'] = v2
+            out[f'{prefix}["{k}"]'] = v
+        elif isinstance(v, dict) and depth > 1:
+            nested.append((k, v))
+    for k, v in nested:
+        for expr, value in config_ints(v, f'{prefix}["{k}"]', depth - 1).items():
+            out.setdefault(expr, value)
     return out
 
 
@@ -268,3 +289,28 @@ def offset_expression(value: int, kind: str | None, ints: dict[str, int], known:
         return known[value]
     candidates = [(s, e) for e in ints if ints[e] == value and (s := _key_score(e, kind)) >= 3]
     return max(candidates)[1] if candidates else None
+
+
+def sequence_expression(values: Sequence[int], config: dict) -> str | None:
+    """A config expression listing exactly `values` (the layers a rule covers when it skips some): the indices
+    of one value in a per-layer list such as `layer_types`. None when no list gives them."""
+    lists: list[tuple[str, list]] = []
+
+    def collect(node: dict, prefix: str, depth: int) -> None:
+        for k, v in node.items():
+            if isinstance(v, list):
+                lists.append((f'{prefix}["{k}"]', v))
+            elif isinstance(v, dict) and depth > 1:
+                collect(v, f'{prefix}["{k}"]', depth - 1)
+
+    collect(config, "config", 3)
+    want = list(values)
+    for expr, items in lists:
+        try:
+            kinds = list(dict.fromkeys(items))
+        except TypeError:  # unhashable entries: not a per-layer kind list
+            continue
+        for kind in kinds:
+            if [i for i, x in enumerate(items) if x == kind] == want:
+                return f"[i for i, t in enumerate({expr}) if t == {json.dumps(kind)}]"
+    return None

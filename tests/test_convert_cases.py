@@ -23,12 +23,12 @@ T = Transpose((1, 0))
 
 
 def fixture(family: str) -> tuple[dict, dict[str, tuple], dict[int, dict[str, tuple]]]:
-    """(config.json, HF name -> shape, {scan: MaxText name -> shape})."""
+    """(config.json, HF name -> shape, {scan: MaxText name -> shape} for the scan settings the fixture has)."""
     d = FIXTURES / family
     config = json.loads((d / "config.json").read_text())
     hf = {k: tuple(v) for k, v in json.loads((d / "hf_params.json").read_text()).items()}
     mt = {s: {k: tuple(v) for k, v in json.loads((d / f"maxtext_params.scan{s}.json").read_text()).items()}
-          for s in (0, 1)}
+          for s in (0, 1) if (d / f"maxtext_params.scan{s}.json").exists()}
     return config, hf, mt
 
 

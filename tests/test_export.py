@@ -27,9 +27,12 @@ def exported(tmp_path, mappings, family, model="llama3.1-8b", **kw):
 
 def test_fit_template_recovers_affine_indices():
     t = fit_template(lambda env: f"model.layers.{2 * env['i'] + 1}.mlp.experts.{env['e']}.w1.weight",
-                     [("i", 3), ("e", 4)])
+                     [("i", range(3)), ("e", range(4))])
     assert render_template(t) == 'f"model.layers.{2 * i + 1}.mlp.experts.{e}.w1.weight"'
-    assert fit_template(lambda env: ["a.0", "a.1", "b.2"][env["i"]], [("i", 3)]) is None  # not one pattern
+    assert fit_template(lambda env: ["a.0", "a.1", "b.2"][env["i"]], [("i", range(3))]) is None  # not one pattern
+    # a loop over the layers a hybrid model gives linear attention: the var takes those indices directly
+    skipping = fit_template(lambda env: f"model.layers.{env['i']}.linear_attn.A_log", [("i", [0, 1, 2, 4, 5, 6])])
+    assert render_template(skipping) == 'f"model.layers.{i}.linear_attn.A_log"'
     assert render_template(fit_template(lambda env: "model.norm.weight", [])) == '"model.norm.weight"'
 
 

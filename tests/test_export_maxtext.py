@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -65,3 +66,44 @@ def test_maxtext_loads_the_exported_module_to_the_same_tensors_as_convert(tmp_pa
         assert r["save_errors"] == {} and r["save_mismatches"] == {}, r
         assert r["saved"] > 0, r
     assert proc.returncode == 0
+
+
+def family_cases(root: Path) -> list[str]:
+    """One case per fixture family and scan setting, from the solver's mapping (trees alone)."""
+    from ckptmap.solver import solve
+    from ckptmap.trees import read_tree
+
+    data = REPO / "tests" / "data" / "maxtext_tiny"
+    cases = []
+    for family in sorted(p.name for p in data.iterdir() if (p / "config.json").exists()):
+        cfg, hf_shapes, mt = fixture(family)
+        src = read_tree(str(data / family / "hf_params.json"))
+        for scan in sorted(mt):
+            mapping = solve(src, read_tree(str(data / family / f"maxtext_params.scan{scan}.json"))).mapping
+            cases.append(write_case(root, f"{family}-scan{scan}", family, mapping, hf_shapes, scan,
+                                    cfg["maxtext_model_name"]))
+    return cases
+
+
+@pytest.mark.maxtext
+@pytest.mark.slow
+def test_every_fixture_family_exports_a_module_maxtext_loads_like_convert(tmp_path):
+    """The solver's mapping for each family and scan setting, exported and run through MaxText's own loaders."""
+    assert MAXTEXT_PYTHON.exists(), f"the MaxText tests need {MAXTEXT_PYTHON} (make maxtext-venv)"
+    cases = family_cases(tmp_path)
+    assert len(cases) >= 36
+    env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([str(MAXTEXT_PYTHON), "-m", "ckptmap.export_check", *cases], capture_output=True, text=True,
+                          env=env, timeout=900, cwd=str(REPO))
+    results = {r["case"]: r for r in (json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines()
+                                      if line.startswith("CKPTMAP_EXPORT_CHECK "))}
+    assert len(results) == len(cases), proc.stderr[-3000:]
+    failed = {name: {k: r[k] for k in ("load_mismatches", "load_errors", "save_mismatches", "save_errors") if r[k]}
+              for name, r in results.items()}
+    assert {name: f for name, f in failed.items() if f} == {}
+    assert all(r["loaded"] == r["expected"] > 0 and r["saved"] > 0 for r in results.values())
+    for case in cases:  # loop lengths come from the config: always for layers, and for every count in these
+        text = Path(case, "module.py").read_text()
+        assert "range(config[" in text, case
+        if Path(case).name.rsplit("-scan", 1)[0] in ("llama3.1", "mixtral", "qwen3-moe", "deepseek3", "gpt-oss"):
+            assert not re.search(r"range\(\d+\)", text), case
