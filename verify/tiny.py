@@ -269,6 +269,21 @@ def reconcile_rope(tiny_hf: dict, real_maxtext: dict) -> list[str]:
         if "rope_theta" in params and params["rope_theta"] != want:
             notes.append(f"rope_theta of {where}: {params['rope_theta']:g} -> {want:g} (MaxText's)")
             params["rope_theta"] = float(want)
+    if str(real_maxtext.get("rope_type", "")).lower() == "yarn":
+        # MaxText applies its YaRN to every layer; give the HF side the same where it has plain RoPE.
+        yarn = {"rope_type": "yarn", "factor": float(real_maxtext.get("rope_factor", 1.0))}
+        for mt_key, hf_key in (("original_max_position_embeddings", "original_max_position_embeddings"),
+                               ("beta_fast", "beta_fast"), ("beta_slow", "beta_slow")):
+            if _num(real_maxtext, mt_key) is not None:
+                yarn[hf_key] = real_maxtext[mt_key]
+        if real_maxtext.get("rope_attention_scaling") is False:
+            yarn["attention_factor"] = 1.0
+        if "rope_truncate" in real_maxtext:
+            yarn["truncate"] = bool(real_maxtext["rope_truncate"])
+        for params, _, where in targets:
+            if params.get("rope_type", "default") == "default":
+                params.update(yarn)
+                notes.append(f"RoPE of {where}: YaRN x{yarn['factor']:g} (MaxText's)")
     return notes
 
 
