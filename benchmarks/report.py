@@ -24,20 +24,21 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 
 def summary_table(result: SuiteResult) -> str:
     """One line per method: means over the cases it was scored on."""
-    lines = ["| method | cases | mean % exact | mean % structural | cases 100% structural | unmapped | wrong | "
-             "solve s (total) | peak MB (max) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | cases | mean % exact | mean % structural | mean % sources as MaxText's | "
+             "cases 100% structural | unmapped | wrong | solve s (total) | peak MB (max) |", "|---|" * 1 + "---|" * 9]
     for method in result.methods:
         runs = _scored(result, method)
         skipped = [r for r in result.runs if r.method == method and r.status == "skipped"]
         if not runs:
             why = skipped[0].reason if skipped else "no case"
-            lines.append(f"| {method} | 0 (skipped: {why}) | - | - | - | - | - | - | - |")
+            lines.append(f"| {method} | 0 (skipped: {why}) | - | - | - | - | - | - | - | - |")
             continue
         n = len(runs)
         errors = sum(r.status == "error" for r in runs)
         lines.append(
             f"| {method} | {n}{f' ({errors} crashed)' if errors else ''} "
             f"| {sum(r.score.pct_exact for r in runs) / n:.1f} | {sum(r.score.pct_structural for r in runs) / n:.1f} "
+            f"| {sum(r.score.pct_sources_ok for r in runs) / n:.1f} "
             f"| {sum(r.score.pct_structural == 100.0 for r in runs)} | {sum(r.score.unmapped for r in runs)} "
             f"| {sum(r.score.count('wrong') for r in runs)} | {_fmt(sum(r.solve_s for r in runs), 2)} "
             f"| {_fmt(max(r.peak_mb for r in runs), 1)} |")
@@ -137,7 +138,9 @@ def markdown(result: SuiteResult, *, command: str, date: str, extra: str = "") -
         "(`benchmarks/data`, made by `.venv-maxtext/bin/python -m ckptmap.benchmarks.ground_truth`). A cell "
         "reads `% exactly right / % structurally right (unmapped count)`: exact = tensor equal to MaxText's; "
         "structural = equal up to the value ops shapes cannot show (scalar a*x+b, RoPE half<->interleaved on the "
-        "last axis), i.e. right sources, stacking and shape chain. Peak MB: tracemalloc peak of a second, traced "
+        "last axis), i.e. right sources, stacking and shape chain. \"Sources as MaxText's\": of the targets a "
+        "method maps, the share whose source tensor names equal MaxText's PARAM_MAPPING entry. Peak MB: tracemalloc "
+        "peak of a second, traced "
         "run (Python/numpy allocations). \"beats baselines\": ckptmap's % structural is 100 or above both offline "
         "baselines'.", "",
         summary_table(result), "",
