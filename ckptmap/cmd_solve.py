@@ -37,13 +37,24 @@ def add_parser(sub) -> None:
 
 
 def _tree_specs(args) -> tuple[str, str, object]:
+    """--tiny without --verify reads the bundled tiny trees (no MaxText needed); with --verify, or for a model
+    that is not bundled, both tiny configs are derived from the real ones and read as hf: / maxtext: specs."""
     if args.tiny:
         if not args.model:
             raise CkptmapError("--tiny needs a MODEL (e.g. llama3.1-8b)")
         from ckptmap import bundled
 
-        b = bundled.find(args.model)
-        return b.hf_tree_path(), b.maxtext_tree_path(args.scan), b
+        try:
+            b = bundled.find(args.model)
+        except CkptmapError:
+            b = None
+        if b is not None and not args.verify:
+            return b.hf_tree_path(), b.maxtext_tree_path(args.scan), b
+        from ckptmap.verify import tiny_specs
+
+        name = b.maxtext_model_name if b is not None else args.model
+        src_spec, tgt_spec = tiny_specs(name)
+        return src_spec, f"{tgt_spec} scan_layers={'true' if args.scan else 'false'}", None
     if not args.source or not args.target:
         raise CkptmapError("give --source and --target, or MODEL --tiny")
     return args.source, args.target, None
@@ -105,7 +116,7 @@ def run(args) -> int:
     if args.export:
         from ckptmap.export import export_maxtext_module
 
-        name = bundled_model.maxtext_model_name if bundled_model else (tgt_spec.split(":")[-1].split()[0])
+        name = bundled_model.maxtext_model_name if bundled_model else (tgt_spec.split(":", 1)[-1].split()[0])
         export_maxtext_module(mapping, args.export, name)
         print(f"wrote {args.export}")
     if report is not None and not report.passed:
@@ -116,11 +127,7 @@ def run(args) -> int:
 def _verify(args, result, bundled_model, src_spec: str, tgt_spec: str):
     from ckptmap import verify
 
-    if bundled_model is not None:
-        r_src, r_tgt = verify.tiny_specs(bundled_model.maxtext_model_name, scan=args.scan)
-    else:
-        r_src, r_tgt = src_spec, tgt_spec
-    src_runner, tgt_runner = verify.runners_for(r_src, r_tgt, args.device)
+    src_runner, tgt_runner = verify.runners_for(src_spec, tgt_spec, args.device)
     try:
         mapping, report = verify.search_and_verify(result, src_runner, tgt_runner)
     finally:
