@@ -10,6 +10,8 @@ Three shapes of candidate are generated: 1 -> 1, 1 -> n (a fused source split in
 
 from __future__ import annotations
 
+from ckptmap.transforms.base import numel
+
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -45,10 +47,7 @@ class Operand:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return numel(self.shape)
 
 
 def operands(units: list[Unit]) -> list[Operand]:

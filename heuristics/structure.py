@@ -14,6 +14,8 @@ params all share an axis of one size), never from a model table.
 
 from __future__ import annotations
 
+from ckptmap.transforms.base import numel
+
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -53,10 +55,7 @@ class Unit:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return numel(self.shape)
 
 
 @dataclass
