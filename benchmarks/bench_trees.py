@@ -95,7 +95,8 @@ def results_section(rows: list[tuple[str, dict]], command: str, load_before: flo
              f"Date: {datetime.datetime.now().astimezone().strftime('%a %b %d %H:%M:%S %Z %Y')}.",
              f"Command: `{command}`. One fresh interpreter per config; `wall` includes starting Python and importing "
              "torch + transformers + ckptmap (`import`), `read` is `read_tree` alone; peak RSS is the child's "
-             "`ru_maxrss`. `read` still includes transformers' lazy import of the model's own modules (most of it); the "
+             "`ru_maxrss`. `read` still includes transformers' lazy import of the model's own modules (most of "
+             "it); the "
              "machine is shared with other developers' jobs, so wall times vary with its load (1-minute load average "
              f"{load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after); `CPU s` (the child's user+system "
              "time) varies much less. Bytes use the "
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         r = measure(os.path.join(CONFIG_DIR, f"{name}.json"))
         rows.append((name, r))
         print(f"{name:18s} {r['cls']:32s} {r['tensors']:7,d} tensors {r['params'] / 1e9:8.2f}B params  "
-              f"read {r['read_s']:5.2f}s  wall {r['wall_s']:5.2f}s  cpu {r['cpu_s']:5.2f}s  peak {r['peak_rss_mb']:6.0f} MB", flush=True)
+              f"read {r['read_s']:5.2f}s  wall {r['wall_s']:5.2f}s  cpu {r['cpu_s']:5.2f}s  "
+              f"peak {r['peak_rss_mb']:6.0f} MB", flush=True)
     if args.results:
         command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_trees.py --results" + (
             " " + " ".join(args.names) if args.names else "")
