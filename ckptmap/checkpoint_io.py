@@ -120,7 +120,6 @@ class SafetensorsFileReader(CheckpointReader):
     def __init__(self, path: str):
         self.path = path
         self._header, self._data_start = _read_safetensors_header(path)
-        self._body: np.ndarray | None = None
         for name, info in self._header.items():
             if info.get("dtype") not in _ST_TO_NP:
                 raise CheckpointIOError(f"unsupported safetensors dtype {info.get('dtype')!r}", file=path, key=name)
@@ -152,12 +151,10 @@ class SafetensorsFileReader(CheckpointReader):
                                     file=self.path, key=name)
         if end == begin:
             return np.zeros(shape, dtype)
-        if self._body is None:
-            self._body = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._data_start)
-        return self._body[begin:end].view(dtype).reshape(shape)
-
-    def close(self) -> None:
-        self._body = None
+        # one map per tensor: its pages leave the process when the array does, so a long conversion does not
+        # accumulate the whole file in its resident set
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._data_start + begin, shape=(end - begin,))
+        return mapped.view(dtype).reshape(shape)
 
 
 class SafetensorsDirReader(CheckpointReader):
@@ -523,12 +520,38 @@ class _SafetensorsSpool:
         with open(out_path, "wb") as out, open(self.body_path, "rb") as body:
             out.write(struct.pack("<Q", len(raw)))
             out.write(raw)
-            shutil.copyfileobj(body, out, 16 * 1024**2)
+            out.flush()
+            _copy_rest(body, out, self.size)
         os.unlink(self.body_path)
 
     def discard(self) -> None:
         self._body.close()
         _remove(self.body_path)
+
+
+def _copy_rest(src, dst, nbytes: int) -> None:
+    """Append src's bytes to dst: in the kernel (copy_file_range) where it can, else through a buffer."""
+    copy_range = getattr(os, "copy_file_range", None)
+    start = dst.tell()
+    if copy_range is not None:
+        try:
+            left = nbytes
+            while left > 0:
+                n = copy_range(src.fileno(), dst.fileno(), min(left, 1 << 30))
+                if n == 0:
+                    break
+                left -= n
+            if left == 0:
+                return
+        except OSError:
+            pass
+        # start over with plain reads and writes from where the body began
+        os.lseek(src.fileno(), 0, os.SEEK_SET)
+        os.lseek(dst.fileno(), start, os.SEEK_SET)
+        os.ftruncate(dst.fileno(), start)
+        src.seek(0)
+        dst.seek(start)
+    shutil.copyfileobj(src, dst, 16 * 1024**2)
 
 
 class SafetensorsFileWriter(CheckpointWriter):

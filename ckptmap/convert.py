@@ -108,8 +108,10 @@ def convert(mapping: Mapping, input_path: str, output_path: str, reverse: bool =
                     for name, array in apply_rule(rule, get):
                         writer.write(name, array)
                         rule_bytes += array.nbytes
+                        del array  # else the loop variable keeps this rule's tensor alive into the next rule
                         bar.set_postfix_str(name[-60:], refresh=False)
                         bar.update(1)
+                    kept.clear()
                     largest = max(largest, rule_bytes)
                 written, nbytes = writer.tensors_written, writer.bytes_written
         finally:

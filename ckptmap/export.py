@@ -903,14 +903,17 @@ def render_module(branches: dict[bool, list[Block]], hooks: HookSet, model_name:
             "    when saving_to_hf.",
             "`config` is the HF config as a dict.",
             '"""', ""]
+    hook_sources = hooks.sources(names)
     if hooks.helpers:
         out += ["import itertools", ""]
+    if any(re.search(r"bfloat16|float8", src) for src in hook_sources):
+        out += ["import ml_dtypes  # noqa: F401 (lets numpy read the dtype names 'bfloat16', 'float8_*')"]
     out += ["import numpy as np", "", ""]
     if hooks.helpers:
         out += [_COMMON_HELPERS.strip("\n"), "", ""]
         for h in sorted(hooks.helpers):
             out += [HELPERS[h].strip("\n"), "", ""]
-    for src in hooks.sources(names):
+    for src in hook_sources:
         out += [src, "", ""]
     out += [f"def {map_fn}(config, maxtext_config, scan_layers=False):",
             f'    """MaxText parameter name -> HF parameter name(s) for {model_name}."""',

@@ -162,3 +162,35 @@ def test_unexpressible_mappings_raise_a_named_error(tmp_path):
     with pytest.raises(CkptmapError, match="which side is MaxText"):
         export_maxtext_module(Mapping([Rule((Slot.single("a.b"),), (Slot.single("c.d"),), Chain((Transpose((1, 0)),)))]),
                               None, "x")
+
+
+def test_a_stack_of_expert_sources_becomes_a_grid_dim():
+    from ckptmap.export import lift_stacked_sources
+    from ckptmap.transforms import Stack
+
+    experts, layers = 3, 2
+    sources = tuple(Slot.per_cell([f"model.layers.{i}.mlp.experts.{e}.w1.weight" for i in range(layers)])
+                    for e in range(experts))
+    rule = Rule(sources, (Slot.stacked("params-decoder-layers-MoeBlock_0-wi_0", (1,)),),
+                Chain((Stack(0, experts), Transpose((0, 2, 1)))), grid=(layers,))
+    lifted = lift_stacked_sources(rule)
+    assert lifted.grid == (layers, experts)
+    assert lifted.targets[0].axes == (1, 0)  # layers at 1 as before, experts where the stack put them
+    assert lifted.sources[0].keys[1][2] == "model.layers.1.mlp.experts.2.w1.weight"
+    assert lifted.chain.to_json() == Chain((Transpose((1, 0)),)).to_json()
+    arrays = {n: np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32) + k
+              for k, n in enumerate(sorted({n for s in sources for n in s.names()}))}
+    m0, m1 = Mapping([rule]), Mapping([lifted])
+    out0, out1 = apply_to_dict(m0, arrays), apply_to_dict(m1, arrays)
+    np.testing.assert_array_equal(out0["params-decoder-layers-MoeBlock_0-wi_0"], out1["params-decoder-layers-MoeBlock_0-wi_0"])
+
+
+def test_a_cast_to_bfloat16_imports_ml_dtypes_in_the_module(tmp_path):
+    from ckptmap.transforms import Cast
+
+    m = Mapping([Rule((Slot.single("model.norm.weight"),), (Slot.single("params-decoder-decoder_norm-scale"),),
+                      Chain((Cast("bfloat16", "float32"),)))])
+    text = export_maxtext_module(m, str(tmp_path / "m.py"), "x")
+    assert "import ml_dtypes" in text
+    hooks = runpy.run_path(str(tmp_path / "m.py"))["X_MAXTEXT_TO_HF_PARAM_HOOK_FN"]({}, None)
+    assert str(hooks["params-decoder-decoder_norm-scale"](np.ones(2, np.float32), (2,)).dtype) == "bfloat16"
