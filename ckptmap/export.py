@@ -188,7 +188,7 @@ class RulePlan:
     why_whole: str = ""
 
 
-def _slot_depth(slot: Slot, d: int) -> int | None:
+def _slot_depth(slot: Slot) -> int | None:
     """Leading grid dims that pick a tensor name; None for a single tensor read whole by every cell."""
     if slot.is_per_cell:
         return slot.depth
@@ -197,14 +197,17 @@ def _slot_depth(slot: Slot, d: int) -> int | None:
 
 def plan_rule(rule: Rule, index: int, *, scanned: bool, scan_axis: int,
               target_shapes: dict[str, tuple[int, ...]] | None) -> RulePlan:
+    """How `rule` (HF -> MaxText) is written: which grid dims are MaxText entries, list levels or hook loops,
+    and whether MaxText's list stacking matches the rule's axes (else the tuple form). ExportError when no
+    MaxText form holds it."""
     d = len(rule.grid)
-    src_depths = [_slot_depth(s, d) for s in rule.sources]
+    src_depths = [_slot_depth(s) for s in rule.sources]
     named = {x for x in src_depths if x is not None}
     if len(named) > 1:
         raise ExportError(f"rule {index}: its HF tensors index the grid differently ({sorted(named)} leading "
                           f"name dims)", key=rule.targets[0].name_at((0,) * d))
     h = named.pop() if named else d
-    mt_depths = {_slot_depth(t, d) for t in rule.targets}
+    mt_depths = {_slot_depth(t) for t in rule.targets}
     if None in mt_depths and d:
         raise ExportError(f"rule {index}: a MaxText tensor is written whole by every cell of a {rule.grid} grid",
                           key=rule.targets[0].key)
@@ -222,15 +225,13 @@ def plan_rule(rule: Rule, index: int, *, scanned: bool, scan_axis: int,
     stack_axes_per_target = {tuple(t.axes[j - m] for j in stack) for t in rule.targets}
     full_inner = [tuple(t.axes[j - m] for j in inner) for t in rule.targets]
 
-    plan = RulePlan(rule, index, False, entry, stack, inner, src_inner, [], ())
     if len(stack_axes_per_target) > 1:
-        plan.whole, plan.why_whole = True, "its MaxText tensors stack the grid on different axes"
-        stack_axes = next(iter(stack_axes_per_target))
-    else:
-        stack_axes = next(iter(stack_axes_per_target))
-    plan.mt_stack_axes = stack_axes
+        raise ExportError(f"rule {index}: its MaxText tensors stack the grid on different axes "
+                          f"{sorted(stack_axes_per_target)}", key=rule.targets[0].name_at((0,) * d))
+    stack_axes = stack_axes_per_target.pop()
+    plan = RulePlan(rule, index, False, entry, stack, inner, src_inner, [], stack_axes)
     plan.mt_inner_axes = [tuple(a - sum(1 for s in stack_axes if s < a) for a in axes) for axes in full_inner]
-    if plan.whole or not stack:
+    if not stack:
         return plan
     for t in rule.targets:
         key = t.name_at((0,) * d)
@@ -400,7 +401,8 @@ def leaf_hooks(plan: RulePlan, hooks: HookSet, base: str) -> tuple[list[str | No
             which = f" (output {j})" if n_tgt > 1 else ""
             arg = "x" if n_src == 1 else "xs"
             load.append(hooks.add(base + (f"_{j}" if n_tgt > 1 else ""), "to_maxtext",
-                                  fwd_ops + (f"_{j}" if n_tgt > 1 else ""), f"{arg}, target_shape", f"HF -> MaxText{which}: {_describe(chain)}",
+                                  fwd_ops + (f"_{j}" if n_tgt > 1 else ""), f"{arg}, target_shape",
+                                  f"HF -> MaxText{which}: {_describe(chain)}",
                                   _unpack(n_src, "xs") + lines + [f"return {outs[j]}"]))
         if is_identity(inverse, n_tgt) and n_src == n_tgt == 1:
             save = None
@@ -424,7 +426,8 @@ def leaf_hooks(plan: RulePlan, hooks: HookSet, base: str) -> tuple[list[str | No
         arrays = "(x,)" if n_src == 1 else "tuple(xs)"
         arg = "x" if n_src == 1 else "xs"
         load.append(hooks.add(base + (f"_{j}" if n_tgt > 1 else ""), "per_cell_to_maxtext", fwd_ops,
-                              f"{arg}, target_shape", f"HF -> MaxText{which}, cell by cell along the axes both sides stack",
+                              f"{arg}, target_shape",
+                              f"HF -> MaxText{which}, cell by cell along the axes both sides stack",
                               [f"return _map_cells({fwd}, {arrays}, {src_axes!r}, {mt_axes!r})[{j}]"]))
     arrays = "(x,)" if n_tgt == 1 else "tuple(xs)"
     arg = "x" if n_tgt == 1 else "xs"
@@ -889,7 +892,8 @@ def render_module(branches: dict[bool, list[Block]], hooks: HookSet, model_name:
 
     scan_check = []
     if True in branches:
-        scan_check = [f"    if scan_layers and getattr(maxtext_config, \"param_scan_axis\", {scan_axis}) != {scan_axis}:",
+        scan_check = [f"    if scan_layers and getattr(maxtext_config, \"param_scan_axis\", {scan_axis}) != "
+                      f"{scan_axis}:",
                       f"        raise ValueError(\"exported for param_scan_axis={scan_axis}\")"]
     out = [f'"""MaxText <-> HF parameter names and hooks for {model_name}, in the form of MaxText\'s',
            "checkpoint_conversion/utils/param_mapping.py. Written by `ckptmap` from solved mappings; regenerate",
@@ -922,7 +926,8 @@ def render_module(branches: dict[bool, list[Block]], hooks: HookSet, model_name:
             *branch_code(map_body),
             "    return mapping", "", "",
             f"def {hook_fn}(config, maxtext_config, scan_layers=False, saving_to_hf=False):",
-            f'    """MaxText parameter name -> hook for {model_name}: HF -> MaxText, or MaxText -> HF when saving_to_hf."""',
+            f'    """MaxText parameter name -> hook for {model_name}: HF -> MaxText, or MaxText -> HF when',
+            '    saving_to_hf."""',
             "",
             "    def hook(to_maxtext, to_hf):",
             '        """The hook for this direction (None: the tensor passes unchanged)."""',
