@@ -194,3 +194,13 @@ def test_a_cast_to_bfloat16_imports_ml_dtypes_in_the_module(tmp_path):
     assert "import ml_dtypes" in text
     hooks = runpy.run_path(str(tmp_path / "m.py"))["X_MAXTEXT_TO_HF_PARAM_HOOK_FN"]({}, None)
     assert str(hooks["params-decoder-decoder_norm-scale"](np.ones(2, np.float32), (2,)).dtype) == "bfloat16"
+
+
+def test_skipped_layers_are_listed_from_the_configs_layer_types():
+    from ckptmap.export_templates import sequence_expression
+
+    cfg, _, _ = fixture("qwen3-next")
+    expr = sequence_expression([0, 1, 2, 4, 5, 6], cfg["hf_config"])
+    assert expr == '[i for i, t in enumerate(config["layer_types"]) if t == "linear_attention"]'
+    assert eval(expr, {"config": cfg["hf_config"]}) == [0, 1, 2, 4, 5, 6]
+    assert sequence_expression([0, 2, 5], cfg["hf_config"]) is None
