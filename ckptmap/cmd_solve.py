@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ckptmap.errors import CkptmapError
@@ -58,6 +59,21 @@ def _tree_specs(args) -> tuple[str, str, object]:
     if not args.source or not args.target:
         raise CkptmapError("give --source and --target, or MODEL --tiny")
     return args.source, args.target, None
+
+
+def _hf_config(spec: str, tree, bundled_model) -> dict | None:
+    """The HF config dict behind the source, when there is one: the exported module spells loop lengths with it."""
+    if bundled_model is not None:
+        return bundled_model.config.get("hf_config")
+    path = spec[3:].split()[0] if spec.startswith("hf:") else tree.meta.get("dims_from")
+    if not path or not str(path).endswith(".json"):
+        return None
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return cfg.get("hf_config", cfg) if isinstance(cfg, dict) else None
 
 
 def _short(rule: Rule) -> str:
@@ -117,7 +133,14 @@ def run(args) -> int:
         from ckptmap.export import export_maxtext_module
 
         name = bundled_model.maxtext_model_name if bundled_model else (tgt_spec.split(":", 1)[-1].split()[0])
-        export_maxtext_module(mapping, args.export, name)
+        mappings, shapes = [mapping], tgt.shapes()
+        if bundled_model is not None and os.path.exists(bundled_model.maxtext_tree_path(not args.scan)):
+            # Export both scan settings, as MaxText's own modules do.
+            other = read_tree(bundled_model.maxtext_tree_path(not args.scan))
+            mappings.append(solve(src, other, priors=priors, k_alternatives=0).mapping)
+            shapes = {**shapes, **other.shapes()}
+        export_maxtext_module(mappings, args.export, name, hf_config=_hf_config(src_spec, src, bundled_model),
+                              target_shapes=shapes)
         print(f"wrote {args.export}")
     if report is not None and not report.passed:
         return 1

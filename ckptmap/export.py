@@ -268,11 +268,39 @@ def _flat_ops(op) -> list:
     return [op]
 
 
-def op_body(op, n_in: int) -> tuple[list[str], list[str]]:
-    """(statements, output expressions) computing `op` on args x (one input) or x0, x1, ... step by step."""
+def _reshape_from_target(steps: list, i: int, shape_arg: str) -> str | None:
+    """For a reshape followed only by transposes and value ops, its out shape written in terms of the hook's
+    `target_shape`, so that the hook serves every model size, not only the one it was solved on."""
+    perm: list[int] | None = None
+    for step in steps[i + 1:]:
+        kind = type(step).__name__
+        if kind == "Transpose":
+            p = list(step.perm)
+            perm = p if perm is None else [perm[k] for k in p]
+        elif not getattr(step, "is_value_op", False):
+            return None
+    n = len(steps[i].out_shape)
+    if perm is None:
+        return f"tuple({shape_arg})"
+    inv = [0] * n
+    for j, k in enumerate(perm):
+        inv[k] = j
+    return "(" + ", ".join(f"{shape_arg}[{inv[a]}]" for a in range(n)) + ("," if n == 1 else "") + ")"
+
+
+def op_body(op, n_in: int, shape_arg: str | None = None) -> tuple[list[str], list[str]]:
+    """(statements, output expressions) computing `op` on args x (one input) or x0, x1, ... step by step.
+    With `shape_arg` (one input, one output), a trailing reshape reads its shape from that argument."""
     names = ["x"] if n_in == 1 else [f"x{i}" for i in range(n_in)]
     lines: list[str] = []
-    for step in _flat_ops(op):
+    steps = _flat_ops(op)
+    for i, step in enumerate(steps):
+        shaped = (_reshape_from_target(steps, i, shape_arg)
+                  if shape_arg and n_in == 1 and type(step).__name__ == "Reshape" and len(names) == 1 else None)
+        if shaped is not None:
+            lines.append(f"x = {names[0]}.reshape({shaped})")
+            names = ["x"]
+            continue
         outs = step.to_code(list(names))
         if outs == names:
             continue
@@ -393,7 +421,7 @@ def leaf_hooks(plan: RulePlan, hooks: HookSet, base: str) -> tuple[list[str | No
     fwd_ops, inv_ops = ops_name(chain), ops_name(inverse)
     load: list[str | None] = []
     if not plan.inner:
-        lines, outs = op_body(chain, n_src)
+        lines, outs = op_body(chain, n_src, "target_shape" if n_src == n_tgt == 1 else None)
         for j in range(n_tgt):
             if is_identity(chain, n_src) and n_src == n_tgt == 1:
                 load.append(None)
@@ -407,7 +435,7 @@ def leaf_hooks(plan: RulePlan, hooks: HookSet, base: str) -> tuple[list[str | No
         if is_identity(inverse, n_tgt) and n_src == n_tgt == 1:
             save = None
         else:
-            lines, outs = op_body(inverse, n_tgt)
+            lines, outs = op_body(inverse, n_tgt, "target_shape" if n_src == n_tgt == 1 else None)
             arg = "x" if n_tgt == 1 else "xs"
             ret = outs[0] if n_src == 1 else f"({', '.join(outs)})"
             save = hooks.add(base, "to_hf", inv_ops, f"{arg}, target_shape", f"MaxText -> HF: {_describe(inverse)}",
