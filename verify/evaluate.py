@@ -64,7 +64,8 @@ class Evaluator:
         self.timings = {"source_forward_s": 0.0, "target_forward_s": 0.0, "convert_s": 0.0}
         self.forwards = 0
         aliases = dict(getattr(src_runner, "aliases", {}) or {})
-        self.src_params = random_params(src_runner.param_shapes(), seed, aliases)
+        scales = src_runner.init_scales() if hasattr(src_runner, "init_scales") else None
+        self.src_params = random_params(src_runner.param_shapes(), seed, aliases, scales)
         vocabs = [v for v in (runner_vocab(src_runner), runner_vocab(tgt_runner)) if v]
         if not vocabs:
             raise VerifyError("neither model says its vocab size")

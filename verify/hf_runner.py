@@ -106,14 +106,17 @@ class HFRunner:
     def __init__(self, config: Any, device: str = "cpu", threads: int | None = 1):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         torch = _torch()
-        if threads and device == "cpu":
-            # Tiny models: one thread is several times faster than contended intra-op parallelism.
-            torch.set_num_threads(threads)
         from transformers import AutoModelForCausalLM
 
         self.config = hf_config(config)
         self.text_config = _text_config(self.config)
         self.device = select_device(device)
+        if threads and self.device == "cpu":
+            # Tiny models: one thread is several times faster than contended intra-op parallelism.
+            torch.set_num_threads(threads)
+        if self.device == "cuda":  # float32 means float32: no TF32 matmuls
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         try:
             model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32, attn_implementation="eager")
         except Exception as e:  # transformers raises assertion, value and key errors alike

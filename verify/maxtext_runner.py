@@ -1,7 +1,7 @@
 """The MaxText runner: a thin ModelRunner over a ckptmap.maxtext session (the worker, or in-process MaxText).
 
 The session adds the float32 CPU flags itself (ckptmap.maxtext.CPU_OVERRIDES); `device="gpu"` asks MaxText for its
-GPU build instead (`hardware=gpu`), `device="cpu"` pins JAX to the CPU in the worker.
+GPU build instead (`hardware=gpu`); "cpu" and "auto" pin JAX to the CPU in the worker (set before it starts).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class MaxTextRunner:
         overrides = list(overrides)
         if device in ("gpu", "cuda"):
             overrides = [o for o in overrides if not o.startswith("hardware=")] + ["hardware=gpu"]
-        elif device == "cpu":
+        else:  # "cpu", and "auto" too: the worker venv's JAX is a CPU build unless the user says gpu
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
         self.model_name = model_name
         self.device = device
@@ -49,6 +49,14 @@ class MaxTextRunner:
         if "logits_via_embedding" in cfg:
             return bool(cfg["logits_via_embedding"])
         return not any("logits" in n for n in self.tree.names())
+
+    def init_scales(self) -> dict[str, float]:
+        """name -> std of MaxText's own init of each matrix (fan-in aware in flax's [in, ..., out] layout), so
+        that random weights drawn for a MaxText source keep activations in range."""
+        if not hasattr(self, "_scales"):
+            init = self.session.init(0)
+            self._scales = {n: float(np.std(a)) for n, a in init.items() if np.ndim(a) >= 2 and np.std(a) > 0}
+        return dict(self._scales)
 
     @property
     def timings(self) -> dict:

@@ -35,13 +35,15 @@ def tensor_role(name: str, shape: tuple[int, ...]) -> str:
     return "matrix"
 
 
-def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0, scale: float | None = None) -> np.ndarray:
     """One seeded tensor, scaled by its role.
 
     norms ~ 1 + 0.25 N (non-constant, positive on average, whether the model adds 1 or not); biases ~ 0.1 N;
     matrices ~ N(0, 1/fan_in) with fan_in the smaller of the last two dims (torch [out, in] and fused-expert
     [experts, out, in] layouts alike; an embedding [vocab, hidden] gets 1/hidden, so that tied logits stay ~1 and
-    a bf16 cast on the logits path costs a KL near 1e-6, not near the threshold).
+    a bf16 cast on the logits path costs a KL near 1e-6, not near the threshold). `scale`, when given (the std of
+    the framework's own init of this tensor), replaces the fan-in rule for matrices: flax kernels [in, ..., out]
+    and scanned stacks do not follow torch's layout.
     """
     shape = tuple(int(d) for d in shape)
     unit = seeded_tensor(name, shape, seed) / np.float32(0.02)  # ~ N(0, 1)
@@ -50,15 +52,18 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarra
         return (1.0 + 0.25 * unit).astype(np.float32)
     if role == "vector":
         return (0.1 * unit).astype(np.float32)
+    if scale:
+        return (unit * np.float32(scale)).astype(np.float32)
     fan_in = max(min(shape[-2:]), 8)
     return (unit / np.sqrt(fan_in)).astype(np.float32)
 
 
-def random_params(shapes: dict[str, tuple[int, ...]], seed: int = 0,
-                  aliases: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+def random_params(shapes: dict[str, tuple[int, ...]], seed: int = 0, aliases: dict[str, str] | None = None,
+                  scales: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """name -> seeded random float32 array for every name in `shapes`; each alias (a tied name) gets the very
-    array of the name it is tied to."""
-    params = {name: random_tensor(name, shape, seed) for name, shape in shapes.items()}
+    array of the name it is tied to. `scales`: name -> std to use for matrices (see random_tensor)."""
+    scales = scales or {}
+    params = {name: random_tensor(name, shape, seed, scales.get(name)) for name, shape in shapes.items()}
     for alias, canonical in (aliases or {}).items():
         if canonical in params:
             params[alias] = params[canonical]
