@@ -61,6 +61,16 @@ def beats_baselines(result: SuiteResult, method: str = "ckptmap") -> dict[str, b
     return out
 
 
+def verify_cell(v: dict) -> str:
+    """`pass, KL 4.8e-12, 12 trials, 8.4 s`, or why verify did not run (shortened)."""
+    if "not_run" in v:
+        return "not run: " + v["not_run"].replace("verify raised ", "").replace("|", "/")[:70]
+    verdict = {True: "pass", False: "**fail**"}.get(v.get("passed"), "?")
+    kl = v.get("max_kl")
+    kl_text = "-" if kl is None else f"{kl:.2g}"
+    return f"{verdict}, KL {kl_text}, {v.get('iterations')} trials, {_fmt(v.get('seconds'), 1)} s"
+
+
 def case_table(result: SuiteResult) -> str:
     """One line per case: every method's `% exact / % structural (unmapped)`, then ckptmap's costs."""
     methods = [m for m in result.methods if _scored(result, m)]
@@ -83,11 +93,7 @@ def case_table(result: SuiteResult) -> str:
                 cells.append(f"{s.pct_exact:.0f} / {s.pct_structural:.0f} ({s.unmapped})")
         mine = runs.get("ckptmap")
         verify = runs.get("ckptmap+verify")
-        verify_text = "-"
-        if verify is not None and verify.verify:
-            v = verify.verify
-            verify_text = "not run" if "not_run" in v else (
-                f"{_fmt(v.get('seconds'), 1)} s, KL {v.get('max_kl')}, {v.get('iterations')} it")
+        verify_text = verify_cell(verify.verify) if verify is not None and verify.verify else "-"
         cells += [_fmt(mine.solve_s, 3) if mine else "-", _fmt(mine.peak_mb, 1) if mine else "-", verify_text,
                   {True: "yes", False: "**no**"}.get(beats.get(case), "-")]
         lines.append(f"| {case} | " + " | ".join(cells) + " |")
@@ -104,7 +110,7 @@ def notes(result: SuiteResult) -> str:
             lines.append(f"- {r.method}: skipped: {r.reason}")
             reported.add(r.method)
         if r.verify.get("not_run") and "verify" not in reported:
-            lines.append(f"- ckptmap+verify: verify not run: {r.verify['not_run']} (scores are the solve's)")
+            lines.append("- ckptmap+verify: where verify did not run (see the verify column) its scores are the solve's")
             reported.add("verify")
     from ckptmap.benchmarks import gt_store
 
