@@ -283,3 +283,75 @@ def test_cli_verify_passes_fails_and_rejects_bad_input(tmp_path, llama, capsys):
     assert "FAIL" in out and "broken: model.layers.0.self_attn.o_proj.weight" in out
     assert main([*args, "--mapping", str(tmp_path / "missing.json")]) == 2
     assert main(["verify", "--mapping", good_path, "--source", "hf:no_such_type", "--target", _spec(LLAMA)]) == 2
+
+
+def test_search_on_a_mapping_that_cannot_be_applied_stops_at_once(llama):
+    good = identity_mapping(llama.param_shapes())
+    short = replace(good, rules=[r for r in good.rules if "model.norm" not in r.target_names()[0]])
+    mapping, report = search_and_verify(short, llama, llama)
+    assert not report.passed and report.forwards == 0 and report.trials == []
+    assert "model.norm.weight" in report.error
+
+
+# ---- tiny configs -----------------------------------------------------------------------------------------
+# tests/data/verify/real_configs.json: MaxText's model ymls and paired HF configs, dumped from .venv-maxtext with
+# `python -m ckptmap.verify.real_configs MODEL` for every fixture family.
+
+REAL = os.path.join(os.path.dirname(__file__), "data", "verify", "real_configs.json")
+FIXTURES = os.path.join(os.path.dirname(__file__), "data", "maxtext_tiny")
+ACCEPTANCE = ["llama3.1-8b", "qwen3-0.6b", "qwen3-30b-a3b", "mixtral-8x7b", "gemma2-2b", "gemma3-4b",
+              "deepseek2-16b", "gpt-oss-20b", "olmo3-7b"]
+
+
+@pytest.fixture(scope="module")
+def real_configs():
+    with open(REAL) as f:
+        return json.load(f)
+
+
+def _fixture_overrides(model: str) -> set[str]:
+    for family in os.listdir(FIXTURES):
+        with open(os.path.join(FIXTURES, family, "config.json")) as f:
+            cfg = json.load(f)
+        if cfg["maxtext_model_name"] == model:
+            return {o.split("=", 1)[0] for o in cfg["maxtext_overrides"]}
+    raise KeyError(model)
+
+
+@pytest.mark.parametrize("model", ACCEPTANCE)
+def test_tiny_pair_keeps_what_matters_and_builds(real_configs, model):
+    from ckptmap.verify.tiny import check_tiny, derive_tiny
+
+    pair = derive_tiny(model, real_configs[model])
+    assert check_tiny(pair) == []
+    real = real_configs[model]["hf"].get("text_config") or real_configs[model]["hf"]
+    c = pair.hf_config
+    if real.get("num_key_value_heads", real["num_attention_heads"]) < real["num_attention_heads"]:
+        assert c["num_key_value_heads"] < c["num_attention_heads"]
+    if "kv_lora_rank" not in real:
+        real_ratio = real["num_attention_heads"] * (real.get("head_dim") or real["hidden_size"] // real["num_attention_heads"]) / real["hidden_size"]
+        assert c["num_attention_heads"] * c["head_dim"] / c["hidden_size"] == pytest.approx(real_ratio, rel=0.15)
+    # the MaxText keys are the kind the fixtures' valid tiny pairs set (plus the sliding window we shorten)
+    keys = {o.split("=", 1)[0] for o in pair.maxtext_overrides}
+    assert keys <= _fixture_overrides(model) | {"sliding_window_size"}
+    runner = HFRunner(c)
+    assert runner.n_layers == c["num_hidden_layers"] >= 2
+
+
+def test_tiny_configs_keep_inhomogeneous_cycles_and_padding(real_configs):
+    from ckptmap.verify.tiny import derive_tiny
+
+    g3 = derive_tiny("gemma3-4b", real_configs["gemma3-4b"])
+    assert g3.hf_config["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
+    assert g3.hf_config["sliding_window"] == 16 and "base_num_decoder_layers=6" in g3.maxtext_overrides
+    assert g3.hf_config["rope_parameters"]["full_attention"]["rope_theta"] == 1e6  # MaxText's yml value
+    g2 = derive_tiny("gemma2-2b", real_configs["gemma2-2b"]).overrides_dict()
+    assert derive_tiny("gemma2-2b", real_configs["gemma2-2b"]).hf_config["vocab_size"] == 240
+    assert g2["vocab_size"] == "256" and g2["base_num_decoder_layers"] == "1"  # local+global pairs, 2 HF layers
+    ds = derive_tiny("deepseek2-16b", real_configs["deepseek2-16b"])
+    assert ds.hf_config["num_hidden_layers"] == 3 and ds.hf_config["first_k_dense_replace"] == 1
+    assert ds.hf_config["n_routed_experts"] == 4 and "first_num_dense_layers=1" in ds.maxtext_overrides
+    nxt = derive_tiny("qwen3-next-80b-a3b", real_configs["qwen3-next-80b-a3b"])
+    assert nxt.hf_config["layer_types"][-1] == "full_attention" and nxt.hf_config["num_hidden_layers"] == 4
+    olmo = derive_tiny("olmo3-7b", real_configs["olmo3-7b"])
+    assert olmo.hf_config["rope_parameters"]["full_attention"]["rope_type"] == "yarn"

@@ -282,6 +282,9 @@ class Search:
         current = self._evaluate(self.mapping())
         first_stage = None
         stuck = None
+        if not current.ok:  # the given mapping cannot even be applied (a missing target): nothing to search
+            max_steps = 0
+            stuck = "convert"
         for step in range(1, max_steps + 1):
             if current.ok and current.kl_max <= self.kl_threshold:
                 break
