@@ -82,16 +82,16 @@ class MaxTextModel:
         self.timings = {"imports_s": imports_s, "config_and_model_s": t1 - t0, "abstract_s": time.perf_counter() - t1}
         self._apply = None
         self._init = None
-        self._non_param_leaves: dict[str, object] | None = None
 
     # ---- description ---------------------------------------------------------------------------------------
     def param_names(self) -> list[str]:
-        return [e[0] for e in self.entries if e[0].startswith("params-")]
+        """Every variable a checkpoint holds: `params-...` and the other collections MaxText's conversion also
+        fills (e.g. deepseek3's router bias, `MoEBiasVar-...`)."""
+        return [e[0] for e in self.entries]
 
     def describe(self) -> dict:
-        """Parameters (`params` collection only), their logical axes, and the config values."""
-        params = [{"name": n, "shape": list(s), "dtype": d, "axes": a}
-                  for n, s, d, a in self.entries if n.startswith("params-")]
+        """Variables of every collection init creates, their logical axes, and the config values."""
+        params = [{"name": n, "shape": list(s), "dtype": d, "axes": a} for n, s, d, a in self.entries]
         return {"model_name": self.model_name, "overrides": self.overrides, "params": params,
                 "config": config_values(self.config), "layer_classes": self.layer_classes,
                 "timings": dict(self.timings)}
@@ -118,8 +118,11 @@ class MaxTextModel:
             positions = jnp.arange(8, dtype=jnp.int32)[None, :]
 
             def init_fn(key):
+                # The NNX model creates every variable when it is constructed; `no_op` skips the forward pass
+                # that a plain init would also trace and compile (minutes for scanned multimodal models).
                 with self._context():
-                    return self.model.init({"params": key, "dropout": key, "aqt": key}, tokens, positions)
+                    return self.model.init({"params": key, "dropout": key, "aqt": key}, tokens, positions,
+                                           nnx_method="no_op")
 
             self._init = jax.jit(init_fn)
         t0 = time.perf_counter()
@@ -138,11 +141,8 @@ class MaxTextModel:
         return out
 
     def init(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """MaxText's own random initialisation of the parameters, name -> numpy array."""
-        leaves = self._all_leaves(seed)
-        if self._non_param_leaves is None:
-            self._non_param_leaves = {n: v for n, v in leaves.items() if not n.startswith("params-")}
-        return {n: np.asarray(v) for n, v in leaves.items() if n.startswith("params-")}
+        """MaxText's own random initialisation of every variable, name -> numpy array."""
+        return {n: np.asarray(v) for n, v in self._all_leaves(seed).items()}
 
     # ---- forward -------------------------------------------------------------------------------------------
     def check_params(self, params: dict[str, np.ndarray]) -> None:
@@ -151,7 +151,7 @@ class MaxTextModel:
         missing = [n for n in wanted if n not in params]
         if missing:
             raise KeyError(f"missing parameter {missing[0]!r} ({len(missing)} missing)")
-        unknown = [n for n in params if n not in self.index or not n.startswith("params-")]
+        unknown = [n for n in params if n not in self.index]
         if unknown:
             raise KeyError(f"unknown parameter {unknown[0]!r} (not in the MaxText model)")
         for n in wanted:
@@ -163,19 +163,7 @@ class MaxTextModel:
         import jax
         import jax.numpy as jnp
 
-        if self._non_param_leaves is None:
-            if any(not e[0].startswith("params-") for e in self.entries):
-                # Other collections (router state, ...) are not the caller's: they take MaxText's own init.
-                leaves = self._all_leaves(0)
-                self._non_param_leaves = {n: v for n, v in leaves.items() if not n.startswith("params-")}
-            else:
-                self._non_param_leaves = {}
-        leaves = []
-        for name, _, dtype, _ in self.entries:
-            if name.startswith("params-"):
-                leaves.append(jnp.asarray(params[name], dtype=dtype))
-            else:
-                leaves.append(self._non_param_leaves[name])
+        leaves = [jnp.asarray(params[name], dtype=dtype) for name, _, dtype, _ in self.entries]
         return jax.tree_util.tree_unflatten(self._treedef, leaves)
 
     def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> tuple[np.ndarray, dict, list[str]]:

@@ -4,7 +4,7 @@
 
 Each config is a fixture config.json (`maxtext_model_name`, `maxtext_overrides`). The first model pays for the
 worker process and the JAX / MaxText imports; later ones reuse the worker. Prints one JSON line per model, with
-the worker's peak resident memory (VmHWM, Linux) when the subprocess transport is used.
+the worker's peak resident memory (VmHWM) and CPU seconds so far (Linux) when the subprocess transport is used.
 """
 
 from __future__ import annotations
@@ -26,6 +26,17 @@ def _peak_rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def time_one(config_path: str, scan: int, seq: int = 64) -> dict:
@@ -52,6 +63,7 @@ def time_one(config_path: str, scan: int, seq: int = 64) -> dict:
     worker = getattr(s._backend, "worker", None)
     if worker is not None:
         row["worker_peak_rss_mb"] = _peak_rss_mb(worker.proc.pid)
+        row["worker_cpu_s_so_far"] = _cpu_s(worker.proc.pid)
     return row
 
 

@@ -1,8 +1,10 @@
 """Turn the worker's description of a MaxText model into a ParamTree (framework "maxtext").
 
 A description is plain JSON: `params` (a list of {name, shape, dtype, axes}: `axes` holds MaxText's logical
-axis name per dimension, or null) and `config` (selected MaxText config values, JSON scalars). Pure functions;
-nothing here imports MaxText.
+axis name per dimension, or null) and `config` (selected MaxText config values, JSON scalars). `params` lists
+every variable MaxText's init creates: the `params-...` collection and, where a model has them, the other
+collections MaxText's conversion fills too (deepseek3's router bias is `MoEBiasVar-decoder-...-gate-bias`).
+Pure functions; nothing here imports MaxText.
 """
 
 from __future__ import annotations
