@@ -14,7 +14,7 @@ import pytest
 
 from ckptmap.mapping import Mapping, Rule, Slot
 from ckptmap.runner import Forward
-from ckptmap.transforms import Chain, Offset, Reshape, RopePermute, Transpose
+from ckptmap.transforms import Chain, Offset, RopePermute, Transpose
 from ckptmap.trees.model import parse_name
 from ckptmap.verify import HFRunner, compare_logits, search_and_verify, verify_mapping
 from ckptmap.verify.candidates import rope_on_axis, value_options

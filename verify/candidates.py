@@ -103,16 +103,6 @@ def strip_value_ops(op):
     return op
 
 
-def _words(names: list[str]) -> set[str]:
-    out: set[str] = set()
-    for n in names:
-        for w in parse_name(n).words:
-            w = w.lower()
-            out.add(w)
-            out.update(p for p in w.split("_") if p)
-    return out
-
-
 def _last_word(name: str) -> set[str]:
     """The words of a name's module part (its last two non-generic words), for role tests."""
     words = [w.lower() for w in parse_name(name).words

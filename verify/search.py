@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ckptmap.mapping import Mapping, Rule
-from ckptmap.trees.model import parse_name
 from ckptmap.verify.candidates import RuleChoice, RuleSpace, structural_variants, value_options
 from ckptmap.verify.evaluate import Evaluation, Evaluator
 from ckptmap.verify.localise import first_divergence, rules_in_stage
