@@ -147,3 +147,20 @@ def test_in_process_transport_matches_the_worker(llama, tmp_path):
     assert report["activations"] == ["embed", "final_norm", "layer_0", "layer_1"]
     worker_logits = llama.forward(llama.init(seed=0), tokens()).logits
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy"), worker_logits, rtol=0, atol=1e-6)
+
+
+def test_router_bias_outside_params_is_part_of_the_tree_and_the_forward():
+    # MaxText keeps deepseek3's router score-correction bias in its own collection (MoEBiasVar), not in params.
+    name, overrides = tiny("deepseek3")
+    s = maxtext.session(name, overrides + ["scan_layers=true"])
+    bias = "MoEBiasVar-decoder-moe_layers-DeepSeekMoeBlock_0-MoeBlock_0-gate-bias"
+    tree = s.abstract_tree()
+    assert tree[bias].shape == (2, 4) and tree[bias].stacked_axes == ((0, "layers"),)
+    params = s.init(seed=0)
+    assert bias in params
+    base = s.forward(params, tokens())
+    params[bias] = np.tile(np.array([0.0, 5.0, -5.0, 0.0], np.float32), (2, 1))
+    moved = s.forward(params, tokens())
+    np.testing.assert_array_equal(moved.activations["layer_0"], base.activations["layer_0"])  # dense layer
+    assert not np.allclose(moved.activations["layer_1"], base.activations["layer_1"])
+    s.close()
