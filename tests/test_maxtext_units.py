@@ -134,3 +134,33 @@ def test_missing_worker_python_is_a_clear_error(monkeypatch, tmp_path):
         s.abstract_tree()
     message = e.value.one_line()
     assert message.startswith("maxtext:llama3.1-8b:") and "CKPTMAP_MAXTEXT_PYTHON" in message
+
+
+def _fake_worker_python(tmp_path, body: str):
+    """An executable that passes the 'can it import maxtext' probe (`-c ...`) and otherwise runs `body`."""
+    script = tmp_path / "fake-python"
+    script.write_text(f'#!/bin/sh\nif [ "$1" = "-c" ]; then exit 0; fi\n{body}\n')
+    script.chmod(0o755)
+    return script
+
+
+def test_a_silent_worker_is_stopped_after_the_timeout(monkeypatch, tmp_path):
+    from ckptmap.maxtext import sessions
+
+    monkeypatch.setenv("CKPTMAP_MAXTEXT_PYTHON", str(_fake_worker_python(tmp_path, "sleep 30")))
+    monkeypatch.setenv("CKPTMAP_MAXTEXT_TIMEOUT_S", "1")
+    s = sessions.MaxTextSession("llama3.1-8b", CPU_OVERRIDES, transport_kind="subprocess")
+    with pytest.raises(MaxTextError) as e:
+        s.abstract_tree()
+    assert "gave no answer to build within 1 s" in e.value.one_line()
+
+
+def test_a_dying_worker_reports_its_log(monkeypatch, tmp_path):
+    from ckptmap.maxtext import sessions
+
+    monkeypatch.setenv("CKPTMAP_MAXTEXT_PYTHON", str(_fake_worker_python(tmp_path, "echo 'boom: no jax' >&2; exit 3")))
+    s = sessions.MaxTextSession("llama3.1-8b", CPU_OVERRIDES, transport_kind="subprocess")
+    with pytest.raises(MaxTextError) as e:
+        s.abstract_tree()
+    message = e.value.one_line()
+    assert "worker died" in message and "build (code 3)" in message and "boom: no jax" in message

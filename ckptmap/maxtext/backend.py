@@ -112,6 +112,7 @@ class MaxTextModel:
         import jax
         import jax.numpy as jnp
         import flax.linen as nn
+        from maxtext.checkpoint_conversion.utils.utils import param_key_parts_from_path
 
         if self._init is None:
             tokens = jnp.ones((1, 8), dtype=jnp.int32)
@@ -127,22 +128,25 @@ class MaxTextModel:
             self._init = jax.jit(init_fn)
         t0 = time.perf_counter()
         variables = self._init(jax.random.PRNGKey(seed))
-        leaves = jax.tree_util.tree_leaves(variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-        if len(leaves) != len(self.entries):
-            raise RuntimeError(f"MaxText init produced {len(leaves)} variables, its abstract tree has "
-                               f"{len(self.entries)}")
+        flat = jax.tree_util.tree_flatten_with_path(
+            variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
         out = {}
-        for (name, shape, _, _), leaf in zip(self.entries, leaves):
+        for path, leaf in flat:
+            name = "-".join(param_key_parts_from_path(path))
             value = leaf.value if isinstance(leaf, nn.LogicallyPartitioned) else leaf
-            if tuple(value.shape) != shape:
-                raise RuntimeError(f"MaxText init gave {name} shape {tuple(value.shape)}, expected {shape}")
+            if name not in self.index or tuple(value.shape) != self.entries[self.index[name]][1]:
+                raise RuntimeError(f"MaxText init gave {name} {tuple(value.shape)}, which its abstract tree lacks")
             out[name] = value
+        if len(out) != len(self.entries):
+            missing = next(e[0] for e in self.entries if e[0] not in out)
+            raise RuntimeError(f"MaxText init did not create {missing}")
         self.timings["init_s"] = time.perf_counter() - t0
         return out
 
     def init(self, seed: int = 0) -> dict[str, np.ndarray]:
-        """MaxText's own random initialisation of every variable, name -> numpy array."""
-        return {n: np.asarray(v) for n, v in self._all_leaves(seed).items()}
+        """MaxText's own random initialisation of every variable, name -> numpy array, in the tree's order."""
+        leaves = self._all_leaves(seed)
+        return {e[0]: np.asarray(leaves[e[0]]) for e in self.entries}
 
     # ---- forward -------------------------------------------------------------------------------------------
     def check_params(self, params: dict[str, np.ndarray]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -28,8 +29,17 @@ from ckptmap.maxtext.errors import MaxTextError, one_line
 
 PYTHON_ENV_VAR = "CKPTMAP_MAXTEXT_PYTHON"
 TRANSPORT_ENV_VAR = "CKPTMAP_MAXTEXT_TRANSPORT"  # "auto" (default), "inprocess" or "subprocess"
+TIMEOUT_ENV_VAR = "CKPTMAP_MAXTEXT_TIMEOUT_S"  # longest wait for one worker answer (default 1800 s)
 VENV_NAME = ".venv-maxtext"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def request_timeout_s() -> float:
+    """Seconds to wait for one worker answer before stopping the worker ($CKPTMAP_MAXTEXT_TIMEOUT_S, 1800)."""
+    try:
+        return max(1.0, float(os.environ.get(TIMEOUT_ENV_VAR, "1800")))
+    except ValueError:
+        return 1800.0
 
 
 def maxtext_in_process() -> bool:
@@ -148,6 +158,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen([str(python), "-m", "ckptmap.maxtext.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, cwd=str(self.dir), env=env,
                                      text=True, encoding="utf-8")
+        self._pending = b""  # bytes read from the worker's stdout past the last full line
 
     @property
     def alive(self) -> bool:
@@ -164,11 +175,17 @@ class WorkerProcess:
         """Send one request and wait for its answer; MaxTextError (with MaxText's message) on failure."""
         with self._lock:
             if not self.alive:
-                raise MaxTextError(f"the MaxText worker has exited (code {self.proc.returncode}); log: "
+                raise MaxTextError(f"the MaxText worker died before {op} (code {self.proc.returncode}); log: "
                                    f"{self.log_tail()}", file=origin)
             try:
                 protocol.send(self.proc.stdin, {"op": op, **fields})
-                line = self.proc.stdout.readline()
+                line = self._read_line(request_timeout_s())
+            except TimeoutError:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+                raise MaxTextError(f"the MaxText worker gave no answer to {op} within {request_timeout_s():.0f} s "
+                                   f"(set {TIMEOUT_ENV_VAR}); it was stopped; log: {self.log_tail()}",
+                                   file=origin) from None
             except (BrokenPipeError, OSError, ValueError):
                 line = ""
             if not line:
@@ -185,6 +202,24 @@ class WorkerProcess:
             raise MaxTextError(f"MaxText {what}: {detail}", file=origin)
         return message.get("result", {})
 
+    def _read_line(self, timeout_s: float) -> str:
+        """One protocol line from the worker ("" at end of file); TimeoutError after `timeout_s` of silence.
+
+        Reads the pipe's file descriptor directly so that select() sees every byte (no hidden text buffer).
+        """
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._pending:
+            ready, _, _ = select.select([fd], [], [], timeout_s)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                line, self._pending = self._pending, b""
+                return line.decode("utf-8", errors="replace")
+            self._pending += chunk
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line.decode("utf-8") + "\n"
+
     def scratch(self) -> Path:
         """A fresh directory for one request's arrays (the caller removes it)."""
         with self._lock:
@@ -198,9 +233,9 @@ class WorkerProcess:
             try:
                 with self._lock:
                     protocol.send(self.proc.stdin, {"op": "shutdown"})
-                    self.proc.stdout.readline()
+                    self._read_line(10.0)
                 self.proc.wait(timeout=10)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
+            except (OSError, ValueError, TimeoutError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         for stream in (self.proc.stdin, self.proc.stdout):
