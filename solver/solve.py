@@ -169,9 +169,57 @@ def _rule_for(prob: Problem, cand: Candidate, stack_factory) -> Rule:
     return build_rule(cand.chain, src_inst, tgt_inst, cand.score, explain, stack_factory)
 
 
+def _gathers(struct: TreeStructure) -> bool:
+    """Whether a tree stores repeated things stacked: scanned layers, or experts in one tensor where the other
+    side might keep one tensor per expert. Rules are built stacked-side-as-target."""
+    units = list(struct.globals) + [u for sl in struct.slots.values() for u in sl.units]
+    return any(u.inner for u in units)
+
+
+def _splits_experts(struct: TreeStructure) -> bool:
+    units = list(struct.globals) + [u for sl in struct.slots.values() for u in sl.units]
+    return any(u.expert is not None for u in units)
+
+
 def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 3, dims: dict | None = None,
           search=None) -> SolveResult:
-    """Map every parameter of `tgt` from `src` by structure, names and shapes. Value ops are left to verify."""
+    """Map every parameter of `tgt` from `src` by structure, names and shapes. Value ops are left to verify.
+
+    Rules are built with the finer-grained side (per-layer, per-expert, torch-style tensors) as the source and the
+    stacked side (scanned layers, experts in one tensor, flax-style kernels) as the target; when `src` is the
+    stacked one, the mapping is solved the other way and reversed (derived, as Mapping.reversed does).
+    """
+    s_struct, t_struct = analyse(src), analyse(tgt)
+    flax_to_torch = guess_layout(src.names()) == "flax" and guess_layout(tgt.names()) == "torch"
+    if (_gathers(s_struct) and not _gathers(t_struct)) or flax_to_torch \
+            or (_splits_experts(t_struct) and not _splits_experts(s_struct)):
+        flipped = _solve(tgt, src, t_struct, s_struct, priors=priors.reversed() if priors is not None
+                         and hasattr(priors, "reversed") else priors, k_alternatives=k_alternatives, dims=dims,
+                         search=search)
+        rules, alternatives, seen = [], {}, set()
+        for i, r in enumerate(flipped.mapping.rules):
+            names = r.source_names()
+            if names and all(n in seen for n in names):
+                continue  # a tensor read twice (tied) is written back once
+            seen.update(names)
+            if i in flipped.alternatives:
+                alternatives[len(rules)] = [a.reversed() for a in flipped.alternatives[i]]
+            rules.append(r.reversed())
+        produced = {n for r in rules for n in r.target_names()}
+        read = {n for r in rules for n in r.source_names()}
+        mapping = Mapping(rules=rules, source=src.origin, target=tgt.origin,
+                          unmapped_targets=[n for n in tgt.names() if n not in produced],
+                          unused_sources={n: "no target reads it" for n in src.names() if n not in read},
+                          meta=dict(flipped.mapping.meta, solved_reversed=True))
+        flipped.notes.append("solved target -> source (the stacked side as target) and reversed")
+        return SolveResult(mapping=mapping, alternatives=alternatives, problems=flipped.problems,
+                           notes=flipped.notes, seconds=flipped.seconds)
+    return _solve(src, tgt, s_struct, t_struct, priors=priors, k_alternatives=k_alternatives, dims=dims,
+                  search=search)
+
+
+def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: TreeStructure, *, priors,
+           k_alternatives: int, dims: dict | None, search) -> SolveResult:
     t0 = time.perf_counter()
     from ckptmap.transforms import Stack
 
@@ -185,7 +233,6 @@ def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 
                   src_layout=guess_layout(src.names()), tgt_layout=guess_layout(tgt.names()),
                   prior=(priors.edge_bonus if priors is not None and not getattr(priors, "is_empty", False)
                          else None))
-    s_struct, t_struct = analyse(src), analyse(tgt)
     problems = _problems(s_struct, t_struct, notes)
 
     rules: list[Rule] = []

@@ -173,3 +173,21 @@ def test_recorded_hints_work_offline_from_the_committed_cache(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "hints: 12 correspondences" in out
+
+
+@pytest.mark.parametrize("family", fixture_families())
+def test_solving_maxtext_to_hf_gives_the_inverse(family):
+    """Asked the other way round (MaxText -> HF), the solver works from the stacked side and derives the rest."""
+    src = _load(os.path.join(DATA, family, "hf_params.json"))
+    hf = {n: seeded_tensor(n, src[n].shape, integer=True) for n in src.names()}
+    for scan in (0, 1):
+        path = os.path.join(DATA, family, f"maxtext_params.scan{scan}.json")
+        if not os.path.exists(path):
+            continue
+        tgt = _load(path)
+        mt = apply_to_dict(solve(src, tgt).mapping, hf)
+        back_mapping = solve(tgt, src).mapping
+        assert back_mapping.source == path
+        back = apply_to_dict(back_mapping, mt)
+        for n, arr in back.items():
+            np.testing.assert_array_equal(arr, hf[n], err_msg=n)
