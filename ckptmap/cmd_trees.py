@@ -29,7 +29,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def spec_text(words: list[str]) -> str:
-    """Join argv words into one SPEC, quoting any word that needs it so the spec parser splits it back."""
+    """Join argv words into one SPEC, quoting any word that needs it so the spec parser splits it back.
+    One word that is not an existing path is already a whole SPEC (`"maxtext:llama3.1-8b scan_layers=false"`)."""
+    if len(words) == 1 and not os.path.exists(words[0]):
+        return words[0]
     return shlex.join(words)
 
 
