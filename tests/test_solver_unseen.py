@@ -1,0 +1,49 @@
+"""Naming conventions that are in no fixture: the solver maps them from trees, and verify proves the result."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ckptmap.solver import solve
+from ckptmap.trees import read_tree
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "maxtext_tiny")
+PHI3 = ("hf:phi3 hidden_size=64 num_attention_heads=4 num_key_value_heads=2 intermediate_size=128 "
+        "num_hidden_layers=2 vocab_size=256 tie_word_embeddings=false pad_token_id=0 eos_token_id=1 bos_token_id=1 "
+        "max_position_embeddings=4096 original_max_position_embeddings=4096")
+LLAMA2 = ("maxtext:llama2-7b base_emb_dim=64 base_num_query_heads=4 base_num_kv_heads=2 head_dim=16 base_mlp_dim=128 "
+          "base_num_decoder_layers=2 vocab_size=256 scan_layers=true")
+
+
+def test_phi3_fused_qkv_and_gate_up_split_into_maxtext_llama():
+    src = read_tree(PHI3)
+    tgt = read_tree(os.path.join(DATA, "llama3.1", "maxtext_params.scan1.json"))
+    m = solve(src, tgt).mapping
+    assert m.unmapped_targets == [] and m.unused_sources == {}
+    qkv = m.rule_for_target("params-decoder-layers-self_attention-key-kernel")
+    assert qkv.source_names() == ["model.layers.0.self_attn.qkv_proj.weight", "model.layers.1.self_attn.qkv_proj.weight"]
+    assert [s.key for s in qkv.targets] == ["params-decoder-layers-self_attention-query-kernel",
+                                            "params-decoder-layers-self_attention-key-kernel",
+                                            "params-decoder-layers-self_attention-value-kernel"]
+    assert qkv.chain.shape(((128, 64),)) == ((64, 4, 16), (64, 2, 16), (64, 2, 16))
+    gate_up = m.rule_for_target("params-decoder-layers-mlp-wi_1-kernel")
+    assert [s.key for s in gate_up.targets] == ["params-decoder-layers-mlp-wi_0-kernel",
+                                                "params-decoder-layers-mlp-wi_1-kernel"]
+
+
+@pytest.mark.maxtext
+def test_phi3_to_maxtext_llama2_verifies():
+    from ckptmap.verify import runners_for, search_and_verify
+
+    result = solve(read_tree(PHI3), read_tree(LLAMA2))
+    src, tgt = runners_for(PHI3, LLAMA2, "cpu")
+    try:
+        mapping, report = search_and_verify(result, src, tgt)
+    finally:
+        src.close()
+        tgt.close()
+    assert report.passed
+    assert report.kl_max < 1e-9
+    assert report.logits.top1_agreement == 1.0
