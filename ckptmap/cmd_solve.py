@@ -14,7 +14,9 @@ from ckptmap.mapping import Mapping, Rule, write_text_atomic
 def add_parser(sub) -> None:
     p = sub.add_parser("solve", help="find the mapping between two parameter trees",
                        description="Find, for every target parameter, its source tensor(s) and transforms.")
-    p.add_argument("model", nargs="?", help="with --tiny: a MaxText model name or bundled family (llama3.1-8b)")
+    p.add_argument("model", nargs="?",
+                   help="a MaxText model name (llama3.1-8b): solve its real HF config against the real MaxText model; "
+                        "with --tiny, the tiny pair (bundled trees, or tiny configs derived from the real ones)")
     p.add_argument("--source", help="source tree SPEC (x.json, hf:CONFIG.json, hf:MODEL_TYPE k=v, ckpt, ...)")
     p.add_argument("--target", help="target tree SPEC (x.json, maxtext:MODEL k=v, orbax:DIR, ...)")
     p.add_argument("--tiny", action="store_true", help="solve the bundled tiny pair of MODEL (HF -> MaxText)")
@@ -56,9 +58,27 @@ def _tree_specs(args) -> tuple[str, str, object]:
         name = b.maxtext_model_name if b is not None else args.model
         src_spec, tgt_spec = tiny_specs(name)
         return src_spec, f"{tgt_spec} scan_layers={'true' if args.scan else 'false'}", None
+    if args.model and not (args.source or args.target):
+        if args.verify:
+            raise CkptmapError("--verify runs both models: with a MODEL name it needs --tiny (a full-size model does "
+                               "not fit a verification run); give --source/--target specs to verify other sizes")
+        return _real_specs(args.model, args.scan) + (None,)
     if not args.source or not args.target:
-        raise CkptmapError("give --source and --target, or MODEL --tiny")
+        raise CkptmapError("give --source and --target, or a MODEL (with --tiny for the tiny pair)")
     return args.source, args.target, None
+
+
+def _real_specs(model: str, scan: bool) -> tuple[str, str]:
+    """The full-size pair of a MaxText model: the HF config MaxText's conversion pairs with it (read on the meta
+    device, no weights) and the real MaxText model (`jax.eval_shape` in the worker)."""
+    from ckptmap.mapping import write_json_atomic
+    from ckptmap.verify.real_configs import real_configs
+
+    hf = real_configs(model)["hf"]
+    cache = os.path.join(os.environ.get("CKPTMAP_CACHE_DIR", os.path.expanduser("~/.cache/ckptmap")), "real")
+    path = os.path.join(cache, f"{model}.config.json")
+    write_json_atomic(path, hf)
+    return f"hf:{path}", f"maxtext:{model} scan_layers={'true' if scan else 'false'}"
 
 
 def _hf_config(spec: str, tree, bundled_model) -> dict | None:
