@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from ckptmap.errors import CkptmapError
@@ -96,10 +97,22 @@ def _hf_config(spec: str, tree, bundled_model) -> dict | None:
     return cfg.get("hf_config", cfg) if isinstance(cfg, dict) else None
 
 
+def _span(slot, rule: Rule) -> str:
+    """A slot's names over the whole grid in one line: `model.layers.{0..31}.mlp.up_proj.weight`."""
+    first = slot.name_at(tuple(0 for _ in rule.grid))
+    last = slot.name_at(tuple(n - 1 for n in rule.grid))
+    if first == last:
+        return first
+    a, b = re.split(r"(\d+)", first), re.split(r"(\d+)", last)
+    if len(a) != len(b):
+        return f"{first} .. {last}"
+    return "".join(x if x == y else f"{{{x}..{y}}}" for x, y in zip(a, b))
+
+
 def _short(rule: Rule) -> str:
-    cell = tuple(0 for _ in rule.grid)
-    tg = ", ".join(s.name_at(cell) + ("[stacked]" if s.axes else "") for s in rule.targets)
-    sr = ", ".join(s.name_at(cell) for s in rule.sources[:3]) + (" ..." if len(rule.sources) > 3 else "")
+    tg = ", ".join(_span(s, rule) + (f" (stacked at {list(s.axes)})" if s.axes else "") for s in rule.targets)
+    sr = ", ".join(_span(s, rule) for s in rule.sources[:3]) + (
+        f" ... ({len(rule.sources)} tensors per cell)" if len(rule.sources) > 3 else "")
     grid = f" grid={list(rule.grid)}" if rule.grid else ""
     return f"{tg}  <-  {sr}{grid}\n      chain: {rule.chain.describe()}"
 
