@@ -68,7 +68,10 @@ def verify_cell(v: dict) -> str:
     verdict = {True: "pass", False: "**fail**"}.get(v.get("passed"), "?")
     kl = v.get("max_kl")
     kl_text = "-" if kl is None else f"{kl:.2g}"
-    return f"{verdict}, KL {kl_text}, {v.get('iterations')} trials, {_fmt(v.get('seconds'), 1)} s"
+    text = f"{verdict}, KL {kl_text}, {v.get('iterations')} trials, {_fmt(v.get('seconds'), 1)} s"
+    if v.get("error"):
+        text += ": " + v["error"].replace("|", "/")[:90]
+    return text
 
 
 def case_table(result: SuiteResult) -> str:
