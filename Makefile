@@ -37,6 +37,7 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -m "not maxtext" tests
+	$(VENV)/bin/ckptmap bench --quick
 	@if [ -x $(MT_VENV)/bin/python ]; then $(VENV)/bin/python -m pytest -q -m maxtext tests; \
 	 else echo "ERROR: the MaxText tests need $(MT_VENV) (Python 3.12)"; exit 1; fi
 
