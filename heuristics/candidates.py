@@ -120,8 +120,10 @@ def ordinal_ranks(ops: list[Operand]) -> dict[int, int]:
 def ordinal_term(s: Operand, t: Operand, s_rank: int | None, t_rank: int | None) -> float:
     """Agreement of the numbers in two names: the same explicit numbers, or the same rank among siblings."""
     ns, nt = numbers(s.local), numbers(t.local)
-    if ns and nt and ns[-1] == nt[-1]:
-        return W_ORDINAL
+    n = min(len(ns), len(nt))
+    if n and ns[-n:] == nt[-n:]:
+        # The same numbers, read from the end; agreeing on more of them is stronger evidence.
+        return W_ORDINAL * (1.0 + 0.1 * (n - 1))
     if s_rank is not None and t_rank is not None:
         return W_ORDINAL / 2 if s_rank == t_rank else -W_ORDINAL / 2
     return 0.0

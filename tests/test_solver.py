@@ -20,12 +20,10 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "maxtext_tiny")
 
 # Targets whose layout no shape or name can decide; verify settles them numerically (see test_verify_*).
 # gpt-oss stores gate/up interleaved ([g0, u0, g1, u1, ...]) where every other family concatenates them;
-# qwen3.5's MaxText in_proj_qkvz / in_proj_ba regroup q, k, v, z per key head; qwen3-omni's two deepstack
-# merger biases have identical names and shapes up to an index that is off by one between the frameworks.
+# qwen3.5's MaxText in_proj_qkvz / in_proj_ba regroup q, k, v, z per key head.
 SHAPE_AMBIGUOUS = {
     ("gpt-oss", 0): 16, ("gpt-oss", 1): 8,
     ("qwen3.5", 0): 12, ("qwen3.5", 1): 6,
-    ("qwen3-omni", 0): 2,
 }
 
 CASES = [(f, s) for f in fixture_families() for s in (0, 1)]
