@@ -209,8 +209,21 @@ def analyse(tree: ParamTree) -> TreeStructure:
         if found:
             for n in names:
                 scanned[n] = found
+    # A reader that knows the stacked layer axes (MaxText's logical axis names) is believed over inference.
+    for name, cands in scan_cands.items():
+        layer_axes = tuple(a for a, what in tree[name].stacked_axes if what == "layers")
+        if layer_axes and len(cands) >= len(layer_axes) and name not in scanned:
+            shape = tree[name].shape
+            scanned[name] = (cands[:len(layer_axes)], layer_axes, tuple(shape[a] for a in layer_axes))
 
-    # 3. Units.
+    # 3. Units. Names whose first token is a variable collection (flax's `params-decoder-...` beside
+    # `MoEBiasVar-decoder-...`) share their layer instances across collections: the collection is left out of
+    # the root when one second token sits under several first tokens.
+    firsts: dict[str, set[str]] = defaultdict(set)
+    for p in parsed.values():
+        if len(p.tokens) > 2:
+            firsts[p.tokens[1]].add(p.tokens[0])
+    collection_named = {n for n, p in parsed.items() if len(p.tokens) > 2 and len(firsts[p.tokens[1]]) > 1}
     slots: dict[tuple[str, tuple], Slot] = {}
     globals_: list[Unit] = []
     for info in tree:
@@ -233,7 +246,8 @@ def analyse(tree: ParamTree) -> TreeStructure:
         else:
             # `layers.3`: the level word is the token before the digit.
             root_end = first - 1 if p.tokens[first].isdigit() else first
-            root = _join(p.tokens[:max(root_end, 0)], p.seps[:max(root_end - 1, 0)])
+            start = 1 if info.name in collection_named and root_end > 1 else 0
+            root = _join(p.tokens[start:max(root_end, 0)], p.seps[start:max(root_end - 1, 0)])
             local_start = last + 1
         local_tokens = []
         for pos in range(local_start, len(p.tokens)):
