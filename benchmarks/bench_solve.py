@@ -10,7 +10,6 @@ Targets (issue 4): full-size < 30 s and < 2 GB peak on 2 cores; each tiny family
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess

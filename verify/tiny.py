@@ -173,7 +173,6 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
             notes.append("expert groups off (MaxText's yml routes without groups)")
 
     # Layers: one full inhomogeneous cycle, dense-then-MoE kept, >= 2.
-    n_layers = real["num_hidden_layers"]
     period = 1
     types = real.get("layer_types")
     if isinstance(types, list) and types:
