@@ -188,17 +188,22 @@ class Mapping:
     unused_sources: dict[str, str] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
-    def reversed(self) -> "Mapping":
-        """target -> source, derived rule by rule. A source read by several rules (tied weights) is
-        written back once, by the first rule that reads it."""
+    def reversed_rules(self) -> list[tuple[int, Rule]]:
+        """(index in self.rules, reversed rule) for every rule the reverse mapping keeps. A source read by
+        several rules (tied weights) is written back once, by the first rule that reads it."""
         seen: set[str] = set()
-        rules = []
-        for r in self.rules:
+        out = []
+        for i, r in enumerate(self.rules):
             names = r.source_names()
             if names and all(n in seen for n in names):
                 continue
             seen.update(names)
-            rules.append(r.reversed())
+            out.append((i, r.reversed()))
+        return out
+
+    def reversed(self) -> "Mapping":
+        """target -> source, derived rule by rule (see reversed_rules)."""
+        rules = [r for _, r in self.reversed_rules()]
         return Mapping(rules=rules, source=self.target, target=self.source,
                        unmapped_targets=sorted(self.unused_sources),
                        unused_sources={t: "not produced by the forward mapping" for t in self.unmapped_targets},

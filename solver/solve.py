@@ -169,16 +169,41 @@ def _rule_for(prob: Problem, cand: Candidate, stack_factory) -> Rule:
     return build_rule(cand.chain, src_inst, tgt_inst, cand.score, explain, stack_factory)
 
 
-def _gathers(struct: TreeStructure) -> bool:
-    """Whether a tree stores repeated things stacked: scanned layers, or experts in one tensor where the other
-    side might keep one tensor per expert. Rules are built stacked-side-as-target."""
-    units = list(struct.globals) + [u for sl in struct.slots.values() for u in sl.units]
-    return any(u.inner for u in units)
+def _units(struct: TreeStructure):
+    yield from struct.globals
+    for slot in struct.slots.values():
+        yield from slot.units
+
+
+def _stacks_layers(struct: TreeStructure) -> bool:
+    """Whether a tree stores layers stacked in one tensor (scanned)."""
+    return any(u.inner for u in _units(struct))
 
 
 def _splits_experts(struct: TreeStructure) -> bool:
-    units = list(struct.globals) + [u for sl in struct.slots.values() for u in sl.units]
-    return any(u.expert is not None for u in units)
+    """Whether a tree keeps one tensor per expert."""
+    return any(u.expert is not None for u in _units(struct))
+
+
+def _solve_other_way(src: ParamTree, tgt: ParamTree, s_struct, t_struct, **kw) -> SolveResult:
+    """Solve tgt -> src and derive src -> tgt from it, alternatives included."""
+    priors = kw.pop("priors")
+    if priors is not None and hasattr(priors, "reversed"):
+        priors = priors.reversed()
+    flipped = _solve(tgt, src, t_struct, s_struct, priors=priors, **kw)
+    kept = flipped.mapping.reversed_rules()
+    rules = [r for _, r in kept]
+    alternatives = {j: [a.reversed() for a in flipped.alternatives[i]]
+                    for j, (i, _) in enumerate(kept) if i in flipped.alternatives}
+    produced = {n for r in rules for n in r.target_names()}
+    read = {n for r in rules for n in r.source_names()}
+    mapping = Mapping(rules=rules, source=src.origin, target=tgt.origin,
+                      unmapped_targets=[n for n in tgt.names() if n not in produced],
+                      unused_sources={n: "no target reads it" for n in src.names() if n not in read},
+                      meta=dict(flipped.mapping.meta, solved_reversed=True))
+    notes = flipped.notes + ["solved target -> source (the stacked side as target) and reversed"]
+    return SolveResult(mapping=mapping, alternatives=alternatives, problems=flipped.problems, notes=notes,
+                       seconds=flipped.seconds)
 
 
 def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 3, dims: dict | None = None,
@@ -190,32 +215,12 @@ def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 
     stacked one, the mapping is solved the other way and reversed (derived, as Mapping.reversed does).
     """
     s_struct, t_struct = analyse(src), analyse(tgt)
+    kw = dict(priors=priors, k_alternatives=k_alternatives, dims=dims, search=search)
     flax_to_torch = guess_layout(src.names()) == "flax" and guess_layout(tgt.names()) == "torch"
-    if (_gathers(s_struct) and not _gathers(t_struct)) or flax_to_torch \
+    if (_stacks_layers(s_struct) and not _stacks_layers(t_struct)) or flax_to_torch \
             or (_splits_experts(t_struct) and not _splits_experts(s_struct)):
-        flipped = _solve(tgt, src, t_struct, s_struct, priors=priors.reversed() if priors is not None
-                         and hasattr(priors, "reversed") else priors, k_alternatives=k_alternatives, dims=dims,
-                         search=search)
-        rules, alternatives, seen = [], {}, set()
-        for i, r in enumerate(flipped.mapping.rules):
-            names = r.source_names()
-            if names and all(n in seen for n in names):
-                continue  # a tensor read twice (tied) is written back once
-            seen.update(names)
-            if i in flipped.alternatives:
-                alternatives[len(rules)] = [a.reversed() for a in flipped.alternatives[i]]
-            rules.append(r.reversed())
-        produced = {n for r in rules for n in r.target_names()}
-        read = {n for r in rules for n in r.source_names()}
-        mapping = Mapping(rules=rules, source=src.origin, target=tgt.origin,
-                          unmapped_targets=[n for n in tgt.names() if n not in produced],
-                          unused_sources={n: "no target reads it" for n in src.names() if n not in read},
-                          meta=dict(flipped.mapping.meta, solved_reversed=True))
-        flipped.notes.append("solved target -> source (the stacked side as target) and reversed")
-        return SolveResult(mapping=mapping, alternatives=alternatives, problems=flipped.problems,
-                           notes=flipped.notes, seconds=flipped.seconds)
-    return _solve(src, tgt, s_struct, t_struct, priors=priors, k_alternatives=k_alternatives, dims=dims,
-                  search=search)
+        return _solve_other_way(src, tgt, s_struct, t_struct, **kw)
+    return _solve(src, tgt, s_struct, t_struct, **kw)
 
 
 def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: TreeStructure, *, priors,
