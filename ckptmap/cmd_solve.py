@@ -152,7 +152,7 @@ def run(args) -> int:
 
     report = None
     if args.verify:
-        mapping, report = _verify(args, result, bundled_model, src_spec, tgt_spec)
+        mapping, report = _verify(args, result, src_spec, tgt_spec, priors)
 
     if mapping.unmapped_targets and not args.allow_partial:
         print(f"ckptmap solve: {len(mapping.unmapped_targets)} target parameters could not be mapped; "
@@ -179,12 +179,12 @@ def run(args) -> int:
     return 0
 
 
-def _verify(args, result, bundled_model, src_spec: str, tgt_spec: str):
+def _verify(args, result, src_spec: str, tgt_spec: str, priors):
     from ckptmap import verify
 
     src_runner, tgt_runner = verify.runners_for(src_spec, tgt_spec, args.device)
     try:
-        mapping, report = verify.search_and_verify(result, src_runner, tgt_runner)
+        mapping, report = verify.search_and_verify(result, src_runner, tgt_runner, priors=priors)
     finally:
         for r in (src_runner, tgt_runner):
             r.close()

@@ -97,9 +97,10 @@ def verify_mapping(mapping: Mapping, src_runner, tgt_runner, *, seed: int = 0, s
 
 def search_and_verify(solved, src_runner, tgt_runner, *, seed: int = 0, seq_len: int = 64, dtype: str = "float32",
                       kl_threshold: float | None = None, tolerance: float | None = None, max_steps: int = 40,
-                      dims: dict | None = None) -> tuple[Mapping, VerifyReport]:
+                      dims: dict | None = None, priors=None) -> tuple[Mapping, VerifyReport]:
     """Finish a structural mapping (a SolveResult, or a Mapping) with the value ops the forward passes select,
-    then verify it. Returns the final Mapping (value ops appended to the rules' chains) and the report."""
+    then verify it. Returns the final Mapping (value ops appended to the rules' chains) and the report.
+    `priors` (ckptmap.llm_hints.Priors): their value ops are tried first, and kept only if the mapping then passes."""
     t0 = time.perf_counter()
     mapping = solved.mapping if hasattr(solved, "mapping") else solved
     alternatives = dict(getattr(solved, "alternatives", None) or {})
@@ -107,7 +108,7 @@ def search_and_verify(solved, src_runner, tgt_runner, *, seed: int = 0, seq_len:
     tol = tolerance if tolerance is not None else activation_tolerance(dtype)
     ev = Evaluator(src_runner, tgt_runner, seed=seed, seq_len=seq_len)
     search = Search(mapping, ev, alternatives=alternatives, dims=merged_dims(mapping, src_runner, tgt_runner, dims),
-                    tolerance=tol, kl_threshold=threshold)
+                    tolerance=tol, kl_threshold=threshold, priors=priors)
     result = search.run(max_steps=max_steps)
     final = result.final
     report = _report(ev, final, result.mapping, dtype=dtype, threshold=threshold, tol=tol, src_runner=src_runner,

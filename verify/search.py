@@ -101,7 +101,8 @@ class Search:
     """The state of one search: the current choice per rule, the candidate spaces, and the log."""
 
     def __init__(self, mapping: Mapping, evaluator: Evaluator, *, alternatives: dict[int, list[Rule]] | None = None,
-                 dims: dict | None = None, tolerance: float = 1e-3, kl_threshold: float = 1e-4):
+                 dims: dict | None = None, tolerance: float = 1e-3, kl_threshold: float = 1e-4, priors=None):
+        self.priors = priors if priors is not None and not getattr(priors, "is_empty", True) else None
         self.base = mapping
         self.ev = evaluator
         self.alternatives = alternatives or {}
@@ -238,6 +239,45 @@ class Search:
                               f"{_short(rb.target_names()[0])}", {a: na, b: nb}))
         return moves
 
+    # ---- LLM priors: one move tried first, kept only if it passes ---------------------------------------------
+    def _hinted_moves(self) -> list[tuple[str, dict[int, RuleChoice]]]:
+        """The value ops the priors name for each target (confidence >= 0.5), applied to every rule at once; one
+        move per RoPE mode since a hint does not say which way. The forward pass still decides."""
+        wanted_by_kind = {"rope_permute": ("rope", None), "scale_query": ("scale", "scale:1/sqrt(head_dim)"),
+                          "norm_offset": ("offset", "offset:+1"), "embed_scale": ("scale", "scale:sqrt(hidden):None")}
+        moves = []
+        for rope_mode in (0, 1):
+            move: dict[int, RuleChoice] = {}
+            for i, rule in enumerate(self.base.rules):
+                for j, slot in enumerate(rule.targets):
+                    options = self.space(i).options[j] if j < len(self.space(i).options) else {}
+                    for hint, conf in self.priors.value_ops(slot.names()[0]):
+                        if conf < 0.5 or hint not in wanted_by_kind:
+                            continue
+                        kind, key = wanted_by_kind[hint]
+                        opts = options.get(kind, [])
+                        if kind == "rope":
+                            modes = sorted({o.key.split(":")[1] for o in opts})
+                            opts = [o for o in opts if modes and o.key.split(":")[1] == modes[rope_mode % len(modes)]]
+                        else:
+                            opts = [o for o in opts if o.key == key]
+                        if opts:
+                            move[i] = move.get(i, self.state[i]).with_value(j, kind, opts[0])
+            if move and move not in [m for _, m in moves]:
+                moves.append((f"LLM priors (rope mode {rope_mode + 1})", move))
+        return moves
+
+    def _try_priors(self) -> Evaluation | None:
+        """Accept the hinted move only when it makes the whole mapping pass; otherwise it is one recorded trial."""
+        for label, move in self._hinted_moves():
+            ev = self._evaluate(self.mapping(move))
+            trial = Trial(0, "logits", label, sorted(move), ev.stage_error("logits"), ev.kl_max, error=ev.error)
+            self.trials.append(trial)
+            if ev.ok and ev.kl_max <= self.kl_threshold:
+                self._accept(0, trial, move)
+                return ev
+        return None
+
     # ---- the loop ------------------------------------------------------------------------------------------
     def _evaluate(self, mapping: Mapping) -> Evaluation:
         """Evaluate, remembering results by the rules' content (different moves often build the same mapping)."""
@@ -284,6 +324,8 @@ class Search:
         if not current.ok:  # the given mapping cannot even be applied (a missing target): nothing to search
             max_steps = 0
             stuck = "convert"
+        elif self.priors is not None and current.kl_max > self.kl_threshold:
+            current = self._try_priors() or current
         for step in range(1, max_steps + 1):
             if current.ok and current.kl_max <= self.kl_threshold:
                 break
