@@ -808,9 +808,9 @@ def render_block(block: Block, naming: Naming) -> RenderedBlock:
     return RenderedBlock(head, body, hook_lines, block.comment)
 
 
-def _last_top_level_for(text: str) -> int:
-    """Index of the last ` for ` outside any bracket, or -1."""
-    depth, found, quote = 0, -1, ""
+def _top_level(text: str):
+    """Yield the index of every character outside brackets and string literals."""
+    depth, quote = 0, ""
     for k, ch in enumerate(text):
         if quote:
             quote = "" if ch == quote else quote
@@ -820,9 +820,13 @@ def _last_top_level_for(text: str) -> int:
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        elif depth == 0 and text.startswith(" for ", k):
-            found = k
-    return found
+        elif depth == 0:
+            yield k
+
+
+def _last_top_level_for(text: str) -> int:
+    """Index of the last ` for ` outside any bracket, or -1."""
+    return max((k for k in _top_level(text) if text.startswith(" for ", k)), default=-1)
 
 
 def _wrap(line: str, limit: int = 118) -> list[str]:
@@ -851,17 +855,9 @@ def _wrap_tuple_key(line: str, limit: int = 118) -> list[str] | None:
     if not m or len(line) <= limit:
         return None
     indent, keys, rhs = m.groups()
-    parts, depth, start, quote = [], 0, 0, ""
-    for k, ch in enumerate(keys):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
+    parts, start = [], 0
+    for k in _top_level(keys):
+        if keys[k] == ",":
             parts.append(keys[start:k].strip())
             start = k + 1
     parts.append(keys[start:].strip())

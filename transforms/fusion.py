@@ -74,10 +74,9 @@ def _describe(name: str, axis: int, sizes, interleave: bool, block: Block) -> st
     return f"{name}(axis={axis}, {list(sizes)}{extra})"
 
 
-@register("split")
 @dataclass(frozen=True)
-class Split(Op):
-    """1 -> n: [.., sum(sizes), ..] -> n arrays [.., sizes[k], ..] (contiguous, or interleaved: see module doc)."""
+class _Fusion(Op):
+    """The parameters Split and Concat share: parts of `sizes` along `axis`, contiguous or interleaved."""
 
     axis: int
     sizes: tuple[int, ...]
@@ -91,6 +90,12 @@ class Split(Op):
         _check_sizes(self, self.sizes)
         if self.interleave:
             interleave_rounds(self.sizes, self.block)
+
+
+@register("split")
+@dataclass(frozen=True)
+class Split(_Fusion):
+    """1 -> n: [.., sum(sizes), ..] -> n arrays [.., sizes[k], ..] (contiguous, or interleaved: see module doc)."""
 
     def shape(self, in_shapes: Shapes) -> Shapes:
         if len(in_shapes) != 1:
@@ -134,21 +139,8 @@ class Split(Op):
 
 @register("concat")
 @dataclass(frozen=True)
-class Concat(Op):
+class Concat(_Fusion):
     """n -> 1: arrays [.., sizes[k], ..] -> [.., sum(sizes), ..] (contiguous or interleaved); inverse of Split."""
-
-    axis: int
-    sizes: tuple[int, ...]
-    interleave: bool = False
-    block: Block = 1
-
-    def __post_init__(self):
-        freeze_tuple(self, "sizes")
-        if isinstance(self.block, list):
-            freeze_tuple(self, "block")
-        _check_sizes(self, self.sizes)
-        if self.interleave:
-            interleave_rounds(self.sizes, self.block)
 
     @property
     def n_in(self) -> int:
