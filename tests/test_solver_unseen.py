@@ -47,3 +47,28 @@ def test_phi3_to_maxtext_llama2_verifies():
     assert report.passed
     assert report.kl_max < 1e-9
     assert report.logits.top1_agreement == 1.0
+
+
+GEMMA1 = ("hf:gemma hidden_size=64 num_attention_heads=4 num_key_value_heads=4 head_dim=16 intermediate_size=128 "
+          "num_hidden_layers=2 vocab_size=256 pad_token_id=0 eos_token_id=1 bos_token_id=2")
+GEMMA1_MT = ("maxtext:gemma-7b base_emb_dim=64 base_num_query_heads=4 base_num_kv_heads=4 head_dim=16 base_mlp_dim=128 "
+             "base_num_decoder_layers=2 vocab_size=256")
+
+
+@pytest.mark.maxtext
+def test_gemma1_value_ops_are_found_by_search():
+    """Gemma (v1) is in no fixture: norm +1 offsets, the query scale and the embedding scale are found by KL."""
+    from ckptmap.verify import runners_for, search_and_verify
+
+    result = solve(read_tree(GEMMA1), read_tree(GEMMA1_MT))
+    assert result.mapping.unmapped_targets == []
+    src, tgt = runners_for(GEMMA1, GEMMA1_MT, "cpu")
+    try:
+        mapping, report = search_and_verify(result, src, tgt)
+    finally:
+        src.close()
+    assert report.passed and report.kl_max < 1e-4
+    choices = {d.targets[0]: d.choice for d in report.decisions}
+    assert choices["params-decoder-decoder_norm-scale"] == "offset +1"
+    assert choices["params-token_embedder-embedding"].startswith("scale sqrt(hidden)")
+    assert "scale 1/sqrt(head_dim)" in choices["params-decoder-layers-self_attention-query-kernel"]
