@@ -27,6 +27,7 @@ from typing import Iterable
 import ml_dtypes
 import numpy as np
 
+from ckptmap.mapping import default_mode
 from ckptmap.errors import CkptmapError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -440,9 +441,12 @@ def _temp_beside(path: str, *, directory: bool = False) -> str:
     os.makedirs(parent, exist_ok=True)
     prefix = f".tmp-{os.path.basename(os.path.abspath(path))}-"
     if directory:
-        return tempfile.mkdtemp(prefix=prefix, dir=parent)
+        tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        default_mode(tmp, directory=True)
+        return tmp
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=parent)
     os.close(fd)
+    default_mode(tmp)
     return tmp
 
 

@@ -267,10 +267,18 @@ def write_json_atomic(path: str, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
+def default_mode(path: str, *, directory: bool = False) -> None:
+    """Give a temp file (0600 from mkstemp) or dir (0700) the mode a plain open() would: 0666 / 0777 less umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def write_text_atomic(path: str, text: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    default_mode(tmp)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -302,3 +302,29 @@ def apply_module_consistency(cands: list[Candidate], src_ops: list[Operand]) -> 
             bonus = W_LAYOUT if has_transpose(c.chain) == want else -W_LAYOUT
             c.score += bonus * max(len(c.targets), 1)
             c.parts["module_layout"] = bonus
+
+
+def forced_transposes(cands: list[Candidate], src_ops: list[Operand]) -> tuple[int, int]:
+    """(forced transposes, forced identities) among 2-D+ `.weight`/`.kernel` matrices that are not embeddings:
+    tensors whose best-named candidates all agree on transposing or not, so the shapes decide. This is how the
+    tree itself says how it stores linear layers (torch Linear [out, in]; GPT-2's Conv1D [in, out])."""
+    by_source: dict[int, list[Candidate]] = {}
+    for c in cands:
+        if len(c.sources) == 1 and len(c.targets) == 1:
+            by_source.setdefault(c.sources[0], []).append(c)
+    yes = no = 0
+    for i, cs in by_source.items():
+        op = src_ops[i]
+        leaf = _TOKSEP.split(op.local)[-1].lower()
+        if op.stacked_experts or len(op.shape) != 2 or leaf not in ("weight", "kernel"):
+            continue
+        if {"embed", "pos_embed", "logits"} & set(concepts(op.local)):
+            continue
+        best = max(c.parts.get("name", 0.0) for c in cs)
+        flags = {has_transpose(c.chain) for c in cs if c.parts.get("name", 0.0) >= best - 1e-9}
+        if len(flags) == 1:
+            if flags.pop():
+                yes += 1
+            else:
+                no += 1
+    return yes, no

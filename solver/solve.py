@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from ckptmap.errors import SolveError
 from ckptmap.heuristics.align import align
-from ckptmap.heuristics.candidates import (Candidate, Context, Operand, apply_module_consistency, generate,
-                                           operands)
+from ckptmap.heuristics.candidates import (Candidate, Context, Operand, apply_module_consistency,
+                                           forced_transposes, generate, operands)
 from ckptmap.heuristics.layout import guess_layout
 from ckptmap.heuristics.structure import Slot, TreeStructure, analyse
 from ckptmap.mapping import Mapping, Rule
@@ -139,6 +139,22 @@ def _as_global(u):
     return replace(u, local=u.tensor, root="", coord=())
 
 
+def _calibrate_layout(ctx: Context, problems: list[Problem], notes: list[str]) -> None:
+    """Check the source's layout guess against what its shapes force. Names say `.weight` for torch Linear
+    ([out, in]) and for GPT-2's Conv1D ([in, out]) alike; rectangular matrices whose chain the shapes decide
+    show which it is. When they contradict the guess, the guess is flipped for this solve."""
+    if {ctx.src_layout, ctx.tgt_layout} != {"torch", "flax"}:
+        return
+    yes = no = 0
+    for prob in problems:
+        y, n = forced_transposes(generate(ctx, prob.src_ops, prob.tgt_ops), prob.src_ops)
+        yes, no = yes + y, no + n
+    if no > yes:
+        notes.append(f"the source stores its linear weights like the target ({no} matrices need no transpose, "
+                     f"{yes} do): layout prior flipped")
+        ctx.src_layout = ctx.tgt_layout
+
+
 def _solve_problem(prob: Problem, ctx: Context, k_alternatives: int) -> None:
     prob.candidates = generate(ctx, prob.src_ops, prob.tgt_ops)
     apply_module_consistency(prob.candidates, prob.src_ops)
@@ -239,6 +255,7 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
                   prior=(priors.edge_bonus if priors is not None and not getattr(priors, "is_empty", False)
                          else None))
     problems = _problems(s_struct, t_struct, notes)
+    _calibrate_layout(ctx, problems, notes)
 
     rules: list[Rule] = []
     alternatives: dict[int, list[Rule]] = {}

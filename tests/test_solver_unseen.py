@@ -72,3 +72,34 @@ def test_gemma1_value_ops_are_found_by_search():
     assert choices["params-decoder-decoder_norm-scale"] == "offset +1"
     assert choices["params-token_embedder-embedding"].startswith("scale sqrt(hidden)")
     assert "scale 1/sqrt(head_dim)" in choices["params-decoder-layers-self_attention-query-kernel"]
+
+
+GPT2 = ("hf:gpt2 n_embd=16 n_head=2 n_layer=1 vocab_size=1024 n_positions=2048 n_inner=64 activation_function=gelu "
+        "tie_word_embeddings=true")
+
+
+def test_gpt2_conv1d_layout_is_read_off_its_rectangular_matrices():
+    """GPT-2's Conv1D stores `.weight` as [in, out]: its rectangular MLP matrices force no transpose, so the square
+    and fused attention ones get none either."""
+    src = read_tree(GPT2)
+    tgt = read_tree(os.path.join(os.path.dirname(__file__), "data", "maxtext_gpt3_52k.json"))
+    res = solve(src, tgt)
+    assert res.mapping.unmapped_targets == [] and res.mapping.unused_sources == {}
+    assert any("layout prior flipped" in n for n in res.notes)
+    qkv = res.mapping.rule_for_target("params-decoder-layers-self_attention-qkv_proj-kernel")
+    assert "transpose" not in qkv.chain.describe()
+    out = res.mapping.rule_for_target("params-decoder-layers-self_attention-out-kernel")
+    assert "transpose" not in out.chain.describe()
+
+
+@pytest.mark.maxtext
+def test_gpt2_to_maxtext_gpt3_verifies():
+    from ckptmap.verify import runners_for, search_and_verify
+
+    result = solve(read_tree(GPT2), read_tree("maxtext:gpt3-52k"))
+    src, tgt = runners_for(GPT2, "maxtext:gpt3-52k", "cpu")
+    try:
+        _, report = search_and_verify(result, src, tgt)
+    finally:
+        src.close()
+    assert report.passed and report.kl_max < 1e-4
