@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import replace
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ckptmap.heuristics.names import name_similarity
 from ckptmap.heuristics.structure import Slot, TreeStructure

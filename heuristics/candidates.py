@@ -10,8 +10,6 @@ Three shapes of candidate are generated: 1 -> 1, 1 -> n (a fused source split in
 
 from __future__ import annotations
 
-from ckptmap.transforms.base import numel
-
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Callable
 from ckptmap.heuristics.layout import has_transpose, layout_score
 from ckptmap.heuristics.names import concepts, name_similarity
 from ckptmap.heuristics.structure import Unit
+from ckptmap.transforms.base import numel
 
 W_NAME = 3.0
 W_LAYOUT = 0.6

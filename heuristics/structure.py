@@ -14,11 +14,11 @@ params all share an axis of one size), never from a model table.
 
 from __future__ import annotations
 
-from ckptmap.transforms.base import numel
-
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+from ckptmap.transforms.base import numel
 
 from ckptmap.trees.model import EXPERT_WORDS, LAYER_WORDS, ParamTree
 

@@ -9,8 +9,9 @@ chain stacks first.
 
 from __future__ import annotations
 
-from ckptmap.errors import SolveError
 from ckptmap.heuristics.candidates import Operand
+
+from ckptmap.errors import SolveError
 from ckptmap.mapping import Rule, Slot
 
 

@@ -14,16 +14,24 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ckptmap.errors import SolveError
 from ckptmap.heuristics.align import align
-from ckptmap.heuristics.candidates import (Candidate, Context, Operand, apply_module_consistency,
-                                           forced_transposes, generate, operands)
+from ckptmap.heuristics.candidates import (
+    Candidate,
+    Context,
+    Operand,
+    apply_module_consistency,
+    forced_transposes,
+    generate,
+    operands,
+)
 from ckptmap.heuristics.layout import guess_layout
 from ckptmap.heuristics.structure import Slot, TreeStructure, analyse
-from ckptmap.mapping import Mapping, Rule
 from ckptmap.solver.cpsat import build_model, solve_ranked
 from ckptmap.solver.graph import build_graph, components
 from ckptmap.solver.rules import build_rule
+
+from ckptmap.errors import SolveError
+from ckptmap.mapping import Mapping, Rule
 from ckptmap.trees.model import ParamTree
 
 
