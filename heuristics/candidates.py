@@ -220,35 +220,34 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
                 cands.append(Candidate((i,), (j,), chain, score, parts))
     # 1 -> n: a fused source split into several targets.
     for i, s in enumerate(src_ops):
-        partners = [(name_similarity(s.local, t.local), j) for j, t in enumerate(tgt_ops) if t.numel < s.numel]
-        partners = [p for p in sorted(partners, reverse=True) if p[0] >= MIN_PART_SIMILARITY][:MAX_GROUP_PARTNERS]
-        for r in (2, 3, 4):
-            for combo in itertools.combinations([j for _, j in partners], r):
-                if sum(tgt_ops[j].numel for j in combo) != s.numel:
-                    continue
-                if not _plausible_parts(s, [tgt_ops[j] for j in combo]):
-                    continue
-                ordered = _split_order(s, [tgt_ops[j] for j in combo])
-                idx = tuple(tgt_ops.index(t) for t in ordered)
-                for chain in _chains(ctx, [s.shape], [t.shape for t in ordered]):
-                    score, parts = _score(ctx, [s], ordered, chain)
-                    cands.append(Candidate((i,), idx, chain, score + 0.1, parts))
+        for idx in _fused_groups(s, tgt_ops):
+            parts = [tgt_ops[j] for j in idx]
+            for chain in _chains(ctx, [s.shape], [t.shape for t in parts]):
+                score, parts_score = _score(ctx, [s], parts, chain)
+                cands.append(Candidate((i,), idx, chain, score + 0.1, parts_score))
     # n -> 1: several sources concatenated into one target.
     for j, t in enumerate(tgt_ops):
-        partners = [(name_similarity(s.local, t.local), i) for i, s in enumerate(src_ops) if s.numel < t.numel]
-        partners = [p for p in sorted(partners, reverse=True) if p[0] >= MIN_PART_SIMILARITY][:MAX_GROUP_PARTNERS]
-        for r in (2, 3, 4):
-            for combo in itertools.combinations([i for _, i in partners], r):
-                if sum(src_ops[i].numel for i in combo) != t.numel:
-                    continue
-                if not _plausible_parts(t, [src_ops[i] for i in combo]):
-                    continue
-                ordered = _split_order(t, [src_ops[i] for i in combo])
-                idx = tuple(src_ops.index(s) for s in ordered)
-                for chain in _chains(ctx, [s.shape for s in ordered], [t.shape]):
-                    score, parts = _score(ctx, ordered, [t], chain)
-                    cands.append(Candidate(idx, (j,), chain, score * r + 0.1, parts))
+        for idx in _fused_groups(t, src_ops):
+            parts = [src_ops[i] for i in idx]
+            for chain in _chains(ctx, [s.shape for s in parts], [t.shape]):
+                score, parts_score = _score(ctx, parts, [t], chain)
+                cands.append(Candidate(idx, (j,), chain, score * len(idx) + 0.1, parts_score))
     return cands
+
+
+def _fused_groups(fused: Operand, others: list[Operand]):
+    """Index tuples (in the fused name's order) of 2-4 operands of `others` whose sizes add up to `fused` and whose
+    roles its name names: the parts of a fused tensor, whichever side holds it."""
+    partners = [(name_similarity(fused.local, o.local), k) for k, o in enumerate(others) if o.numel < fused.numel]
+    partners = [p for p in sorted(partners, reverse=True) if p[0] >= MIN_PART_SIMILARITY][:MAX_GROUP_PARTNERS]
+    for r in (2, 3, 4):
+        for combo in itertools.combinations([k for _, k in partners], r):
+            if sum(others[k].numel for k in combo) != fused.numel:
+                continue
+            if not _plausible_parts(fused, [others[k] for k in combo]):
+                continue
+            position = {id(others[k]): k for k in combo}
+            yield tuple(position[id(o)] for o in _split_order(fused, [others[k] for k in combo]))
 
 
 def _pad_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
