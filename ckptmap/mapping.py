@@ -252,14 +252,9 @@ class Mapping:
 
     @classmethod
     def load(cls, path: str) -> "Mapping":
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise MappingError("no such file", file=path) from None
-        except json.JSONDecodeError as e:
-            raise MappingError(f"invalid JSON at line {e.lineno} column {e.colno}", file=path) from None
-        return cls.from_json(d, file=path)
+        from ckptmap.trees.jsonio import load_json_strict
+
+        return cls.from_json(load_json_strict(path, MappingError), file=path)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

@@ -10,7 +10,6 @@ input of the LM head.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -49,14 +48,10 @@ def hf_config(spec: Any, *, file: str | None = None):
     if isinstance(spec, PretrainedConfig):
         return spec
     if isinstance(spec, str):
+        from ckptmap.trees.jsonio import load_json_strict
+
         file = spec
-        try:
-            with open(spec) as f:
-                spec = json.load(f)
-        except FileNotFoundError:
-            raise VerifyError("no such file", file=file) from None
-        except json.JSONDecodeError as e:
-            raise VerifyError(f"invalid JSON at line {e.lineno} column {e.colno}", file=file) from None
+        spec = load_json_strict(spec, VerifyError)
     if not isinstance(spec, dict) or "model_type" not in spec:
         raise VerifyError("an HF config needs a \"model_type\"", file=file)
     d = dict(spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ckptmap.errors import TreeError
+from ckptmap.errors import CkptmapError, TreeError
 
 
 class _DuplicateKey(Exception):
@@ -27,31 +27,32 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
-def load_json_strict(path: str) -> Any:
-    """Parse `path` as JSON; missing file, unreadable file, invalid JSON and duplicated keys raise TreeError."""
+def load_json_strict(path: str, error: type[CkptmapError] = TreeError) -> Any:
+    """Parse `path` as JSON; missing file, unreadable file, invalid JSON and duplicated keys raise `error`
+    (TreeError by default; a mapping file raises MappingError, a verify config VerifyError)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise TreeError("no such file", file=path) from None
+        raise error("no such file", file=path) from None
     except IsADirectoryError:
-        raise TreeError("expected a JSON file, found a directory", file=path) from None
+        raise error("expected a JSON file, found a directory", file=path) from None
     except OSError as e:
-        raise TreeError(f"cannot read: {e.strerror}", file=path) from None
+        raise error(f"cannot read: {e.strerror}", file=path) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise TreeError(f"not UTF-8 text (byte {e.start}): is this really a JSON file?", file=path) from None
-    return loads_strict(text, path)
+        raise error(f"not UTF-8 text (byte {e.start}): is this really a JSON file?", file=path) from None
+    return loads_strict(text, path, error=error)
 
 
-def loads_strict(text: str, file: str, what: str = "JSON") -> Any:
-    """Parse JSON text read from `file`; invalid JSON and duplicated keys raise TreeError naming it."""
+def loads_strict(text: str, file: str, what: str = "JSON", error: type[CkptmapError] = TreeError) -> Any:
+    """Parse JSON text read from `file`; invalid JSON and duplicated keys raise `error` naming it."""
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateKey as e:
-        raise TreeError(f"duplicated name in {what}", file=file, key=e.key) from None
+        raise error(f"duplicated name in {what}", file=file, key=e.key) from None
     except json.JSONDecodeError as e:
-        raise TreeError(f"invalid {what} at line {e.lineno} column {e.colno}: {e.msg}", file=file) from None
+        raise error(f"invalid {what} at line {e.lineno} column {e.colno}: {e.msg}", file=file) from None
     except RecursionError:
-        raise TreeError(f"{what} nested too deeply", file=file) from None
+        raise error(f"{what} nested too deeply", file=file) from None
