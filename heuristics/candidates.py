@@ -17,6 +17,7 @@ from typing import Callable
 
 from ckptmap.heuristics.layout import has_transpose, layout_score
 from ckptmap.heuristics.names import concepts, name_similarity
+from ckptmap.heuristics.regroup import grouped_chains, roles_held
 from ckptmap.heuristics.structure import Unit
 from ckptmap.transforms.base import numel
 
@@ -222,17 +223,40 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
     for i, s in enumerate(src_ops):
         for idx in _fused_groups(s, tgt_ops):
             parts = [tgt_ops[j] for j in idx]
-            for chain in _chains(ctx, [s.shape], [t.shape for t in parts]):
+            for chain in _fused_chains(ctx, s, parts, split=True):
                 score, parts_score = _score(ctx, [s], parts, chain)
                 cands.append(Candidate((i,), idx, chain, score + 0.1, parts_score))
     # n -> 1: several sources concatenated into one target.
     for j, t in enumerate(tgt_ops):
         for idx in _fused_groups(t, src_ops):
             parts = [src_ops[i] for i in idx]
-            for chain in _chains(ctx, [s.shape for s in parts], [t.shape]):
+            for chain in _fused_chains(ctx, t, parts, split=False):
                 score, parts_score = _score(ctx, parts, [t], chain)
                 cands.append(Candidate(idx, (j,), chain, score * len(idx) + 0.1, parts_score))
     return cands
+
+
+def _fused_chains(ctx: Context, fused: Operand, parts: list[Operand], split: bool) -> list:
+    """Chains between a fused operand and its parts (fused -> parts when `split`, else parts -> fused): the
+    shape search's, then the head-grouped readings of its contiguous ones (heuristics.regroup), dearer."""
+    if split:
+        found = _chains(ctx, [fused.shape], [p.shape for p in parts])
+        as_split = list(found)
+    else:
+        found = _chains(ctx, [p.shape for p in parts], [fused.shape])
+        as_split = [c.inverse() for c in found]
+    shared = frozenset.intersection(*[frozenset(concepts(p.local)) for p in parts])
+    fused_concepts = list(concepts(fused.local))
+    held = tuple(max((roles_held(c, fused_concepts) for c in concepts(p.local) if c not in shared), default=1)
+                 for p in parts)
+    seen = set(found)
+    for chain in as_split:
+        for g in grouped_chains(chain, held, ctx.dims):
+            g = g if split else g.inverse()
+            if g not in seen:
+                seen.add(g)
+                found.append(g)
+    return found
 
 
 def _fused_groups(fused: Operand, others: list[Operand]):

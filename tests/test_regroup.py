@@ -1,0 +1,62 @@
+"""Head-grouped readings of a fused axis (heuristics.regroup), checked against an independent numpy layout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ckptmap.heuristics.regroup import group_counts, grouped_chains, role_sizes, roles_held
+from ckptmap.transforms import search_chains
+
+DIMS = {"hidden": 64, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+        "linear_key_head_dim": 16, "linear_value_head_dim": 16}
+
+
+def test_roles_held_reads_packed_letters():
+    fused = ["attention", "in", "qkvz", "weight"]
+    assert roles_held("qkv", fused) == 3
+    assert roles_held("z", fused) == 1
+    assert roles_held("gate", ["mlp", "gate_up"]) == 1
+
+
+def test_role_sizes_are_head_products_most_equal_first():
+    sizes = role_sizes(128, 3, DIMS)
+    assert sizes[0] == (32, 32, 64)
+    assert (32, 64, 32) not in sizes  # not monotone along the part
+    assert all(sum(s) == 128 for s in sizes)
+
+
+def test_group_counts_keep_whole_heads():
+    assert group_counts((32, 32, 64, 64), DIMS) == [2]  # 4 groups would cut 16-wide heads in half
+    assert group_counts((4, 4), DIMS) == [2, 4]  # per-head scalars: any head count
+
+
+def _per_key_head(qkv: np.ndarray, z: np.ndarray, hk: int, dk: int, dv_per_k: int) -> np.ndarray:
+    """[in, q|k|v] and [in, z] -> [in, (q_h k_h v_h z_h) for h in key heads], written plainly."""
+    q, k, v = qkv[:, :hk * dk], qkv[:, hk * dk:2 * hk * dk], qkv[:, 2 * hk * dk:]
+    cols = []
+    for h in range(hk):
+        cols += [q[:, h * dk:(h + 1) * dk], k[:, h * dk:(h + 1) * dk],
+                 v[:, h * dv_per_k:(h + 1) * dv_per_k], z[:, h * dv_per_k:(h + 1) * dv_per_k]]
+    return np.concatenate(cols, axis=1)
+
+
+def test_a_grouped_chain_reproduces_the_per_key_head_layout_and_inverts():
+    rng = np.random.default_rng(0)
+    qkv, z = rng.standard_normal((64, 128)), rng.standard_normal((64, 64))
+    want = _per_key_head(qkv, z, hk=2, dk=16, dv_per_k=32)
+    contiguous = [c.inverse() for c in search_chains([(64, 128), (64, 64)], [(64, 192)], DIMS)]
+    grouped = [g.inverse() for c in contiguous for g in grouped_chains(c, (3, 1), DIMS)]
+    hits = [g for g in grouped if np.array_equal(g.apply((qkv, z))[0], want)]
+    assert hits
+    back = hits[0].inverse().apply((want,))
+    assert np.array_equal(back[0], qkv) and np.array_equal(back[1], z)
+    code = hits[0].to_code(["a", "b"])
+    assert np.array_equal(eval(code[0], {"np": np, "a": qkv, "b": z}), want)
+
+
+def test_per_head_gates_group_by_key_head():
+    b, a = np.arange(4 * 3).reshape(4, 3), 100 + np.arange(4 * 3).reshape(4, 3)
+    want = np.concatenate([b[0:2], a[0:2], b[2:4], a[2:4]], axis=0)  # [b0 b1 a0 a1 b2 b3 a2 a3]
+    contiguous = [c.inverse() for c in search_chains([(4, 3), (4, 3)], [(8, 3)], DIMS)]
+    grouped = [g.inverse() for c in contiguous for g in grouped_chains(c, (1, 1), DIMS)]
+    assert any(np.array_equal(g.apply((b, a))[0], want) for g in grouped)
