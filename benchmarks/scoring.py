@@ -13,6 +13,7 @@ Per target the mapping's source names are also compared with MaxText's PARAM_MAP
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -240,3 +241,22 @@ def score_mapping(mapping: Mapping | None, gt: GroundTruth, hf_shapes: dict[str,
     known = set(gt.target_shapes)
     result.extra_targets = sorted(n for n in set(arrays) | set(errors) if n not in known)
     return result
+
+
+def best_of_alternatives(mapping: Mapping, alternatives: dict[int, list[Rule]], gt: GroundTruth,
+                         hf_shapes: dict[str, tuple[int, ...]]) -> tuple[Mapping, dict[int, int]]:
+    """The mapping with each rule that scores wrong replaced by the first of its ranked alternatives that scores
+    exact or structural on all its targets: whether the solver's candidates hold the answer verify must find.
+    Returns (that mapping, rule index -> alternative index taken)."""
+    verdicts = {t.name: t.verdict for t in score_mapping(mapping, gt, hf_shapes).targets}
+    rules, taken = list(mapping.rules), {}
+    for i, rule in enumerate(mapping.rules):
+        if not any(verdicts.get(n) == "wrong" for n in rule.target_names()):
+            continue
+        for k, alt in enumerate(alternatives.get(i, [])):
+            trial = dataclasses.replace(mapping, rules=rules[:i] + [alt] + rules[i + 1:])
+            got = {t.name: t.verdict for t in score_mapping(trial, gt, hf_shapes).targets}
+            if all(got.get(n) in ("exact", "structural") for n in alt.target_names() if n in gt.tensors):
+                rules[i], taken[i] = alt, k
+                break
+    return dataclasses.replace(mapping, rules=rules), taken

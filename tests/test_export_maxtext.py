@@ -14,7 +14,10 @@ import pytest
 
 from ckptmap import checkpoint_io as cio
 from ckptmap.convert import convert
+from ckptmap.benchmarks.cases import load_case
+from ckptmap.benchmarks.scoring import best_of_alternatives
 from ckptmap.export import export_maxtext_module
+from ckptmap.solver import solve
 from test_convert_cases import fixture, fused_qkv_mapping, gpt_oss_experts_mapping, llama_mapping, mixtral_mapping, seeded
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +57,15 @@ def test_maxtext_loads_the_exported_module_to_the_same_tensors_as_convert(tmp_pa
                                 hf, scan, "gpt-oss-20b"))
         mapping, hf = fused_qkv_mapping(bool(scan))
         cases.append(write_case(tmp_path, f"fused-qkv-scan{scan}", "llama3.1", mapping, hf, scan, "fused-qkv"))
+        # Per-key-head regrouped qkvz / ba (a nested split-then-interleaved-concat chain): hooks receive jax
+        # arrays when MaxText saves scanned layers.
+        case = load_case("qwen3.5", scan)
+        solved = solve(case.src, case.tgt)
+        mapping, taken = best_of_alternatives(solved.mapping, solved.alternatives, case.gt, case.hf_shapes)
+        assert taken
+        cfg, hf, _ = fixture("qwen3.5")
+        cases.append(write_case(tmp_path, f"qwen3.5-grouped-scan{scan}", "qwen3.5", mapping, hf, scan,
+                                cfg["maxtext_model_name"]))
     env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
     proc = subprocess.run([str(MAXTEXT_PYTHON), "-m", "ckptmap.export_check", *cases], capture_output=True, text=True,
                           env=env, timeout=600, cwd=str(REPO))

@@ -127,7 +127,8 @@ class Split(_Fusion):
         rounds, blocks = interleave_rounds(self.sizes, self.block)
         if all(b == 1 for b in blocks):
             return [x + axis_slice(self.axis, f"{k}::{n}") for k in range(n)]
-        return [f"np.take({args[0]}, {pos}, axis={self.axis})" for pos in _part_positions_code(rounds, blocks)]
+        # Index arrays by subscript, not np.take: MaxText hands hooks jax arrays, whose np.take is not supported.
+        return [x + axis_slice(self.axis, pos) for pos in _part_positions_code(rounds, blocks)]
 
     @property
     def cost(self) -> float:
@@ -174,7 +175,7 @@ class Concat(_Fusion):
         if not self.interleave:
             return [joined]
         positions = ", ".join(_part_positions_code(*interleave_rounds(self.sizes, self.block)))
-        return [f"np.take({joined}, np.argsort(np.concatenate([{positions}])), axis={self.axis})"]
+        return [joined + axis_slice(self.axis, f"np.argsort(np.concatenate([{positions}]))")]
 
     @property
     def cost(self) -> float:
