@@ -17,7 +17,7 @@ from typing import Callable
 
 from ckptmap.heuristics.layout import has_transpose, layout_score
 from ckptmap.heuristics.names import concepts, name_similarity
-from ckptmap.heuristics.regroup import grouped_chains, roles_held
+from ckptmap.heuristics.regroup import agrees_with_code, code_splits, grouped_chains, roles_held
 from ckptmap.heuristics.structure import Unit
 from ckptmap.transforms.base import numel
 
@@ -27,6 +27,7 @@ W_COST = 0.25
 W_PRIOR = 1.0
 W_ORDINAL = 0.8
 W_EXPERT_STACK = 0.3
+W_CODE = 1.5  # per edge: the chain cuts a fused axis as the model's code does (or not)
 MIN_PART_SIMILARITY = 0.3
 BASE = 1.0
 MAX_CHAINS = 6
@@ -84,6 +85,9 @@ class Context:
     src_layout: str
     tgt_layout: str
     prior: Callable[[str, str], float] | None = None
+    # Fused-axis layouts read off each model's code (tensor name -> {"axis", "rounds", "blocks"}, stored axes).
+    src_code_layouts: dict = field(default_factory=dict)
+    tgt_code_layouts: dict = field(default_factory=dict)
 
 
 _DIGITS = re.compile(r"(\d+)$")
@@ -223,40 +227,64 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
     for i, s in enumerate(src_ops):
         for idx in _fused_groups(s, tgt_ops):
             parts = [tgt_ops[j] for j in idx]
-            for chain in _fused_chains(ctx, s, parts, split=True):
+            for chain, code in _fused_chains(ctx, s, parts, split=True):
                 score, parts_score = _score(ctx, [s], parts, chain)
+                score += _code_term(code, len(parts), parts_score)
                 cands.append(Candidate((i,), idx, chain, score + 0.1, parts_score))
     # n -> 1: several sources concatenated into one target.
     for j, t in enumerate(tgt_ops):
         for idx in _fused_groups(t, src_ops):
             parts = [src_ops[i] for i in idx]
-            for chain in _fused_chains(ctx, t, parts, split=False):
+            for chain, code in _fused_chains(ctx, t, parts, split=False):
                 score, parts_score = _score(ctx, parts, [t], chain)
-                cands.append(Candidate(idx, (j,), chain, score * len(idx) + 0.1, parts_score))
+                score = score * len(idx) + _code_term(code, len(idx), parts_score)
+                cands.append(Candidate(idx, (j,), chain, score + 0.1, parts_score))
     return cands
 
 
-def _fused_chains(ctx: Context, fused: Operand, parts: list[Operand], split: bool) -> list:
-    """Chains between a fused operand and its parts (fused -> parts when `split`, else parts -> fused): the
-    shape search's, then the head-grouped readings of its contiguous ones (heuristics.regroup), dearer."""
+def _code_term(agreement: int, edges: int, parts: dict) -> float:
+    if not agreement:
+        return 0.0
+    parts["code_layout"] = agreement
+    return W_CODE * agreement * edges
+
+
+def operand_layout(op: Operand, layouts: dict) -> dict | None:
+    """The code layout of an operand's tensor, its axis moved to the operand's coordinates (stacked layer axes
+    removed, a leading expert axis when per-expert tensors are offered stacked); None when none is known."""
+    unit = op.units[0]
+    layout = layouts.get(unit.tensor)
+    if not layout or layout["axis"] in unit.stacked_axes:
+        return None
+    axis = layout["axis"] - sum(1 for a in unit.stacked_axes if a < layout["axis"]) + (1 if op.stacked_experts else 0)
+    return dict(layout, axis=axis)
+
+
+def _fused_chains(ctx: Context, fused: Operand, parts: list[Operand], split: bool) -> list[tuple[object, int]]:
+    """(chain, agreement with the code's layout) between a fused operand and its parts (fused -> parts when
+    `split`, else parts -> fused): the shape search's chains, the head-grouped readings of its contiguous ones
+    (heuristics.regroup, dearer), and the cut the model's code makes when a tracer read it."""
     if split:
         found = _chains(ctx, [fused.shape], [p.shape for p in parts])
         as_split = list(found)
     else:
         found = _chains(ctx, [p.shape for p in parts], [fused.shape])
         as_split = [c.inverse() for c in found]
+    layout = operand_layout(fused, ctx.src_code_layouts if split else ctx.tgt_code_layouts)
     shared = frozenset.intersection(*[frozenset(concepts(p.local)) for p in parts])
     fused_concepts = list(concepts(fused.local))
     held = tuple(max((roles_held(c, fused_concepts) for c in concepts(p.local) if c not in shared), default=1)
                  for p in parts)
+    out = list(zip(found, as_split))
     seen = set(found)
     for chain in as_split:
-        for g in grouped_chains(chain, held, ctx.dims):
-            g = g if split else g.inverse()
-            if g not in seen:
-                seen.add(g)
-                found.append(g)
-    return found
+        extra = grouped_chains(chain, held, ctx.dims) + (code_splits(chain, layout) if layout else [])
+        for g in extra:
+            stored = g if split else g.inverse()
+            if stored not in seen:
+                seen.add(stored)
+                out.append((stored, g))
+    return [(stored, agrees_with_code(g, layout) if layout else 0) for stored, g in out]
 
 
 def _fused_groups(fused: Operand, others: list[Operand]):

@@ -16,7 +16,7 @@ import itertools
 
 from ckptmap.transforms.combinators import Chain, Parallel
 from ckptmap.transforms.factor import nesting_rank
-from ckptmap.transforms.fusion import Concat, Split
+from ckptmap.transforms.fusion import Concat, Split, interleave_rounds
 from ckptmap.transforms.structural import Identity
 
 MAX_VARIANTS = 4
@@ -99,3 +99,67 @@ def grouped_chains(chain: Chain, held: tuple[int, ...], dims: dict[str, int]) ->
         return []
     rest = chain.ops[1:]
     return [Chain((g,) + rest, chain.prior) for g in grouped_splits(chain.ops[0], held, dims)]
+
+
+def split_layout(chain) -> tuple[int, int, tuple[int, ...]] | None:
+    """(axis, rounds, per-round blocks) of the split a 1 -> n chain starts with, or None."""
+    if not isinstance(chain, Chain) or not chain.ops or not isinstance(chain.ops[0], Split):
+        return None
+    split = chain.ops[0]
+    if not split.interleave:
+        return split.axis, 1, tuple(split.sizes)
+    rounds, blocks = interleave_rounds(split.sizes, split.block)
+    return split.axis, rounds, tuple(blocks)
+
+
+def _coarsens(coarse: tuple[int, ...], fine: tuple[int, ...]) -> bool:
+    """Whether `coarse` is `fine` with runs of neighbours summed."""
+    i = 0
+    for c in coarse:
+        total = 0
+        while total < c and i < len(fine):
+            total += fine[i]
+            i += 1
+        if total != c:
+            return False
+    return i == len(fine)
+
+
+def agrees_with_code(chain, layout: dict) -> int:
+    """+1 when a 1 -> n chain cuts the fused axis as the model's code does (`layout`: axis, rounds, blocks, as
+    read by the code-layout tracers; its parts may be finer than the chain's), -1 when it cuts that axis
+    otherwise, 0 when the chain starts with no split or splits another axis."""
+    got = split_layout(chain)
+    if got is None or got[0] != layout["axis"]:
+        return 0
+    axis, rounds, blocks = got
+    return 1 if rounds == layout["rounds"] and _coarsens(blocks, tuple(layout["blocks"])) else -1
+
+
+def code_splits(chain, layout: dict) -> list[Chain]:
+    """The chain with its first (contiguous) split replaced by the cut the code makes (`layout`), when the code's
+    parts, taken in runs of neighbours, make the chain's parts: an interleaved split into the code's parts, then
+    a concat of each run. [] when that cannot be."""
+    got = split_layout(chain)
+    if got is None or got[0] != layout["axis"] or got[1] != 1:
+        return []
+    split = chain.ops[0]
+    rounds, blocks = int(layout["rounds"]), tuple(int(b) for b in layout["blocks"])
+    fine = tuple(rounds * b for b in blocks)
+    if rounds == 1 or sum(fine) != sum(split.sizes):
+        return []
+    runs, i = [], 0
+    for size in split.sizes:
+        run = []
+        while sum(run) < size and i < len(fine):
+            run.append(fine[i])
+            i += 1
+        if sum(run) != size:
+            return []
+        runs.append(tuple(run))
+    block = blocks[0] if len(set(blocks)) == 1 else blocks
+    cut = Split(split.axis, fine, True, block)
+    if all(len(r) == 1 for r in runs):
+        return [Chain((cut,) + chain.ops[1:], chain.prior)]
+    regroup = Parallel(tuple(Concat(split.axis, r) if len(r) > 1 else Identity() for r in runs))
+    return [Chain((cut, regroup) + chain.ops[1:], chain.prior)]

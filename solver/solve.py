@@ -261,7 +261,9 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
     ctx = Context(search=search or _search(), dims=dims,
                   src_layout=guess_layout(src.names()), tgt_layout=guess_layout(tgt.names()),
                   prior=(priors.edge_bonus if priors is not None and not getattr(priors, "is_empty", False)
-                         else None))
+                         else None),
+                  src_code_layouts=dict(src.meta.get("code_layouts") or {}),
+                  tgt_code_layouts=dict(tgt.meta.get("code_layouts") or {}))
     problems = _problems(s_struct, t_struct, notes)
     _calibrate_layout(ctx, problems, notes)
 

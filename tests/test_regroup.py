@@ -60,3 +60,48 @@ def test_per_head_gates_group_by_key_head():
     contiguous = [c.inverse() for c in search_chains([(4, 3), (4, 3)], [(8, 3)], DIMS)]
     grouped = [g.inverse() for c in contiguous for g in grouped_chains(c, (1, 1), DIMS)]
     assert any(np.array_equal(g.apply((b, a))[0], want) for g in grouped)
+
+
+def test_code_layout_agreement_and_the_cut_it_implies():
+    from ckptmap.heuristics.regroup import agrees_with_code, code_splits
+    from ckptmap.transforms.combinators import Chain
+    from ckptmap.transforms.fusion import Split
+
+    contiguous = Chain((Split(1, (128, 64)),))
+    code = {"axis": 1, "rounds": 2, "blocks": [16, 16, 32, 32]}
+    assert agrees_with_code(contiguous, code) == -1
+    assert agrees_with_code(contiguous, {"axis": 1, "rounds": 1, "blocks": [32, 32, 64, 64]}) == 1  # finer, same cut
+    assert agrees_with_code(contiguous, {"axis": 0, "rounds": 1, "blocks": [32, 32]}) == 0  # another axis
+    (cut,) = code_splits(contiguous, code)
+    assert agrees_with_code(cut, code) == 1
+    rng = np.random.default_rng(1)
+    qkv, z = rng.standard_normal((64, 128)), rng.standard_normal((64, 64))
+    fused = _per_key_head(qkv, z, hk=2, dk=16, dv_per_k=32)
+    got = cut.apply((fused,))
+    assert np.array_equal(got[0], qkv) and np.array_equal(got[1], z)
+    # The code's parts cannot make the chain's parts: no chain.
+    assert code_splits(Chain((Split(1, (100, 92)),)), code) == []
+
+
+def test_solver_follows_the_code_layout_of_a_fused_tensor():
+    """gpt-oss-like trees: shapes alone take contiguous gate/up; told the code's interleave, the solver takes it."""
+    from ckptmap.solver import solve
+    from ckptmap.trees.model import ParamInfo, ParamTree
+
+    def tree(shapes):
+        return ParamTree.from_items(ParamInfo(n, s) for n, s in shapes.items())
+
+    src = tree({"model.layers.0.mlp.experts.gate_up_proj": (4, 64, 64),
+                "model.layers.0.mlp.experts.down_proj": (4, 32, 64)})
+    tgt = tree({"params-decoder-layers_0-mlp-wi_0": (4, 64, 32),
+                "params-decoder-layers_0-mlp-wi_1": (4, 64, 32),
+                "params-decoder-layers_0-mlp-wo": (4, 32, 64)})
+    plain = solve(src, tgt).mapping
+    src.meta["code_layouts"] = {"model.layers.0.mlp.experts.gate_up_proj": {"axis": 2, "rounds": 32, "blocks": [1, 1]}}
+    told = solve(src, tgt).mapping
+
+    def gate_up(m):
+        return next(r for r in m.rules if "params-decoder-layers_0-mlp-wi_0" in r.target_names()).chain.describe()
+
+    assert "interleaved" not in gate_up(plain)
+    assert "interleaved" in gate_up(told)
