@@ -48,7 +48,9 @@ def _read_json(spec: TreeSpec, layout: str) -> ParamTree:
     if dims:
         tree.meta["dims"] = dims
         tree.meta["dims_from"] = source
-    return tree
+    from ckptmap.trees.code_layouts import attach_beside
+
+    return attach_beside(tree, spec.target)
 
 
 def _read_maxtext(spec: TreeSpec) -> ParamTree:
