@@ -78,3 +78,63 @@ def attach_beside(tree: ParamTree, tree_path: str) -> ParamTree:
     if side is None:
         return tree
     return attach(tree, doc[side], source=f"{path}#{side}")
+
+
+def _scaled(blocks: list[int], num: int, den: int) -> list[int] | None:
+    if any(b * num % den for b in blocks):
+        return None
+    return [b * num // den for b in blocks]
+
+
+def transfer_layout(layout: dict, tiny_shape: tuple[int, ...], full_shape: tuple[int, ...], tiny_dims: dict,
+                    full_dims: dict) -> dict | None:
+    """A layout read on a tiny model, carried to its full-size twin's tensor of the same template, or None when
+    sizes do not determine it. Interleaves (all blocks 1) keep their part count; contiguous cuts keep their
+    proportions; head groups take the full size of the one head count the tiny group count names."""
+    axis, rounds, blocks = layout["axis"], layout["rounds"], list(layout["blocks"])
+    if len(tiny_shape) != len(full_shape) or axis >= len(full_shape):
+        return None
+    n_tiny, n_full = tiny_shape[axis], full_shape[axis]
+    if all(b == 1 for b in blocks):
+        if n_full % len(blocks):
+            return None
+        return {"axis": axis, "rounds": n_full // len(blocks), "blocks": blocks}
+    if rounds == 1:
+        scaled = _scaled(blocks, n_full, n_tiny)
+        return {"axis": axis, "rounds": 1, "blocks": scaled} if scaled else None
+    options = []
+    for key in {k for k, v in tiny_dims.items() if v == rounds and k.endswith("heads") and k in full_dims}:
+        groups = full_dims[key]
+        if groups > 0 and n_full % groups == 0:
+            scaled = _scaled(blocks, n_full // groups, n_tiny // rounds)
+            if scaled:
+                options.append({"axis": axis, "rounds": groups, "blocks": scaled})
+    unique = {json_key(o): o for o in options}
+    return next(iter(unique.values())) if len(unique) == 1 else None
+
+
+def json_key(layout: dict) -> tuple:
+    return layout["axis"], layout["rounds"], tuple(layout["blocks"])
+
+
+def transfer(tiny: ParamTree, full: ParamTree) -> dict:
+    """Layouts of `tiny` (a tiny twin of `full`, same names up to layer/expert indices) carried to `full`'s
+    tensors by name template (see transfer_layout); templates whose tiny tensors disagree are left out."""
+    by_template: dict[str, set] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, layout in (tiny.meta.get(META_KEY) or {}).items():
+        template = tiny[name].parsed.template
+        by_template.setdefault(template, set()).add(json_key(layout))
+        shapes[template] = tiny[name].shape
+    tiny_dims, full_dims = tiny.meta.get("dims") or {}, full.meta.get("dims") or {}
+    out = {}
+    for p in full:
+        seen = by_template.get(p.parsed.template)
+        if not seen or len(seen) != 1:
+            continue
+        axis, rounds, blocks = next(iter(seen))
+        moved = transfer_layout({"axis": axis, "rounds": rounds, "blocks": list(blocks)}, shapes[p.parsed.template],
+                                p.shape, tiny_dims, full_dims)
+        if moved:
+            out[p.name] = moved
+    return out
