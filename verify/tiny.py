@@ -4,7 +4,9 @@ fast models with the structure that matters for mapping.
 What is kept (issue 5): kv_heads != heads when the real model groups queries (same group size, capped at 4);
 heads*head_dim vs hidden at the real ratio; at least 2 layers and at least one full cycle of inhomogeneous layers
 (the period of `layer_types`, dense-then-MoE layers); >= 4 experts; a vocab padded on the MaxText side when the
-real MaxText vocab is padded; a sliding window shorter than the verify sequence, so local and global layers differ.
+real MaxText vocab is padded; a sliding window shorter than the verify sequence, so local and global layers differ;
+a rotary fraction and multimodal RoPE sections (`partial_rotary_factor`, `mrope_section`) that fit the tiny head_dim
+(the real fraction where it leaves a whole number of frequencies, at least one per section; the sections rescaled).
 
 The HF config is derived first (from the real HF config's keys); each MaxText size key then takes the tiny value
 of the HF key that held the same real value (or the real MaxText/HF ratio applied to it), so no per-model answer
@@ -286,6 +288,109 @@ def reconcile_rope(tiny_hf: dict, real_maxtext: dict) -> list[str]:
     return notes
 
 
+def _rope_dicts(cfg: dict) -> list[dict]:
+    """The RoPE parameter dicts of an HF config: `rope_parameters` (transformers 5) or `rope_scaling` (older), or
+    their per-layer-type sub-dicts ({"full_attention": {...}, "sliding_attention": {...}})."""
+    out = []
+    for key in ("rope_parameters", "rope_scaling"):
+        rp = cfg.get(key)
+        if not isinstance(rp, dict):
+            continue
+        subs = [v for v in rp.values() if isinstance(v, dict)]
+        out.extend(subs if subs else [rp])
+    return out
+
+
+def scale_sections(sections: list[int], total: int) -> list[int]:
+    """`sections` rescaled to sum to `total` (largest remainders), every non-zero section kept >= 1."""
+    nonzero = [i for i, s in enumerate(sections) if s > 0]
+    if total < len(nonzero):
+        raise TinyConfigError(f"cannot share {total} frequencies among the sections {sections}", key="mrope_section")
+    out = [1 if s > 0 else 0 for s in sections]
+    rest = total - len(nonzero)  # shared beyond each section's first frequency, proportionally to its real size
+    extra = {i: sections[i] - 1 for i in nonzero}
+    weight = sum(extra.values())
+    if rest and weight:
+        share = {i: rest * extra[i] / weight for i in nonzero}
+        for i in nonzero:
+            out[i] += int(share[i])
+        left = rest - sum(int(v) for v in share.values())
+        for i in sorted(nonzero, key=lambda i: (int(share[i]) - share[i], i))[:left]:
+            out[i] += 1
+    elif rest:
+        for k in range(rest):
+            out[nonzero[k % len(nonzero)]] += 1
+    return out
+
+
+def tiny_rotary(tiny_hf: dict, real_hf_text: dict, real_maxtext: dict) -> tuple[dict[str, str], list[str]]:
+    """Make the rotary fraction and the multimodal RoPE sections fit the tiny head_dim, on both sides.
+
+    The rotated part has `int(head_dim * partial_rotary_factor)` channels, i.e. half as many frequencies, and
+    `mrope_section` (temporal, height, width) must share exactly those frequencies. At the tiny head_dim the real
+    sections no longer add up, and a small rotary fraction may leave fewer frequencies than there are sections.
+    So: the tiny frequency count is the real fraction of the tiny head_dim (rounded), raised to the number of
+    non-zero sections when it is smaller (the fraction then follows), and the sections are the real ones rescaled
+    to that count, each non-zero one >= 1. Nothing changes where the real values already fit. Changes `tiny_hf` in
+    place (the fraction where the real config keeps it: the RoPE dict and/or the top level); returns the MaxText
+    overrides (`partial_rotary_factor`, `mrope_section`: where MaxText's yml sets them to another value) and notes.
+    """
+    head_dim = _num(tiny_hf, "head_dim")
+    if not head_dim:
+        return {}, []
+    head_dim = int(head_dim)
+    rope_dicts = _rope_dicts(tiny_hf)
+    in_dicts = [d for d in rope_dicts if _num(d, "partial_rotary_factor")]
+    at_top = _num(tiny_hf, "partial_rotary_factor") is not None
+    if in_dicts:
+        factor = float(in_dicts[0]["partial_rotary_factor"])
+    elif at_top:
+        factor = float(tiny_hf["partial_rotary_factor"])
+    elif _num(real_maxtext, "partial_rotary_factor"):
+        factor = float(real_maxtext["partial_rotary_factor"])
+    else:
+        factor = 1.0
+    sections = next((list(d["mrope_section"]) for d in _rope_dicts(real_hf_text)
+                     if isinstance(d.get("mrope_section"), list)), None)
+    if sections is None and isinstance(real_maxtext.get("mrope_section"), list):
+        sections = list(real_maxtext["mrope_section"])
+    sections = [int(x) for x in sections] if sections else None
+
+    freqs = max(1, int(round(head_dim * factor / 2)))
+    if sections:
+        freqs = max(freqs, len([x for x in sections if x > 0]))
+    freqs = min(freqs, head_dim // 2)
+    new_factor = factor
+    if int(head_dim * factor) != 2 * freqs:
+        new_factor = 2 * freqs / head_dim
+        while int(head_dim * new_factor) < 2 * freqs:  # float round-off below the exact count
+            new_factor = math.nextafter(new_factor, 2.0)
+
+    notes: list[str] = []
+    overrides: dict[str, str] = {}
+    if new_factor != factor:
+        notes.append(f"partial_rotary_factor {factor:g} -> {new_factor:g} ({freqs} rotary frequencies at "
+                     f"head_dim {head_dim})")
+        for d in in_dicts or ([] if at_top else rope_dicts):
+            d["partial_rotary_factor"] = new_factor
+        if at_top or not (in_dicts or rope_dicts):
+            tiny_hf["partial_rotary_factor"] = new_factor
+    mt_factor = _num(real_maxtext, "partial_rotary_factor")
+    if mt_factor is not None and new_factor != float(mt_factor):
+        overrides["partial_rotary_factor"] = repr(float(new_factor))
+    if sections:
+        new_sections = scale_sections(sections, freqs)
+        if new_sections != sections:
+            notes.append(f"mrope_section {sections} -> {new_sections}")
+        for d in rope_dicts:
+            if "mrope_section" in d:
+                d["mrope_section"] = list(new_sections)
+        mt_sections = real_maxtext.get("mrope_section")
+        if (mt_sections is not None or real_maxtext.get("use_mrope")) and new_sections != mt_sections:
+            overrides["mrope_section"] = "[" + ",".join(str(x) for x in new_sections) + "]"
+    return overrides, notes
+
+
 def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     """MaxText model name -> TinyPair, from the real configs (read through the MaxText venv unless given)."""
     if real is None:
@@ -295,6 +400,10 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
     notes += reconcile_rope(hf_cfg, real["maxtext"])
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
+    real_text = real["hf"].get("text_config") if isinstance(real["hf"].get("text_config"), dict) else real["hf"]
+    rotary, rotary_notes = tiny_rotary(hf_cfg, real_text, real["maxtext"])
+    overrides += [f"{k}={v}" for k, v in rotary.items()]
+    notes += rotary_notes
     return TinyPair(maxtext_model=maxtext_model, hf_config=hf_cfg, maxtext_overrides=overrides, notes=notes)
 
 
