@@ -1,8 +1,10 @@
 """The real (full-size) configs of a MaxText model: MaxText's model yml and the HF config MaxText's checkpoint
 conversion pairs with it (`checkpoint_conversion/utils/hf_model_configs.py`). Read as data in the MaxText venv.
 
-`real_configs(model_name) -> {"maxtext": {key: value}, "hf": {...config dict...}}`. In-process when MaxText
-imports here (Python 3.12 env with maxtext), otherwise by running this module in `.venv-maxtext`.
+`real_configs(model_name) -> {"model_name": ..., "maxtext": {key: value}, "hf": {...config dict...}}`; the name may
+also be a bundled fixture family (`qwen3.5`) or a prefix that names one MaxText model (see `model_key`).
+In-process when MaxText imports here (Python 3.12 env with maxtext), otherwise by running this module in
+`.venv-maxtext`.
 Run as a script (`python -m ckptmap.verify.real_configs MODEL`) it prints that JSON.
 """
 
@@ -41,19 +43,49 @@ def _json_safe(obj):
     return str(obj)
 
 
+def resolve_model_name(name: str) -> str:
+    """A bundled fixture family (`qwen3.5`, `llama3.1`) -> the MaxText model name it was made from
+    (`qwen3.5-35b-a3b`); any other name is returned unchanged (MaxText's own names pass through)."""
+    from ckptmap import bundled
+
+    try:
+        return bundled.find(name).maxtext_model_name
+    except (CkptmapError, OSError, ValueError, KeyError):
+        return name
+
+
+def model_key(name: str, known: list[str]) -> str:
+    """The key of `known` (MaxText's names with an HF config and a model yml) that `name` means: itself, the
+    MaxText model of a bundled family, or the one key that starts with `name-`. ConfigError naming the
+    candidates when there is none or more than one."""
+    if name in known:
+        return name
+    resolved = resolve_model_name(name)
+    if resolved in known:
+        return resolved
+    prefixed = sorted(k for k in known if k.startswith(name + "-"))
+    if len(prefixed) == 1:
+        return prefixed[0]
+    if prefixed:
+        raise ConfigError(f"{name!r} names several MaxText models with an HF config: {', '.join(prefixed)}; "
+                          "give one", key=name)
+    raise ConfigError(f"MaxText has no HF config for {name!r}", key=name)
+
+
 def _read_in_process(model_name: str) -> dict:
     import importlib.resources
 
     import yaml  # MaxText's venv has it
     from maxtext.checkpoint_conversion.utils.hf_model_configs import HF_MODEL_CONFIGS
 
-    if model_name not in HF_MODEL_CONFIGS:
-        raise ConfigError(f"MaxText has no HF config for {model_name!r}", key=model_name)
-    yml = importlib.resources.files("maxtext") / "configs" / "models" / f"{model_name}.yml"
-    if not yml.is_file():
+    models = importlib.resources.files("maxtext") / "configs" / "models"
+    known = [k for k in HF_MODEL_CONFIGS if (models / f"{k}.yml").is_file()]
+    if model_name not in known and model_name in HF_MODEL_CONFIGS:
         raise ConfigError(f"MaxText has no model yml for {model_name!r}", key=model_name)
-    return {"maxtext": _json_safe(yaml.safe_load(yml.read_text()) or {}),
-            "hf": _json_safe(HF_MODEL_CONFIGS[model_name].to_dict())}
+    key = model_key(model_name, known)
+    return {"model_name": key,
+            "maxtext": _json_safe(yaml.safe_load((models / f"{key}.yml").read_text()) or {}),
+            "hf": _json_safe(HF_MODEL_CONFIGS[key].to_dict())}
 
 
 @functools.lru_cache(maxsize=64)
@@ -77,7 +109,8 @@ def _real_configs_json(model_name: str) -> str:
 
 
 def real_configs(model_name: str) -> dict:
-    """{"maxtext": the model yml as a dict, "hf": the paired HF config as a dict} (fresh copies)."""
+    """{"model_name": MaxText's name for `model_name` (see model_key), "maxtext": the model yml as a dict, "hf":
+    the paired HF config as a dict} (fresh copies)."""
     return json.loads(_real_configs_json(model_name))
 
 

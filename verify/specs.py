@@ -74,7 +74,7 @@ def tiny_specs(maxtext_model_name: str, *, directory: str | None = None, real: d
     """(`hf:<dir>/<model>.config.json`, `maxtext:<model> k=v ...`): the tiny pair derived from the real configs.
     The HF config is written (atomically) so that both trees and runners read the same file."""
     pair = derive_tiny(maxtext_model_name, real)
-    path = os.path.join(directory or tiny_dir(), f"{maxtext_model_name}.config.json")
+    path = os.path.join(directory or tiny_dir(), f"{pair.maxtext_model}.config.json")
     write_json_atomic(path, pair.hf_config)
-    tgt = " ".join([f"maxtext:{maxtext_model_name}", *(shlex.quote(o) for o in pair.maxtext_overrides)])
+    tgt = " ".join([f"maxtext:{pair.maxtext_model}", *(shlex.quote(o) for o in pair.maxtext_overrides)])
     return f"hf:{path}", tgt

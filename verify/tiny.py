@@ -397,6 +397,7 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
         from ckptmap.verify.real_configs import real_configs
 
         real = real_configs(maxtext_model)
+    maxtext_model = real.get("model_name") or maxtext_model  # a family name (`qwen3.5`) -> MaxText's name
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
     notes += reconcile_rope(hf_cfg, real["maxtext"])
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
