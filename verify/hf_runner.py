@@ -69,6 +69,47 @@ def _text_config(config):
     return sub() if callable(sub) else config
 
 
+def causal_lm_config(config):
+    """(the config to build the causal LM from, True when that is the text part of a composite config).
+
+    A composite (multimodal) config nests its decoder under `text_config`. Where transformers' causal-LM class for
+    the composite is the text model's own (Qwen3.5-MoE: `Qwen3_5MoeForCausalLM`, which reads `vocab_size` and the
+    rest off the config it is given), or there is none for the composite but one for the text part, the causal LM is
+    built from the text config. Where the composite has a class of its own (Gemma3ForConditionalGeneration), the
+    whole model is built."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    text = _text_config(config)
+    if text is config:
+        return config, False
+    whole = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    part = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(text), None)
+    if part is not None and (whole is None or whole is part):
+        return text, True
+    return config, False
+
+
+def rename_into(names: list[str], known: set[str]) -> dict[str, str] | None:
+    """name -> the name `known` gives the same tensor, where `known` nests the same modules one level deeper
+    (`model.layers.0...` -> `model.language_model.layers.0...`, `lm_head.weight` stays): per top-level module of
+    `names`, the one prefix that puts every name of it into `known` (the module's own name first, then the
+    shortest). None when some module has no such prefix."""
+    by_top: dict[str, list[str]] = {}
+    for n in names:
+        by_top.setdefault(n.split(".", 1)[0], []).append(n)
+    out: dict[str, str] = {}
+    for top, group in by_top.items():
+        tail = max(group, key=len)[len(top):]  # the longest name pins the prefix
+        prefixes = {k[:len(k) - len(tail)] for k in known if k.endswith(tail)}
+        for q in sorted(prefixes, key=lambda q: (q != top, len(q), q)):
+            if all(q + n[len(top):] in known for n in group):
+                out.update({n: q + n[len(top):] for n in group})
+                break
+        else:
+            return None
+    return out if len(set(out.values())) == len(out) else None
+
+
 def _decoder_layers(model, n_layers: int):
     """The ModuleList of decoder blocks: the shortest-named `*layers` list of length n_layers outside vision or
     audio towers."""
@@ -91,20 +132,31 @@ def _first_tensor(x):
     return x
 
 
+LAYOUTS = ("saved", "memory")
+
+
 class HFRunner:
     """A transformers model built once from `config` (float32, eager attention), run with many param dicts.
 
-    On the CPU, torch runs single-threaded by default (`threads`; None leaves torch's setting alone)."""
+    On the CPU, torch runs single-threaded by default (`threads`; None leaves torch's setting alone).
+    `layout`: the parameter names it takes, "saved" (what `save_pretrained` writes: per-expert MoE tensors, ...) or
+    "memory" (the module's own `state_dict()` names: fused experts). A composite (multimodal) config whose causal LM
+    is its text part's (see `causal_lm_config`) runs the text part only, under the names the composite model gives
+    it (`model.language_model.layers.0...`)."""
 
     framework = "hf"
 
-    def __init__(self, config: Any, device: str = "cpu", threads: int | None = 1):
+    def __init__(self, config: Any, device: str = "cpu", threads: int | None = 1, layout: str = "saved"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         torch = _torch()
         from transformers import AutoModelForCausalLM
 
+        if layout not in LAYOUTS:
+            raise VerifyError(f"unknown HF layout {layout!r}; expected one of {LAYOUTS}")
+        self.layout = layout
         self.config = hf_config(config)
         self.text_config = _text_config(self.config)
+        self.build_config, self.text_part_only = causal_lm_config(self.config)
         self.device = select_device(device)
         if threads and self.device == "cpu":
             # Tiny models: one thread is several times faster than contended intra-op parallelism.
@@ -113,27 +165,59 @@ class HFRunner:
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         try:
-            model = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32, attn_implementation="eager")
+            model = AutoModelForCausalLM.from_config(self.build_config, dtype=torch.float32,
+                                                     attn_implementation="eager")
         except Exception as e:  # transformers raises assertion, value and key errors alike
             raise VerifyError(f"cannot build a causal LM for {self.config.model_type}: {e}") from None
         self.model_class = type(model)
         self.n_layers = int(self.text_config.num_hidden_layers)
         self.vocab = int(self.text_config.vocab_size)
-        self._shapes, self.aliases = self._checkpoint_names(model)
+        shapes, aliases = self._checkpoint_names(model, layout)
         # Where checkpoint names are the module's own names, one model is reused and loaded in place;
         # otherwise (fused experts, renamed keys) transformers' loader converts on every load.
-        self._in_place = set(self._shapes) <= set(model.state_dict())
+        self._in_place = set(shapes) <= set(model.state_dict())
         self._model = model.to(self.device).eval() if self._in_place else None
+        # external name (what param_shapes and forward speak) -> the built model's name
+        self._internal = {n: n for n in shapes}
+        if self.text_part_only:
+            outer = self._composite_names(layout)
+            renamed = rename_into(sorted(set(shapes) | set(aliases)), outer) if outer else None
+            if renamed:
+                self._internal = {renamed[n]: n for n in shapes}
+                shapes = {renamed[n]: v for n, v in shapes.items()}
+                aliases = {renamed[a]: renamed[c] for a, c in aliases.items()}
+        self._shapes, self.aliases = shapes, aliases
 
     @staticmethod
-    def _checkpoint_names(model) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    def _checkpoint_names(model, layout: str = "saved") -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
         from transformers.core_model_loading import revert_weight_conversion
 
-        state = revert_weight_conversion(model, dict(model.state_dict()))
+        state = dict(model.state_dict())
+        if layout == "saved":
+            state = revert_weight_conversion(model, state)
         tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
         shapes = {n: tuple(int(d) for d in t.shape) for n, t in state.items() if n not in tied}
         aliases = {a: c for a, c in tied.items() if c in shapes}
         return shapes, aliases
+
+    def _composite_names(self, layout: str) -> set[str]:
+        """The parameter names of the whole composite model (built once on the meta device: no weight memory), or
+        an empty set when it cannot be built."""
+        from ckptmap.errors import TreeError
+        from ckptmap.trees.hf import build_meta_model
+
+        cache = self.__dict__.setdefault("_composite_cache", {})
+        if "meta" not in cache:
+            try:
+                cache["meta"] = build_meta_model(self.config, file="")
+            except TreeError:
+                cache["meta"] = None
+        if cache["meta"] is None:
+            return set()
+        if layout not in cache:
+            shapes, aliases = self._checkpoint_names(cache["meta"], layout)
+            cache[layout] = set(shapes) | set(aliases)
+        return cache[layout]
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Checkpoint name -> shape, tied duplicates left out (they are in `aliases`)."""
@@ -170,14 +254,25 @@ class HFRunner:
             arr = np.asarray(params[name], dtype=np.float32)
             if tuple(arr.shape) != shape:
                 raise VerifyError(f"shape {tuple(arr.shape)}, the HF model expects {shape}", key=name)
-            state[name] = torch.from_numpy(np.ascontiguousarray(arr))
+            state[self._internal[name]] = torch.from_numpy(np.ascontiguousarray(arr))
         if self._model is not None:
             with torch.no_grad():
                 self._model.load_state_dict(state, strict=False)
             return self._model
-        model = self.model_class.from_pretrained(None, config=self.config, state_dict=state, dtype=torch.float32,
-                                                 attn_implementation="eager")
+        model = self.model_class.from_pretrained(None, config=self.build_config, state_dict=state,
+                                                 dtype=torch.float32, attn_implementation="eager")
         return model.to(self.device).eval()
+
+    def module_params(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`params` as the built torch modules hold them after loading (the modules' own `state_dict()` names and
+        layout: fused experts where the checkpoint has one tensor per expert), float32 numpy."""
+        model = self._load(params)
+        state = {n: t.detach().float().cpu().numpy() for n, t in model.state_dict().items()}
+        if self.text_part_only:  # under the names the composite model gives its text part, as param_shapes
+            renamed = rename_into(sorted(state), self._composite_names("memory"))
+            if renamed:
+                state = {renamed[n]: v for n, v in state.items()}
+        return state
 
     def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> Forward:
         """Load `params` (checkpoint names) and run `tokens` [batch, seq]: logits and activations as float32 numpy."""

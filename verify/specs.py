@@ -29,11 +29,12 @@ def _hf_config(spec):
     return config
 
 
-def runner_for(spec_text: str, device: str = "cpu"):
-    """A ModelRunner for one SPEC (HF or MaxText), tagged with `.spec` for reports."""
+def runner_for(spec_text: str, device: str = "cpu", *, hf_layout: str = "saved"):
+    """A ModelRunner for one SPEC (HF or MaxText), tagged with `.spec` for reports. `hf_layout`: the names an HF
+    runner takes, "saved" (checkpoint names) or "memory" (the module's own; see HFRunner)."""
     spec = parse_spec(spec_text)
     if spec.kind in ("hf_type", "hf_config"):
-        runner = HFRunner(_hf_config(spec), device=device)
+        runner = HFRunner(_hf_config(spec), device=device, layout=hf_layout)
     elif spec.kind == "json":
         from ckptmap.trees import hf_config
         from ckptmap.trees.jsonio import load_json_strict
@@ -41,7 +42,7 @@ def runner_for(spec_text: str, device: str = "cpu"):
         if not hf_config.looks_like_config(load_json_strict(spec.target)):
             raise VerifyError("a parameter tree has no forward pass to verify; give hf:CONFIG.json or "
                               "maxtext:MODEL", file=spec.target)
-        runner = HFRunner(_hf_config(parse_spec(f"hf:{spec_text}")), device=device)
+        runner = HFRunner(_hf_config(parse_spec(f"hf:{spec_text}")), device=device, layout=hf_layout)
     elif spec.kind == "maxtext":
         from ckptmap.verify.maxtext_runner import MaxTextRunner
 
@@ -53,11 +54,11 @@ def runner_for(spec_text: str, device: str = "cpu"):
     return runner
 
 
-def runners_for(src_spec: str, tgt_spec: str, device: str = "cpu"):
+def runners_for(src_spec: str, tgt_spec: str, device: str = "cpu", *, hf_layout: str = "saved"):
     """(source runner, target runner) for two SPECs; device "cpu", "gpu" or "auto" (GPU when torch sees one)."""
-    src = runner_for(src_spec, device)
+    src = runner_for(src_spec, device, hf_layout=hf_layout)
     try:
-        tgt = runner_for(tgt_spec, device)
+        tgt = runner_for(tgt_spec, device, hf_layout=hf_layout)
     except Exception:
         src.close()
         raise
