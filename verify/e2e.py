@@ -14,52 +14,139 @@ import sys
 import time
 
 
-def compare_with_reference(mapping, src_runner, tgt_runner, seed: int = 0) -> dict:
-    """Tensor-by-tensor comparison of `mapping`'s conversion with MaxText's own (PARAM_MAPPING / HOOK_FNS) on the
-    same seeded HF tensors: counts of equal (<= 1e-6 relative) tensors and the ones that differ, with their max
-    relative difference. Acceptance data only: nothing in the search reads MaxText's tables."""
-    import numpy as np
+def _tail(message: str, n: int = 240) -> str:
+    """The end of an error message (MaxText's errors start with the whole model spec)."""
+    message = " ".join(message.split())
+    return message if len(message) <= n else "..." + message[-n:]
 
-    from ckptmap.verify.evaluate import Evaluator
 
-    ev = Evaluator(src_runner, tgt_runner, seed=seed)
-    ours = ev.convert(mapping)
+def _reference_tensors(src_runner, tgt_runner, src_params: dict) -> dict:
+    """MaxText's own conversion (its PARAM_MAPPING / HOOK_FNS, in the worker) of the HF tensors `src_params`.
+    MaxText's tables may read either the checkpoint names or the torch modules' own (fused experts): both are
+    offered, the same weights."""
     hf_dict = src_runner.config.to_dict()
+    if hasattr(src_runner, "module_params"):
+        src_params = {**src_runner.module_params(src_params), **src_params}
     try:
-        theirs = tgt_runner.session.reference_convert(ev.src_params, hf_dict)
+        return tgt_runner.session.reference_convert(src_params, hf_dict)
     except Exception as first:
         # MaxText's tables for a multimodal family read the text model under `model.language_model.` and its
         # config under `text_config`: offer the text-only tensors that way.
+        if "text_config" in hf_dict:
+            raise
         wrapped = {("model.language_model." + n[len("model."):] if n.startswith("model.") else n): a
-                   for n, a in ev.src_params.items()}
+                   for n, a in src_params.items()}
+        no_vision = {"num_hidden_layers": 0, "hidden_size": 8, "intermediate_size": 8, "num_attention_heads": 1}
         try:
-            no_vision = {"num_hidden_layers": 0, "hidden_size": 8, "intermediate_size": 8, "num_attention_heads": 1}
-            theirs = tgt_runner.session.reference_convert(
+            return tgt_runner.session.reference_convert(
                 wrapped, {"text_config": hf_dict, "vision_config": no_vision, **hf_dict})
         except Exception:
-            return {"error": f"{type(first).__name__}: {str(first)[:200]}"}
+            raise first from None
+
+
+def compare_with_reference(mapping, src_runner, tgt_runner, seed: int = 0) -> dict:
+    """MaxText's own conversion (PARAM_MAPPING / HOOK_FNS) of the same seeded HF tensors verify uses, against
+    `mapping`'s (None: no mapping to compare) and through the target model.
+
+    Returns counts of equal (<= 1e-6 relative) tensors and the ones that differ, with their max relative
+    difference (`equal`, `total`, `differ`, `relaid`; only with a mapping), and the forward pass of the target
+    model on MaxText's own tensors against the source model's (`kl_max`, `kl_mean`, `top1`, `max_abs_diff`), or
+    `forward_error` saying why it could not run; `error` when MaxText's conversion itself fails. Acceptance data
+    only: nothing in the search reads MaxText's tables."""
     import itertools
 
+    import numpy as np
+
+    from ckptmap.verify.evaluate import Evaluator
+    from ckptmap.verify.metrics import compare_logits
+
+    ev = Evaluator(src_runner, tgt_runner, seed=seed)
+    try:
+        theirs = _reference_tensors(src_runner, tgt_runner, ev.src_params)
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {_tail(str(e))}"}
+    ours = ev.convert(mapping) if mapping is not None else None
+    target_shapes = ev.target_shapes
+    out: dict = {}
     equal, differ, relaid = 0, {}, []
+    aligned: dict[str, np.ndarray] = {}  # the reference's tensors in the target model's own axis order
     for name, ref in theirs.items():
-        mine = np.asarray(ours[name], dtype=np.float64)
         ref = np.asarray(ref, dtype=np.float64)
-        if mine.shape != ref.shape:
+        want = tuple(ours[name].shape) if ours is not None and name in ours else tuple(target_shapes.get(name, ()))
+        if want and ref.shape != want:
             # The reference may return a stacked tensor with its axes in another order than the model's own
             # parameter: compare under the axis order that makes the shapes agree, and say so.
-            perms = [p for p in itertools.permutations(range(ref.ndim)) if ref.transpose(p).shape == mine.shape]
-            best = min(perms, key=lambda p: float(np.abs(ref.transpose(p) - mine).max()), default=None)
+            perms = [p for p in itertools.permutations(range(ref.ndim)) if ref.transpose(p).shape == want]
+            if ours is not None and name in ours:
+                mine = np.asarray(ours[name], dtype=np.float64)
+                best = min(perms, key=lambda p: float(np.abs(ref.transpose(p) - mine).max()), default=None)
+            else:
+                best = perms[0] if len(perms) == 1 else None
             if best is None:
-                differ[name] = f"shape {mine.shape} vs {ref.shape}"
+                differ[name] = f"shape {want} vs {ref.shape}"
                 continue
             ref = ref.transpose(best)
             relaid.append(name)
+        aligned[name] = ref
+        if ours is None:
+            continue
+        mine = np.asarray(ours[name], dtype=np.float64)
         rel = float(np.abs(mine - ref).max() / (np.abs(ref).max() or 1.0))
         if rel <= 1e-6:
             equal += 1
         else:
             differ[name] = rel
-    return {"equal": equal, "total": len(theirs), "differ": differ, "relaid": relaid}
+    if ours is not None:
+        out.update(equal=equal, total=len(theirs), differ=differ, relaid=relaid)
+    missing = [n for n in target_shapes if n not in aligned]
+    if missing:
+        out["forward_error"] = f"MaxText's conversion leaves {len(missing)} target tensors unset (first: {missing[0]})"
+        return out
+    try:
+        fwd = tgt_runner.forward({n: aligned[n].astype(np.float32) for n in target_shapes}, ev.tokens)
+    except Exception as e:
+        out["forward_error"] = f"{type(e).__name__}: {_tail(str(e))}"
+        return out
+    stats = compare_logits(ev.reference.logits, fwd.logits)
+    out.update(kl_max=stats.kl_max, kl_mean=stats.kl_mean, top1=stats.top1_agreement,
+               max_abs_diff=stats.max_abs_diff)
+    return out
+
+
+def reference_note(cmp: dict) -> list[str]:
+    """compare_with_reference's answer as report notes."""
+    if "error" in cmp:
+        return [f"MaxText's own conversion could not run here: {cmp['error']}"]
+    notes = []
+    if "equal" in cmp:
+        notes.append(f"equal to MaxText's own conversion: {cmp['equal']}/{cmp['total']} tensors"
+                     + (f" ({len(cmp['relaid'])} compared after reordering the reference's axes: "
+                        f"{', '.join(cmp['relaid'])})" if cmp["relaid"] else "")
+                     + "".join(f"; {n} differs ({v if isinstance(v, str) else f'{v:.1e} relative'})"
+                               for n, v in cmp["differ"].items()))
+    if "kl_max" in cmp:
+        notes.append(f"MaxText's own conversion through both models: max KL {cmp['kl_max']:.2e}, mean KL "
+                     f"{cmp['kl_mean']:.2e}, top-1 {100 * cmp['top1']:.0f}%, max |logit diff| "
+                     f"{cmp['max_abs_diff']:.1e}")
+    elif "forward_error" in cmp:
+        notes.append(f"MaxText's own conversion through both models could not run: {cmp['forward_error']}")
+    return notes
+
+
+def run_reference(model: str, *, scan: bool | None = None, device: str = "cpu", seed: int = 0) -> dict:
+    """compare_with_reference without a mapping, on MaxText model `model`'s tiny pair: does the target model, given
+    MaxText's own conversion of the source's seeded tensors, compute what the source computes? (No solve: this
+    checks the tiny configs and both runners, not ckptmap's mapping.)"""
+    from ckptmap.verify import runners_for, tiny_specs
+
+    src_spec, tgt_spec = tiny_specs(model)
+    if scan is not None:
+        tgt_spec += f" scan_layers={'true' if scan else 'false'}"
+    src, tgt = runners_for(src_spec, tgt_spec, device=device)
+    try:
+        return compare_with_reference(None, src, tgt, seed)
+    finally:
+        tgt.close()
 
 
 def run_tiny(model: str, *, scan: bool | None = None, device: str = "cpu", out_dir: str | None = None,
@@ -81,15 +168,7 @@ def run_tiny(model: str, *, scan: bool | None = None, device: str = "cpu", out_d
     seconds = time.perf_counter() - t0
     report.timings["end_to_end_s"] = seconds
     if reference:
-        cmp = compare_with_reference(mapping, src, tgt, seed)
-        if "error" in cmp:
-            report.notes.append(f"MaxText's own conversion could not run here: {cmp['error']}")
-        else:
-            report.notes.append(f"equal to MaxText's own conversion: {cmp['equal']}/{cmp['total']} tensors"
-                                + (f" ({len(cmp['relaid'])} compared after reordering the reference's axes: "
-                                   f"{', '.join(cmp['relaid'])})" if cmp["relaid"] else "")
-                                + "".join(f"; {n} differs ({v if isinstance(v, str) else f'{v:.1e} relative'})"
-                                          for n, v in cmp["differ"].items()))
+        report.notes.extend(reference_note(compare_with_reference(mapping, src, tgt, seed)))
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         tag = f"{model}.scan{int(bool(scan))}" if scan is not None else model

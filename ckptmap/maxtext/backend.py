@@ -242,7 +242,10 @@ class MaxTextModel:
                 hf_keys, getter, hook_map.get(mt_key), shapes if isinstance(mt_key, tuple) else shapes[0],
                 self.config, mt_key)
             result = load()
-            values = result if isinstance(mt_key, tuple) else [result]
+            # A tuple key gets one tensor whose last axis holds the parts, as MaxText's own loader splits it
+            # (to_maxtext._get_maxtext_weight: `final[..., i]`).
+            values = ([np.asarray(result)[..., i] for i in range(len(targets))] if isinstance(mt_key, tuple)
+                      else [result])
             for t, v in zip(targets, values):
                 out[t] = np.asarray(v, dtype=np.float32)
         missing = [n for n in self.param_names() if n not in out]
