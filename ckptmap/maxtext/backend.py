@@ -82,6 +82,7 @@ class MaxTextModel:
         self.timings = {"imports_s": imports_s, "config_and_model_s": t1 - t0, "abstract_s": time.perf_counter() - t1}
         self._apply = None
         self._init = None
+        self._layouts = None
 
     # ---- description ---------------------------------------------------------------------------------------
     def param_names(self) -> list[str]:
@@ -95,6 +96,14 @@ class MaxTextModel:
         return {"model_name": self.model_name, "overrides": self.overrides, "params": params,
                 "config": config_values(self.config), "layer_classes": self.layer_classes,
                 "timings": dict(self.timings)}
+
+    def fused_layouts(self) -> dict[str, dict]:
+        """Fused-axis layouts read off the model's jaxpr (ckptmap.maxtext.code_layout), traced once."""
+        if self._layouts is None:
+            from ckptmap.maxtext.code_layout import model_fused_layouts
+
+            self._layouts = model_fused_layouts(self)
+        return {name: dict(layout, blocks=list(layout["blocks"])) for name, layout in self._layouts.items()}
 
     # ---- init ----------------------------------------------------------------------------------------------
     def _context(self):

@@ -1,7 +1,8 @@
 """The worker protocol: one JSON object per line each way, arrays as .npy files in a shared directory.
 
 Request:  {"op": "build", "model_name", "overrides"}            -> {"model": id, "timings"}
-          {"op": "describe" | "init" | "forward" | "reference_convert" | "drop", "model": id, ...}
+          {"op": "describe" | "init" | "forward" | "fused_layouts" | "reference_convert" | "drop", "model": id, ...}
+          (`fused_layouts` answers {"layouts": {name: {"axis", "rounds", "blocks"}}, "timings"})
           {"op": "shutdown"}
 Response: {"ok": true, "result": {...}} or {"ok": false, "error": "<MaxText's message>", "type": "<exception>"}
 

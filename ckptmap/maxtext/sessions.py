@@ -46,6 +46,7 @@ class MaxTextSession:
         self.notes: list[str] = []  # notes of the latest forward (e.g. activations that could not be ordered)
         self._backend = None
         self._tree: ParamTree | None = None
+        self._layouts: dict[str, dict] | None = None
         self._timings: dict = {}
         self._lock = threading.RLock()
 
@@ -69,7 +70,8 @@ class MaxTextSession:
 
     @property
     def timings(self) -> dict:
-        """Seconds spent: start_s (worker start + build), import_s, build_s, abstract_s, init_s, forward_s."""
+        """Seconds spent: start_s (worker start + build), import_s, build_s, abstract_s, init_s, forward_s,
+        layout_trace_s / layout_analysis_s (fused_layouts)."""
         if self._backend is not None:
             self._timings = {**self._timings, **self._backend.timings}
         return dict(self._timings)
@@ -122,6 +124,18 @@ class MaxTextSession:
             {k: np.asarray(v) for k, v in params.items()}, tokens.astype(np.int32))
         self.notes = list(notes)
         return Forward(logits=logits, activations=activations)
+
+    def fused_layouts(self) -> dict[str, dict]:
+        """How MaxText's own code cuts fused parameter axes: {name: {"axis", "rounds", "blocks"}}.
+
+        Read off the jaxpr of the model's forward pass on abstract parameters (ckptmap.maxtext.code_layout): axis
+        `axis` of the parameter as stored (scanned models: of the stacked tensor) is `rounds` repeats of
+        [block_0 | block_1 | ...], part k taking block_k consecutive elements per round. Only parameters whose
+        axis the code cuts into >= 2 parts are listed; names as in abstract_tree().
+        """
+        if self._layouts is None:
+            self._layouts = self._ensure().fused_layouts()
+        return {name: dict(layout, blocks=list(layout["blocks"])) for name, layout in self._layouts.items()}
 
     def reference_convert(self, hf_params: dict[str, np.ndarray], hf_config: dict) -> dict[str, np.ndarray]:
         """MaxText's own HF -> MaxText conversion of `hf_params` (its PARAM_MAPPING / HOOK_FNS tables).

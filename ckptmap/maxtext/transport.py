@@ -121,6 +121,9 @@ class LocalBackend:
     def forward(self, params, tokens):
         return self._guard("forward", self.model.forward, params, tokens)
 
+    def fused_layouts(self) -> dict[str, dict]:
+        return self._guard("fused_layouts", self.model.fused_layouts)
+
     def reference_convert(self, hf_params, hf_config):
         return self._guard("reference_convert", self.model.reference_convert, hf_params, hf_config)
 
@@ -330,6 +333,9 @@ class WorkerBackend:
         logits = arrays.pop("logits")
         activations = {k[len("act:"):]: v for k, v in arrays.items() if k.startswith("act:")}
         return logits, activations, list(result.get("notes", []))
+
+    def fused_layouts(self) -> dict[str, dict]:
+        return self._call("fused_layouts")["layouts"]
 
     def reference_convert(self, hf_params, hf_config):
         d = self.worker.scratch()

@@ -1,7 +1,7 @@
 """`python -m ckptmap.maxtext.worker`: MaxText models served over JSON lines on stdin / stdout.
 
 `build` (model_name, overrides) builds a model and answers its id; `describe`, `init`, `forward`,
-`reference_convert` and `drop` name that id in `model`; `shutdown` ends the process (see
+`fused_layouts`, `reference_convert` and `drop` name that id in `model`; `shutdown` ends the process (see
 ckptmap.maxtext.protocol). One process hosts many models so that JAX and MaxText are imported once. The protocol
 owns the real stdout: everything MaxText, JAX or absl print goes to stderr, which the client sends to a log file.
 No pickled objects cross the boundary.
@@ -40,6 +40,8 @@ def handle(model, request: dict) -> dict:
         arrays = {"logits": logits, **{f"act:{k}": v for k, v in activations.items()}}
         manifest = protocol.save_arrays(arrays, request["out_dir"])
         return {"arrays": manifest, "notes": notes, "timings": dict(model.timings)}
+    if op == "fused_layouts":
+        return {"layouts": model.fused_layouts(), "timings": dict(model.timings)}
     if op == "reference_convert":
         hf = protocol.load_arrays(request["hf"], request["in_dir"])
         arrays = model.reference_convert(hf, request["hf_config"])
