@@ -300,7 +300,7 @@ def test_search_on_a_mapping_that_cannot_be_applied_stops_at_once(llama):
 REAL = os.path.join(os.path.dirname(__file__), "data", "verify", "real_configs.json")
 FIXTURES = os.path.join(os.path.dirname(__file__), "data", "maxtext_tiny")
 ACCEPTANCE = ["llama3.1-8b", "qwen3-0.6b", "qwen3-30b-a3b", "mixtral-8x7b", "gemma2-2b", "gemma3-4b",
-              "deepseek2-16b", "gpt-oss-20b", "olmo3-7b"]
+              "deepseek2-16b", "gpt-oss-20b", "olmo3-7b", "qwen3.5-35b-a3b"]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from ckptmap.verify.e2e import run_tiny
 
 FAMILIES = ["llama3.1-8b", "qwen3-0.6b", "qwen3-30b-a3b", "mixtral-8x7b", "gemma2-2b", "gemma3-4b",
-            "deepseek2-16b", "gpt-oss-20b", "olmo3-7b", "deepseek3-671b"]
+            "deepseek2-16b", "gpt-oss-20b", "olmo3-7b", "deepseek3-671b", "qwen3.5-35b-a3b"]
 
 
 @pytest.mark.maxtext
