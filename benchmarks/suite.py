@@ -2,6 +2,8 @@
 
 Methods (each gives a ckptmap Mapping for the HF tree -> MaxText tree of a case):
 - `ckptmap`: `ckptmap.solver.solve(src, tgt)`, from the trees alone;
+- `ckptmap+code`: the same with the fused-axis layouts read off both models' code (stored for the bundled
+  families by `python -m ckptmap.code_reading`; ckptmap.trees.code_layouts);
 - `ckptmap+hints`: the same with the recorded LLM priors (`ckptmap.llm_hints.get_priors(mode="cache")`);
 - `ckptmap+verify`: the solve, then `ckptmap.verify.search_and_verify` with HF and MaxText runners built at
   exactly the fixture's configs (CPU); where verify is missing or fails the run says why;
@@ -13,6 +15,7 @@ allocations; native OR-Tools memory is not traced), both with the chain-search c
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import time
@@ -27,8 +30,9 @@ from ckptmap.benchmarks.gt_store import SCANS
 from ckptmap.benchmarks.scoring import CaseScore, score_mapping
 from ckptmap.mapping import Mapping
 
-ALL_METHODS = ("ckptmap", "ckptmap+hints", "ckptmap+verify", "name-greedy", "shapes-only", "llm-only")
-QUICK_METHODS = ("ckptmap", "name-greedy", "shapes-only")
+ALL_METHODS = ("ckptmap", "ckptmap+code", "ckptmap+hints", "ckptmap+verify", "name-greedy", "shapes-only",
+               "llm-only")
+QUICK_METHODS = ("ckptmap", "ckptmap+code", "name-greedy", "shapes-only")
 OFFLINE_BASELINES = ("name-greedy", "shapes-only")
 
 
@@ -84,6 +88,25 @@ def solve_trees(case: Case):
     return _solver()(case.src, case.tgt)
 
 
+def with_code_layouts(case: Case) -> tuple:
+    """Copies of the case's trees carrying the stored code layouts of its family (HF side and this scan)."""
+    from ckptmap import code_reading
+    from ckptmap.trees.code_layouts import attach
+
+    stored = code_reading.load(case.family)
+    if stored is None:
+        raise Skipped(f"no stored code layouts for {case.family} (python -m ckptmap.code_reading {case.family})")
+    trees = []
+    for tree, side in ((case.src, "hf"), (case.tgt, f"scan{case.scan}")):
+        copy = dataclasses.replace(tree, meta=dict(tree.meta))
+        trees.append(attach(copy, stored.get(side, {}), source=code_reading.layouts_path(case.family) + "#" + side))
+    return tuple(trees)
+
+
+def solve_with_code(case: Case):
+    return _solver()(*with_code_layouts(case))
+
+
 def solve_with_hints(case: Case):
     solve = _solver()
     try:
@@ -107,6 +130,7 @@ def _baseline(name: str) -> Callable[[Case], Mapping]:
 
 MAPPERS: dict[str, Callable[[Case], object]] = {
     "ckptmap": solve_trees,
+    "ckptmap+code": solve_with_code,
     "ckptmap+hints": solve_with_hints,
     "ckptmap+verify": solve_trees,  # verify runs on its result afterwards
     **{name: _baseline(name) for name in baselines.BASELINES},

@@ -128,15 +128,16 @@ def run(args) -> int:
     path = args.thresholds or thresholds.PATH
     if args.write_thresholds:
         data = thresholds.write(result, path)
-        print(f"wrote {len(data['min'])} floors to {path}")
+        print(f"wrote {sum(len(f['min']) for f in data['floors'])} floors ({', '.join(f['method'] for f in data['floors'])}) "
+              f"to {path}")
         return 0
     if not args.quick:
         return 0
     failures = thresholds.check(result, thresholds.load(path))
     if failures:
-        print(f"bench --quick: FAILED, ckptmap below the floors of {path}:", file=sys.stderr)
+        print(f"bench --quick: FAILED, below the floors of {path}:", file=sys.stderr)
         for line in failures:
             print("  " + line, file=sys.stderr)
         return 1
-    print(f"bench --quick: ckptmap at or above every floor in {os.path.relpath(path, REPO)}")
+    print(f"bench --quick: at or above every floor in {os.path.relpath(path, REPO)}")
     return 0

@@ -201,3 +201,17 @@ def test_the_right_layout_is_among_the_ranked_alternatives(family, scan):
     score = score_mapping(best, case.gt, case.hf_shapes)
     assert taken and score.count("wrong") == 0 and score.count("unmapped") == 0
     assert max(taken.values()) < 3  # within the 3 alternatives verify is handed by default
+
+
+@pytest.mark.parametrize("family,scan", CASES, ids=[f"{f}-scan{s}" for f, s in CASES])
+def test_with_code_layouts_every_family_is_structurally_right(family, scan):
+    """With the fused-axis layouts read off both models' code (ckptmap/data/code_layouts, written by
+    `python -m ckptmap.code_reading`), no target is wrong: the shape-ambiguous ones above included."""
+    from ckptmap.benchmarks.suite import with_code_layouts
+
+    case = load_case(family, scan)
+    if isinstance(case, str):
+        return
+    score = score_mapping(solve(*with_code_layouts(case)).mapping, case.gt, case.hf_shapes)
+    assert score.count("wrong") == 0 and score.count("unmapped") == 0
+    assert score.count("exact") + score.count("structural") == score.scored
