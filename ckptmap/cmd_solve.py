@@ -33,6 +33,10 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto")
     p.add_argument("--report", help="with --verify: write the verification report JSON here")
     p.add_argument("--quiet", action="store_true", help="print the summary only, not the mapping")
+    p.add_argument("--code", choices=["auto", "off"], default="auto",
+                   help="read how each model's code cuts fused tensors (gate/up interleaved or not, per-head "
+                        "groups) by tracing its forward pass: from hf: configs and maxtext: models, stored for the "
+                        "bundled tiny trees (default auto; off: trees alone)")
     from ckptmap.llm_hints.cli_args import add_hint_arguments
 
     add_hint_arguments(p)
@@ -96,6 +100,34 @@ def _hf_config(spec: str, tree, bundled_model) -> dict | None:
     return cfg.get("hf_config", cfg) if isinstance(cfg, dict) else None
 
 
+def attach_code_layouts(args, *sides, bundled_model=None) -> list[str]:
+    """Put the fused-axis layouts read off each model's code into its tree (ckptmap.code_reading); one note per
+    side saying how many were found, or why none could be read. The solve goes on without them."""
+    if getattr(args, "code", "auto") == "off":
+        return ["off: fused tensors are laid out from the trees alone"]
+    from ckptmap import code_reading
+    from ckptmap.trees.code_layouts import META_KEY, attach
+
+    stored = code_reading.load(bundled_model.family) if bundled_model is not None else None
+    notes: list[str] = []
+    for (spec, tree), side in zip(sides, ("hf", f"scan{int(getattr(args, 'scan', True))}")):
+        if META_KEY in tree.meta:
+            notes.append(f"{spec}: {len(tree.meta[META_KEY])} layouts from {tree.meta.get('code_layouts_from')}")
+            continue
+        try:
+            if stored is not None:
+                found = stored.get(side, {})
+                attach(tree, found, source=code_reading.layouts_path(bundled_model.family) + "#" + side)
+            else:
+                found = code_reading.layouts_for_spec(spec, tree, notes)
+                attach(tree, found, source="traced")
+        except CkptmapError as e:
+            notes.append(f"{spec}: no code layouts ({e.one_line()})")
+            continue
+        notes.append(f"{spec}: {len(found)} fused-axis layouts read off the code")
+    return notes
+
+
 def _span(slot, rule: Rule) -> str:
     """A slot's names over the whole grid in one line: `model.layers.{0..31}.mlp.up_proj.weight`."""
     first = slot.name_at(tuple(0 for _ in rule.grid))
@@ -127,6 +159,7 @@ def run(args) -> int:
 
     src_spec, tgt_spec, bundled_model = _tree_specs(args)
     src, tgt = read_tree(src_spec), read_tree(tgt_spec)
+    code_notes = attach_code_layouts(args, (src_spec, src), (tgt_spec, tgt), bundled_model=bundled_model)
     from ckptmap.llm_hints.cli_args import describe, priors_from_args
 
     priors = priors_from_args(args, src, tgt)
@@ -147,6 +180,8 @@ def run(args) -> int:
         print(f"mapping {src_spec} -> {tgt_spec}")
         print_mapping(mapping)
     print(result.report())
+    for note in code_notes:
+        print(f"  code: {note}")
     if not priors.is_empty:
         print(describe(priors))
 

@@ -45,7 +45,7 @@ def load(family: str, out_dir: str = DEFAULT_OUT) -> dict | None:
     return load_json_strict(path)
 
 
-def hf_layouts(config: dict, tree=None, notes: list[str] | None = None) -> dict:
+def hf_layouts(config: dict, tree=None, notes: list[str] | None = None, *, max_params: int | None = None) -> dict:
     """Layouts of the HF model `config` builds, keyed by checkpoint name; only those that fit `tree` (when
     given). A model too large to run on the CPU is traced as its tiny twin and the layouts are transferred."""
     from ckptmap.trees.code_layout_torch import CodeLayoutError, fused_layouts_hf
@@ -53,34 +53,61 @@ def hf_layouts(config: dict, tree=None, notes: list[str] | None = None) -> dict:
 
     notes = notes if notes is not None else []
     config = config.get("hf_config", config) if isinstance(config, dict) else config
+    limit = {} if max_params is None else {"max_params": max_params}
     try:
-        found = fused_layouts_hf(config)
+        found = fused_layouts_hf(config, **limit)
     except CodeLayoutError as e:
-        if tree is None or not isinstance(config, dict) or "more than max_params" not in e.one_line():
+        if tree is None or "more than max_params" not in e.one_line():
             raise
         from ckptmap.trees import hf, hf_config
         from ckptmap.trees.dims import dims_from_hf_config
         from ckptmap.verify.tiny import tiny_hf_config
 
-        tiny_cfg, _ = tiny_hf_config(config)
+        tiny_cfg, _ = tiny_hf_config(config if isinstance(config, dict) else config.to_dict())
         tiny_tree = hf.read_hf_tree(hf_config.build_config(tiny_cfg, "tiny twin"), origin="tiny twin")
         tiny_tree.meta["dims"] = dims_from_hf_config(tiny_cfg)
         tiny_tree.meta["code_layouts"] = {n: v for n, v in fused_layouts_hf(tiny_cfg).items() if n in tiny_tree}
-        full = tree if tree.meta.get("dims") else _with_dims(tree, dims_from_hf_config(config))
+        full = tree if tree.meta.get("dims") else _with_dims(
+            tree, dims_from_hf_config(config if isinstance(config, dict) else config.to_dict()))
         found = transfer(tiny_tree, full)
         notes.append(f"HF code layouts read on a tiny twin and carried over ({len(found)} tensors)")
     if tree is None:
         return found
-    kept = {}
+    kept, misfits = {}, []
     for name, layout in found.items():
         try:
-            kept[name] = check_layout(layout, tree[name].shape, None, name) if name in tree else None
-        except CkptmapError:
-            kept[name] = None
-        if kept[name] is None:
-            notes.append(f"code layout of {name} does not fit the tree: left out")
-            del kept[name]
+            kept[name] = check_layout(layout, tree[name].shape, None, name)
+        except (KeyError, CkptmapError):
+            misfits.append(name)
+    if misfits:
+        notes.append(f"{len(misfits)} traced layouts name tensors this tree does not hold as such (module names of "
+                     f"fused weights the checkpoint stores split, e.g. {misfits[0]}): left out")
     return kept
+
+
+def layouts_for_spec(spec: str, tree, notes: list[str]) -> dict:
+    """Code layouts for a tree read from a SPEC: an HF config (hf: or a config .json) or a MaxText model; {} for
+    checkpoints and tree files, whose code is not known (a tree file may carry them beside it)."""
+    from ckptmap.trees import hf_config
+    from ckptmap.trees.spec import parse_spec
+
+    parsed = parse_spec(spec)
+    if parsed.kind == "hf_type":
+        config = hf_config.config_for_model_type(parsed.target, parsed.overrides, parsed.text)[0]
+        return hf_layouts(config, tree, notes)
+    if parsed.kind == "hf_config" or (parsed.kind == "json" and tree.meta.get("hf")):
+        return hf_layouts(hf_config.config_for_file(parsed.target, parsed.overrides)[0], tree, notes)
+    if parsed.kind == "maxtext":
+        from ckptmap.maxtext import session
+        from ckptmap.maxtext.sessions import with_scan_layers
+
+        overrides = tuple(tok for tok in parsed.raw_overrides if not tok.startswith("scan_layers="))
+        scan = parsed.overrides.get("scan_layers")
+        if isinstance(scan, str):
+            scan = scan.lower() in ("1", "true", "yes")
+        layouts = session(parsed.target, with_scan_layers(overrides, None if scan is None else bool(scan)))
+        return {n: v for n, v in layouts.fused_layouts().items() if n in tree}
+    return {}
 
 
 def _with_dims(tree, dims: dict):
