@@ -55,6 +55,11 @@ def role_sizes(total: int, n_roles: int, dims: dict[str, int]) -> list[tuple[int
     return sorted(out, key=lambda c: (len(set(c)), c))
 
 
+def _head_structured(size: int, dims: dict[str, int]) -> bool:
+    """Whether a part of this size is whole heads: head count x head dim, or one scalar per head."""
+    return size in head_counts(dims) or any(size == h * d for h in head_counts(dims) for d in head_sizes(dims))
+
+
 def _block_ok(size: int, groups: int, dims: dict[str, int]) -> bool:
     block = size // groups
     if any(block % d == 0 for d in head_sizes(dims)):
@@ -80,8 +85,8 @@ def grouped_splits(split: Split, held: tuple[int, ...], dims: dict[str, int]) ->
     out: list[Chain] = []
     for pick in itertools.product(*cuts):
         fine = tuple(s for part in pick for s in part)
-        if max(held) == 1 and not all(s in head_counts(dims) for s in fine):
-            continue  # one role per part: the search's interleaved splits cover all but per-head scalars
+        if max(held) == 1 and not all(_head_structured(s, dims) for s in fine):
+            continue  # parts that are not whole heads (gate/up of an MLP) are not grouped by heads
         for g in group_counts(fine, dims):
             blocks = tuple(s // g for s in fine)
             fused = Split(split.axis, fine, True, blocks[0] if len(set(blocks)) == 1 else blocks)

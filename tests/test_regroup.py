@@ -105,3 +105,15 @@ def test_solver_follows_the_code_layout_of_a_fused_tensor():
 
     assert "interleaved" not in gate_up(plain)
     assert "interleaved" in gate_up(told)
+
+
+def test_megatron_style_qkv_grouped_per_kv_head_is_offered():
+    """A fused qkv stored per kv group ([q heads of group g | k_g | v_g] for each g, Megatron's linear_qkv): offered
+    for separate q, k, v parts, and it reproduces that layout."""
+    dims = {"heads": 4, "kv_heads": 2, "head_dim": 16, "hidden": 64}
+    rng = np.random.default_rng(2)
+    q, k, v = rng.standard_normal((64, 64)), rng.standard_normal((32, 64)), rng.standard_normal((32, 64))
+    want = np.concatenate([q[0:32], k[0:16], v[0:16], q[32:64], k[16:32], v[16:32]], axis=0)
+    contiguous = [c.inverse() for c in search_chains([(64, 64), (32, 64), (32, 64)], [(128, 64)], dims)]
+    grouped = [g.inverse() for c in contiguous for g in grouped_chains(c, (1, 1, 1), dims)]
+    assert any(np.array_equal(g.apply((q, k, v))[0], want) for g in grouped)
