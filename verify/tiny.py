@@ -54,7 +54,18 @@ MAXTEXT_TO_HF_KEYS: dict[str, tuple[str, ...]] = {
     "gdn_num_value_heads": ("linear_num_value_heads",),
     "sliding_window_size": ("sliding_window",),
     "num_global_kv_heads": ("num_global_key_value_heads",),
+    "first_num_hash_layers": ("num_hash_layers",),
+    "o_lora_rank": ("o_lora_rank",),
+    "o_groups": ("o_groups",),
 }
+
+# MaxText list keys -> HF keys holding the same per-layer list (cut to the tiny layers alike).
+MAXTEXT_TO_HF_LISTS: dict[str, tuple[str, ...]] = {
+    "compress_ratios": ("compress_ratios",),
+}
+
+# HF keys counting leading layers of another kind (dense before MoE, hash-routed before learned routing).
+PREFIX_COUNT_KEYS = ("first_k_dense_replace", "num_hash_layers")
 
 
 class TinyConfigError(CkptmapError):
@@ -137,8 +148,23 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
         t_hidden = _round_to(t_heads * HEAD_DIM / ratio, 8, 32)
         if "global_head_dim" in real and _num(real, "global_head_dim"):
             cfg["global_head_dim"] = int(HEAD_DIM * real["global_head_dim"] / real_head_dim)
+        if _num(real, "qk_rope_head_dim"):
+            # the rotated part of a (non-MLA) head: its real fraction of the tiny head_dim, at least 2 frequencies
+            # so that interleaved and half-split rotary layouts still differ
+            rope = 2 * round(HEAD_DIM * real["qk_rope_head_dim"] / real_head_dim / 2)
+            cfg["qk_rope_head_dim"] = min(HEAD_DIM, max(4, rope))
+            notes.append(f"qk_rope_head_dim {real['qk_rope_head_dim']} -> {cfg['qk_rope_head_dim']} "
+                         f"(of head_dim {HEAD_DIM})")
     cfg["hidden_size"] = t_hidden
     scale = t_hidden / hidden
+    if not mla:
+        # low-rank factors of the projections (q / output LoRA) scale with the model width
+        for key in [k for k in real if k.endswith("_lora_rank")]:
+            if _num(real, key):
+                cfg[key] = _round_to(real[key] * scale, 8, 16)
+    if _num(real, "o_groups") and real["o_groups"] > 1:
+        # head groups of a grouped output projection: keep several, dividing the tiny head count
+        cfg["o_groups"] = 2 if t_heads % 2 == 0 else 1
 
     for key in ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"):
         if _num(real, key):
@@ -175,29 +201,37 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
             notes.append("expert groups off (MaxText's yml routes without groups)")
 
     # Layers: one full inhomogeneous cycle, dense-then-MoE kept, >= 2.
-    period = 1
-    types = real.get("layer_types")
-    if isinstance(types, list) and types:
-        period = _period(types)
-        if period == len(types) and len(types) > 1:  # no repeat: a first-local-then-global style pattern
-            period = next((i + 1 for i, t in enumerate(types) if t != types[0]), 1)
-    for key in ("full_attention_interval", "sliding_window_pattern", "_sliding_window_pattern"):
-        if _num(real, key) and real[key] > 1:
-            period = max(period, int(real[key]))
-    first_dense = int(_num(real, "first_k_dense_replace") or 0)
-    t_dense = min(first_dense, 1)
-    t_layers = max(2, period) if not first_dense else t_dense + max(2, period)
-    cfg["num_hidden_layers"] = t_layers
-    if "first_k_dense_replace" in real:
-        cfg["first_k_dense_replace"] = t_dense
-    if isinstance(types, list) and types:
-        cfg["layer_types"] = [types[(i + (first_dense - t_dense)) % len(types)] for i in range(t_layers)]
-    if isinstance(real.get("mlp_only_layers"), list) and real["mlp_only_layers"]:
-        cfg["mlp_only_layers"] = [i for i in real["mlp_only_layers"] if i < t_layers]
-    if _num(real, "sliding_window"):
-        cfg["sliding_window"] = SLIDING_WINDOW
-    notes.append(f"{t_layers} layers (cycle {period}, {t_dense} dense first)" if first_dense
-                 else f"{t_layers} layers (cycle {period})")
+    n_real = int(_num(real, "num_hidden_layers") or 0)
+    per_layer = [k for k, v in real.items()
+                 if isinstance(v, list) and len(v) == n_real and k not in ("layer_types", "mlp_only_layers")]
+    if n_real and (per_layer or _num(real, "num_hash_layers")):
+        t_layers = _tiny_layers_by_signature(real, cfg, n_real, notes)
+        if _num(real, "sliding_window"):
+            cfg["sliding_window"] = SLIDING_WINDOW
+    else:
+        period = 1
+        types = real.get("layer_types")
+        if isinstance(types, list) and types:
+            period = _period(types)
+            if period == len(types) and len(types) > 1:  # no repeat: a first-local-then-global style pattern
+                period = next((i + 1 for i, t in enumerate(types) if t != types[0]), 1)
+        for key in ("full_attention_interval", "sliding_window_pattern", "_sliding_window_pattern"):
+            if _num(real, key) and real[key] > 1:
+                period = max(period, int(real[key]))
+        first_dense = int(_num(real, "first_k_dense_replace") or 0)
+        t_dense = min(first_dense, 1)
+        t_layers = max(2, period) if not first_dense else t_dense + max(2, period)
+        cfg["num_hidden_layers"] = t_layers
+        if "first_k_dense_replace" in real:
+            cfg["first_k_dense_replace"] = t_dense
+        if isinstance(types, list) and types:
+            cfg["layer_types"] = [types[(i + (first_dense - t_dense)) % len(types)] for i in range(t_layers)]
+        if isinstance(real.get("mlp_only_layers"), list) and real["mlp_only_layers"]:
+            cfg["mlp_only_layers"] = [i for i in real["mlp_only_layers"] if i < t_layers]
+        if _num(real, "sliding_window"):
+            cfg["sliding_window"] = SLIDING_WINDOW
+        notes.append(f"{t_layers} layers (cycle {period}, {t_dense} dense first)" if first_dense
+                     else f"{t_layers} layers (cycle {period})")
 
     # Vocab: padded on the MaxText side when the real MaxText vocab is padded.
     t_vocab = VOCAB
@@ -215,6 +249,43 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
                 cfg[key] = kept or None
     cfg["max_position_embeddings"] = max(int(_num(real, "max_position_embeddings") or 0), 512)
     return cfg, notes
+
+
+def _eventual_period(sigs: list) -> tuple[int, int]:
+    """(p0, p): a lead p0 and a cycle p, with sigs[i] == sigs[i + p] for every i >= p0 and the cycle seen at least
+    twice; the shortest p0 + p (then the shortest cycle)."""
+    n = len(sigs)
+    for total in range(1, n + 1):
+        for p in range(1, total + 1):
+            p0 = total - p
+            if n - p0 >= 2 * p and all(sigs[i] == sigs[i + p] for i in range(p0, n - p)):
+                return p0, p
+    return n, 1
+
+
+def _tiny_layers_by_signature(real: dict, cfg: dict, n_real: int, notes: list[str]) -> int:
+    """Pick the real layers a tiny model keeps when the config describes layers by per-layer lists (beyond
+    `layer_types`) or by counts of leading layers of another kind (`num_hash_layers`, `first_k_dense_replace`).
+
+    Each layer's signature is its entry in every per-layer list plus whether each leading count covers it. The
+    signatures are a lead followed by a cycle; the tiny model keeps the lead with runs of equal signatures
+    collapsed to one layer, then two cycles (so that a stack scanned over cycles has more than one entry). Every
+    per-layer list and leading count of `cfg` is cut to the kept layers. Returns the tiny layer count."""
+    lists = {k: v for k, v in real.items() if isinstance(v, list) and len(v) == n_real and k != "mlp_only_layers"}
+    counts = {k: int(real[k]) for k in PREFIX_COUNT_KEYS if _num(real, k)}
+    sigs = [tuple(repr(lists[k][i]) for k in sorted(lists)) + tuple(i < counts[k] for k in sorted(counts))
+            for i in range(n_real)]
+    p0, p = _eventual_period(sigs)
+    keep = [i for i in range(p0) if i == 0 or sigs[i] != sigs[i - 1]]
+    keep += [i for i in range(p0, min(n_real, p0 + 2 * p))]
+    for k, v in lists.items():
+        cfg[k] = [v[i] for i in keep]
+    for k, c in counts.items():
+        cfg[k] = sum(1 for i in keep if i < c)
+    cfg["num_hidden_layers"] = len(keep)
+    notes.append(f"{len(keep)} layers (real layers {keep}: a lead of {p0} collapsed to "
+                 f"{sum(1 for i in keep if i < p0)}, then two cycles of {p})")
+    return len(keep)
 
 
 def _flat_numbers(d: dict) -> dict[str, float]:
@@ -246,7 +317,14 @@ def tiny_maxtext_overrides(real_maxtext: dict, real_hf: dict, tiny_hf: dict) -> 
     mt_vocab = _num(real_maxtext, "vocab_size")
     if mt_vocab is not None:
         out["vocab_size"] = VOCAB
-    return [f"{k}={v}" for k, v in out.items()]
+    lists: dict[str, str] = {}
+    for mt_key, hf_keys in MAXTEXT_TO_HF_LISTS.items():
+        real_v = real_maxtext.get(mt_key)
+        same = [k for k in hf_keys if isinstance(real_v, list) and hf_text.get(k) == real_v
+                and isinstance(tiny_hf.get(k), list)]
+        if same:
+            lists[mt_key] = "[" + ",".join(str(x) for x in tiny_hf[same[0]]) + "]"
+    return [f"{k}={v}" for k, v in out.items()] + [f"{k}={v}" for k, v in lists.items()]
 
 
 def reconcile_rope(tiny_hf: dict, real_maxtext: dict) -> list[str]:
