@@ -20,6 +20,7 @@ from ckptmap.trees import ParamTree, read_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "data", "maxtext_tiny")
+DERIVED_PREFIX = "derived/"  # derived cases (ckptmap.benchmarks.derived) are families `derived/<name>`
 
 
 @dataclass
@@ -40,11 +41,32 @@ class Case:
     def label(self) -> str:
         return f"{self.family}/scan{self.scan}"
 
+    @property
+    def derived(self) -> bool:
+        """A model in no fixture, derived from its real configs (benchmarks/data/derived/<name>)."""
+        return is_derived(self.family)
+
 
 def fixture_families(fixtures: str = FIXTURES) -> list[str]:
     if not os.path.isdir(fixtures):
         return []
     return sorted(d for d in os.listdir(fixtures) if os.path.exists(os.path.join(fixtures, d, "config.json")))
+
+
+def is_derived(family: str) -> bool:
+    return family.startswith(DERIVED_PREFIX)
+
+
+def derived_families(data_dir: str = gt_store.DATA_DIR) -> list[str]:
+    """`derived/<name>` for every derived case folder under `data_dir`/derived that has its ground truth."""
+    root = os.path.join(data_dir, "derived")
+    return [DERIVED_PREFIX + name for name in fixture_families(root)
+            if os.path.exists(os.path.join(root, name, "ground_truth.scan0.json"))]
+
+
+def case_dir(family: str, fixtures: str = FIXTURES, data_dir: str = gt_store.DATA_DIR) -> str:
+    """The folder holding a family's trees and config.json: the fixture's, or the derived case's own."""
+    return os.path.join(data_dir, family) if is_derived(family) else os.path.join(fixtures, family)
 
 
 def _read_json(path: str) -> dict:
@@ -69,7 +91,7 @@ def target_tree(fixture_dir: str, gt: GroundTruth) -> ParamTree:
 
 def load_case(family: str, scan: int, *, fixtures: str = FIXTURES, data_dir: str = gt_store.DATA_DIR) -> Case | str:
     """The case, or a one-line reason why it cannot be benchmarked (MaxText cannot map it, no files)."""
-    fixture_dir = os.path.join(fixtures, family)
+    fixture_dir = case_dir(family, fixtures, data_dir)
     if not os.path.isdir(fixture_dir):
         return f"no fixture folder {fixture_dir}"
     try:

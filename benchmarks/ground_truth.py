@@ -51,6 +51,26 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
+def checkpoint_aliases(fixture_dir: str) -> dict:
+    """How checkpoint names become tree names, for a derived case whose MaxText mapping reads the published
+    checkpoint's names (`ckptmap.benchmarks.derived.checkpoint_names`); {} for a fixture."""
+    path = os.path.join(fixture_dir, "hf_checkpoint_names.json")
+    return _read_json(path) if os.path.exists(path) else {}
+
+
+def resolve_names(value: Any, table: dict, hf_shapes: dict) -> Any:
+    """A PARAM_MAPPING value with every HF name the tree lacks resolved through `table` (same structure)."""
+    from ckptmap.benchmarks.derived import resolve
+
+    if isinstance(value, str):
+        return resolve(value, hf_shapes, table)
+    if isinstance(value, tuple):
+        return tuple(resolve_names(v, table, hf_shapes) for v in value)
+    if isinstance(value, list):
+        return [resolve_names(v, table, hf_shapes) for v in value]
+    return value
+
+
 def maxtext_config(fixture_config: dict, scan: int, workdir: str):
     """A real MaxText config for the fixture's model name and overrides (MaxText's pyconfig)."""
     from maxtext.configs import pyconfig
@@ -167,6 +187,9 @@ def convert(fixture_dir: str, family: str, scan: int, workdir: str) -> GroundTru
         model_key = config.model_name.replace("-Instruct", "")  # to_maxtext's rule for the mapping key
         hf_config = fixture_config["hf_config"]
         param_map = PARAM_MAPPING[model_key](hf_config, config, config.scan_layers)
+        aliases = checkpoint_aliases(fixture_dir)
+        if aliases:
+            param_map = {k: resolve_names(v, aliases, hf_shapes) for k, v in param_map.items()}
         hooks = HOOK_FNS[model_key](hf_config, config, config.scan_layers, saving_to_hf=False)
         gt.entries = [MappingEntry(k, v, hook_names(hooks.get(k))) for k, v in param_map.items()]
         abstract = fixture_targets(fixture_dir, scan)
@@ -240,24 +263,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ckptmap.benchmarks.ground_truth", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=gt_store.DATA_DIR, help="output folder (benchmarks/data)")
     parser.add_argument("--fixtures", default=FIXTURES, help="folder of fixture families (tests/data/maxtext_tiny)")
-    parser.add_argument("--families", nargs="*", help="only these families (default: all in --fixtures)")
+    parser.add_argument("--families", nargs="*", help="only these families (default: all in --fixtures, and the "
+                        "derived cases, `derived/<name>`, under --out)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ensure_fixtures(args.fixtures)
-    families = args.families or fixture_families(args.fixtures)
+    derived_root = os.path.join(args.out, "derived")
+    derived_cases = [f"derived/{d}" for d in (fixture_families(derived_root) if os.path.isdir(derived_root) else [])]
+    families = args.families or fixture_families(args.fixtures) + derived_cases
     index_path = os.path.join(args.out, "index.json")
     index = _read_json(index_path) if os.path.exists(index_path) else {}
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="ckptmap-gt-") as workdir:
         for family in families:
-            fixture_dir = os.path.join(args.fixtures, family)
+            fixture_dir = (os.path.join(args.out, family) if family.startswith("derived/")
+                           else os.path.join(args.fixtures, family))
             scan0: GroundTruth | None = None
             for scan in gt_store.SCANS:
                 t0 = time.time()
                 gt = convert(fixture_dir, family, scan, workdir)
                 derived = scan1_recipes(gt, scan0) if scan == 1 and scan0 is not None and scan0.ok and gt.ok else {}
                 info = gt_store.save(gt, data_dir=args.out, derived=derived,
-                                     hf_config_note="the fixture's tiny hf_config (config.json)")
+                                     hf_config_note=("the derived case's tiny hf_config (config.json)"
+                                                     if family.startswith("derived/")
+                                                     else "the fixture's tiny hf_config (config.json)"))
                 index[f"{family}/scan{scan}"] = {
                     "model_name": gt.model_name, "status": gt.status, "reason": gt.reason,
                     "targets": len(gt.tensors), "failed": len(gt.failed), "not_in_mapping": len(gt.not_in_mapping),

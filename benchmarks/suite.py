@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ckptmap.benchmarks import baselines
-from ckptmap.benchmarks.cases import Case, fixture_families, load_case
+from ckptmap.benchmarks.cases import Case, derived_families, fixture_families, load_case
 from ckptmap.benchmarks.gt_store import SCANS
 from ckptmap.benchmarks.scoring import CaseScore, score_mapping
 from ckptmap.mapping import Mapping
@@ -257,7 +257,7 @@ def run_suite(*, families: list[str] | None = None, scans: tuple[int, ...] = SCA
     runs: list[MethodRun] = []
     unavailable: dict[str, str] = {}
     skip_reported: set[str] = set()
-    for family in families or fixture_families():
+    for family in families or fixture_families() + derived_families():  # derived cases: `derived/<name>`
         for scan in scans:
             case = load_case(family, scan)
             if isinstance(case, str):
