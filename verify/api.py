@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from ckptmap.mapping import Mapping
 from ckptmap.verify.evaluate import Evaluation, Evaluator
 from ckptmap.verify.localise import first_divergence, stage_targets
@@ -27,6 +29,15 @@ def merged_dims(mapping: Mapping, src_runner, tgt_runner, dims: dict | None = No
         for k, v in d.items():
             out.setdefault(k, v)
     return out
+
+
+# Targets verify cannot check must not move the target's logits: max |logit diff| over max(1, max |logit|).
+UNREAD_LOGIT_TOLERANCE = 1e-6
+
+
+def _logit_scale(evaluation) -> float:
+    fwd = evaluation.forward
+    return float(np.max(np.abs(fwd.logits))) if fwd is not None and fwd.logits.size else 1.0
 
 
 def _describe(runner) -> str:
@@ -48,13 +59,24 @@ def _tied(runner) -> bool:
 def _report(ev: Evaluator, final: Evaluation, mapping: Mapping, *, dtype: str, threshold: float, tol: float,
             src_runner, tgt_runner, t0: float) -> VerifyReport:
     passed = final.ok and final.kl_max <= threshold
+    unchecked = dict(final.unchecked) if final.ok else {}
+    moved = ev.unchecked_read_by_target(mapping, final) if unchecked else None
+    read_anyway = moved is not None and moved > UNREAD_LOGIT_TOLERANCE * max(1.0, _logit_scale(final))
+    passed = passed and not read_anyway
     first = first_divergence(final.errors, tol) if final.ok else None
     report = VerifyReport(
         passed=passed, dtype=dtype, kl_threshold=threshold, tolerance=tol, logits=final.stats,
         stages=dict(final.errors), first_divergence=first,
         suspects=stage_targets(mapping, first, list(final.errors)) if (first and not passed) else [],
         source=_describe(src_runner), target=_describe(tgt_runner), seed=ev.seed,
-        tokens=int(ev.tokens.size), forwards=ev.forwards, error=final.error)
+        tokens=int(ev.tokens.size), forwards=ev.forwards, error=final.error, unchecked=unchecked,
+        unchecked_logit_change=moved)
+    if read_anyway:
+        report.error = (f"the target model's forward pass reads {len(unchecked)} tensors the forward passes cannot "
+                        f"check (their sources are not read by, or not in, the source model): its logits move by "
+                        f"{moved:.2g} when they change")
+    if getattr(ev, "unread_note", ""):
+        report.notes.append(ev.unread_note)
     report.timings = {**ev.timings, "total_s": time.perf_counter() - t0}
     start = (getattr(tgt_runner, "timings", None) or {}).get("start_s")
     if start:

@@ -8,7 +8,7 @@ Used by `verify_mapping` (once) and by the search (once per candidate).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class Evaluation:
     errors: dict[str, float] = field(default_factory=dict)
     forward: Forward | None = None
     error: str = ""  # why the target could not run (a chain that does not fit, a missing tensor)
+    unchecked: dict[str, str] = field(default_factory=dict)  # target -> why this forward pass does not test it
 
     @property
     def ok(self) -> bool:
@@ -75,15 +76,67 @@ class Evaluator:
         self.timings["source_forward_s"] += time.perf_counter() - t
         self.target_shapes = dict(tgt_runner.param_shapes())
         self.target_aliases = dict(getattr(tgt_runner, "aliases", {}) or {})
+        self.unread_sources = self._unread_sources(aliases)
+
+    def _unread_sources(self, aliases: dict[str, str]) -> set[str]:
+        """Source tensors the source model's forward pass does not read (a vision tower on a text-only pass), where
+        the runner can tell (HFRunner.unread_params); a tied name is unread when the tensor it names is."""
+        find = getattr(self.src_runner, "unread_params", None)
+        self.unread_note = ""
+        if not callable(find):
+            return set()
+        try:
+            unread = set(find(self.src_params, self.tokens))
+        except Exception as e:  # a backward pass some model code does not support: every source counts as read
+            self.unread_note = f"could not tell which source tensors the forward pass reads: {type(e).__name__}: {e}"
+            return set()
+        return unread | {alias for alias, canonical in aliases.items() if canonical in unread}
+
+    def rule_status(self, rule) -> tuple[str, str] | None:
+        """Why the forward passes cannot test `rule`: ("missing", why) when the source model verify runs lacks one of
+        its source tensors (a tower the runner does not build), ("unread", why) when the source forward reads none of
+        them; None when it can be tested."""
+        names = rule.source_names()
+        missing = [n for n in names if n not in self.src_params]
+        if missing:
+            built = getattr(getattr(self.src_runner, "model_class", None), "__name__", "the source model")
+            return "missing", f"sources not in the model verify runs ({built})"
+        if names and all(n in self.unread_sources for n in names):
+            return "unread", "sources not read by the source model's forward pass"
+        return None
+
+    def filler(self, name: str, seed_offset: int = 1) -> np.ndarray:
+        """A seeded stand-in for a target tensor verify cannot produce from the source model (see rule_status)."""
+        from ckptmap.verify.weights import random_tensor
+
+        return random_tensor(name, tuple(self.target_shapes[name]), self.seed + 7919 * seed_offset)
 
     def source_shape(self, name: str) -> tuple[int, ...]:
         return tuple(np.shape(self.src_params[name]))
 
-    def convert(self, mapping: Mapping) -> dict[str, np.ndarray]:
+    def untested(self, mapping: Mapping) -> dict[str, tuple[str, str]]:
+        """target name -> (kind, why) for the targets of the rules the forward passes cannot test (rule_status)."""
+        out: dict[str, tuple[str, str]] = {}
+        for rule in mapping.rules:
+            status = self.rule_status(rule)
+            if status:
+                for name in rule.target_names():
+                    out.setdefault(name, status)
+        return out
+
+    def convert(self, mapping: Mapping, *, with_unchecked: bool = False, filler_offset: int = 1):
         """Target name -> array for every target tensor of the target model; MappingError naming the first one
-        the mapping does not produce or produces with the wrong shape."""
+        the mapping does not produce or produces with the wrong shape. A rule whose source tensors the source model
+        lacks is not applied: its targets get seeded stand-ins (`filler`). With `with_unchecked`, returns
+        (arrays, {target: why the forward passes do not test it})."""
         t = time.perf_counter()
-        out = apply_to_dict(mapping, self.src_params)
+        skip = {i for i, r in enumerate(mapping.rules) if (self.rule_status(r) or ("",))[0] == "missing"}
+        applied = replace(mapping, rules=[r for i, r in enumerate(mapping.rules) if i not in skip]) if skip else mapping
+        out = apply_to_dict(applied, self.src_params)
+        for rule in (mapping.rules[i] for i in sorted(skip)):
+            for name in rule.target_names():
+                if name in self.target_shapes and name not in out:
+                    out[name] = self.filler(name, filler_offset)
         self.timings["convert_s"] += time.perf_counter() - t
         for alias, canonical in self.target_aliases.items():
             if canonical not in out and alias in out:
@@ -96,12 +149,15 @@ class Evaluator:
             if tuple(np.shape(out[name])) != tuple(shape):
                 raise MappingError(f"the mapping produces shape {tuple(np.shape(out[name]))}, the target model "
                                    f"expects {tuple(shape)}", key=name)
-        return {n: out[n] for n in self.target_shapes}
+        params = {n: out[n] for n in self.target_shapes}
+        if not with_unchecked:
+            return params
+        return params, {n: why for n, (_, why) in self.untested(mapping).items()}
 
     def evaluate(self, mapping: Mapping) -> Evaluation:
         """Convert, run the target, compare. A mapping that cannot be applied gives an Evaluation with `error`."""
         try:
-            params = self.convert(mapping)
+            params, unchecked = self.convert(mapping, with_unchecked=True)
         except CkptmapError as e:
             return Evaluation(stats=None, error=e.one_line())
         t = time.perf_counter()
@@ -113,4 +169,24 @@ class Evaluator:
             self.timings["target_forward_s"] += time.perf_counter() - t
             self.forwards += 1
         stats = compare_logits(self.reference.logits, fwd.logits)
-        return Evaluation(stats=stats, errors=stage_errors(self.reference, fwd), forward=fwd)
+        return Evaluation(stats=stats, errors=stage_errors(self.reference, fwd), forward=fwd, unchecked=unchecked)
+
+    def unchecked_read_by_target(self, mapping: Mapping, evaluation: Evaluation) -> float:
+        """How much the target's logits move when every target `evaluation` did not check gets other values
+        (max |logit diff|; 0.0 when the target's forward pass does not read them either, as it must not for the
+        comparison to mean anything). One more target forward pass."""
+        if not evaluation.ok or not evaluation.unchecked:
+            return 0.0
+        params = self.convert(mapping, filler_offset=2)
+        for name in evaluation.unchecked:
+            if name in params:
+                params[name] = self.filler(name, 2)
+        t = time.perf_counter()
+        try:
+            fwd = self.tgt_runner.forward(params, self.tokens)
+        finally:
+            self.timings["target_forward_s"] += time.perf_counter() - t
+            self.forwards += 1
+        v = min(fwd.logits.shape[-1], evaluation.forward.logits.shape[-1])
+        return float(np.max(np.abs(fwd.logits[..., :v].astype(np.float64)
+                                   - evaluation.forward.logits[..., :v].astype(np.float64))))

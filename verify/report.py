@@ -44,6 +44,10 @@ class VerifyReport:
     timings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    # targets the forward passes do not test (target -> why), and how far the target's logits move when they change
+    # (0.0: the target's forward pass does not read them either)
+    unchecked: dict[str, str] = field(default_factory=dict)
+    unchecked_logit_change: float | None = None
 
     @property
     def kl_max(self) -> float:
@@ -62,7 +66,21 @@ class VerifyReport:
             "source": self.source, "target": self.target, "seed": self.seed, "tokens": self.tokens,
             "forwards": self.forwards, "timings": {k: round(float(v), 3) for k, v in self.timings.items()},
             "notes": self.notes, "error": self.error,
+            "unchecked": self.unchecked,
+            "unchecked_logit_change": (None if self.unchecked_logit_change is None
+                                       else _json_num(self.unchecked_logit_change)),
         }
+
+    def unchecked_summary(self) -> str:
+        """`355 targets not checked (the source model's forward pass does not read their sources)`, one clause per
+        reason (the tower named by its first target), or ''."""
+        if not self.unchecked:
+            return ""
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self.unchecked.items():
+            by_reason.setdefault(why, []).append(name)
+        parts = [f"{len(names)} with {why} (e.g. {names[0]})" for why, names in by_reason.items()]
+        return f"{len(self.unchecked)} targets not checked by the forward passes: " + "; ".join(parts)
 
     def save(self, path: str) -> tuple[str, str]:
         """Write the report as JSON at `path` and as the readable table beside it (`.txt`), atomically."""
@@ -98,6 +116,10 @@ class VerifyReport:
                              + (" ..." if len(self.suspects) > 12 else ""))
         for b in self.broken:
             lines.append(f"  broken: {', '.join(b['targets'])}  (fixed by: {b['fix']})")
+        if self.unchecked:
+            moved = self.unchecked_logit_change
+            lines.append(f"  not checked: {self.unchecked_summary()}"
+                         + ("" if moved is None else f" (changing them moves the target's logits by {moved:.1e})"))
         for n in self.notes:
             lines.append(f"  note: {n}")
         if self.decisions:

@@ -122,6 +122,8 @@ class Search:
         cell = tuple(0 for _ in rule.grid)
         src = []
         for s in rule.sources:
+            if s.name_at(cell) not in self.ev.src_params:
+                return None
             shape = list(self.ev.source_shape(s.name_at(cell)))
             for axis in sorted(s.axes, reverse=True):
                 del shape[axis]
@@ -334,7 +336,10 @@ class Search:
             if first_stage_only and first_stage is not None and stage != first_stage:
                 break
             first_stage = first_stage or stage
-            rules = rules_in_stage(self.base, stage, list(current.errors))
+            # rules the forward passes cannot test (a tower the source model does not build or read) are no
+            # candidates: nothing they change can repair a stage
+            rules = [i for i in rules_in_stage(self.base, stage, list(current.errors))
+                     if self.ev.rule_status(self.base.rules[i]) is None]
             cur_err = current.stage_error(stage)
             phase1 = self._joint_moves(rules) + self._single_moves(rules) + self._swap_moves(rules)
             best = self._best(step, stage, phase1)
