@@ -36,9 +36,12 @@ WHOLE_TOKEN = {
     "embed_tokens": ("embed",), "wte": ("embed",), "word_embeddings": ("embed",), "tok_embeddings": ("embed",),
     "token_embedder": ("embed",), "embedding": ("weight",), "embeddings": ("embed",), "embed": ("embed",),
     "wpe": ("pos_embed",), "position_embeddings": ("pos_embed",), "pos_embedding": ("pos_embed",),
+    # a learned additive position term is an (absolute) position embedding, whatever it is called
+    "ape": ("pos_embed",), "position_bias": ("pos_embed",), "pos_bias": ("pos_embed",),
     "lm_head": ("logits",), "logits_dense": ("logits",), "output": ("logits",), "unembed": ("logits",),
     "input_layernorm": ("pre", "attention", "norm"), "ln_1": ("pre", "attention", "norm"),
     "attention_norm": ("pre", "attention", "norm"), "ln_attn": ("pre", "attention", "norm"),
+    "attn_norm": ("pre", "attention", "norm"),
     "post_attention_layernorm": ("post", "attention", "norm"), "ln_2": ("pre", "ffn", "norm"),
     "ffn_norm": ("pre", "ffn", "norm"),
     "norm": ("norm",), "final_layernorm": ("final", "norm"), "ln_f": ("final", "norm"),
@@ -61,7 +64,14 @@ SUBWORD = {
     "ln": "norm", "kernel": "weight", "scale": "weight", "embedding": "weight", "embeddings": "embed",
     "experts": "expert", "moe": "expert", "block": "", "shared": "shared", "proj": "", "self": "", "layer": "", "the": "", "module": "",
     "linear": "", "dense": "", "params": "", "weight": "weight",
+    "mhc": "hc",  # manifold-constrained hyper-connections are hyper-connections
 }
+
+# Concept sets that name the same tensor in pre-norm blocks without sandwich norms: the norm after attention is
+# the norm before the feed-forward (MaxText's post_self_attention_layer_norm, HF's ffn_norm). Compared as
+# equivalent, a little below an exact match, so that models with both (sandwich norms) keep their exact pairs.
+EQUIVALENT_CONCEPTS = ((frozenset({"post", "attention"}), frozenset({"pre", "ffn"})),)
+EQUIVALENCE_DISCOUNT = 0.9
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEP = re.compile(r"[./\-]")
@@ -118,6 +128,16 @@ def name_similarity(a: str, b: str) -> float:
     ca, cb = concepts(a), concepts(b)
     if not ca or not cb:
         return 0.0
+    direct = _similarity(ca, cb)
+    for x, y in EQUIVALENT_CONCEPTS:
+        for p, q in ((x, y), (y, x)):
+            if p <= set(ca) and q <= set(cb) and not (q <= set(ca)) and not (p <= set(cb)):
+                swapped = tuple(c for c in ca if c not in p) + tuple(sorted(q))
+                direct = max(direct, EQUIVALENCE_DISCOUNT * _similarity(swapped, cb))
+    return direct
+
+
+def _similarity(ca: tuple[str, ...], cb: tuple[str, ...]) -> float:
     sa, sb = set(ca), set(cb)
     # Leaf concepts (weight / bias) must agree: a bias never maps onto a weight.
     la = {"bias"} & sa or {"weight"}

@@ -209,6 +209,7 @@ def analyse(tree: ParamTree) -> TreeStructure:
         if found:
             for n in names:
                 scanned[n] = found
+    _agree_across_collections(tree, groups, scan_cands, scanned)
     # A reader that knows the stacked layer axes (MaxText's logical axis names) is believed over inference.
     for name, cands in scan_cands.items():
         layer_axes = tuple(a for a, what in tree[name].stacked_axes if what == "layers")
@@ -293,6 +294,39 @@ def analyse(tree: ParamTree) -> TreeStructure:
                 slot = slots[key] = Slot(root=root, coord=coord)
             slot.units.append(unit)
     return TreeStructure(tree=tree, slots=slots, globals=globals_)
+
+
+def _agree_across_collections(tree: ParamTree, groups: dict[str, list[str]], scan_cands: dict[str, list[int]],
+                              scanned: dict[str, tuple]) -> None:
+    """One scan, one size: groups whose prefixes differ only in their first token (flax variable collections,
+    `params-decoder-scanned_blocks` beside `MoEBiasVar-decoder-scanned_blocks`) stack the same layers, so the
+    scanned sizes the largest group shows hold for the others too; a smaller group whose own inference found
+    other sizes (a [layers, experts] bias where both axes look alike) takes the axes that give those sizes."""
+    by_rest: dict[str, list[str]] = defaultdict(list)
+    for prefix in groups:
+        rest = _SEP.split(prefix, maxsplit=1)
+        if len(rest) == 2:
+            by_rest[rest[1]].append(prefix)
+    for prefixes in by_rest.values():
+        if len(prefixes) < 2:
+            continue
+        ref = max(prefixes, key=lambda pr: len(groups[pr]))
+        if groups[ref][0] not in scanned:
+            continue
+        _, _, sizes = scanned[groups[ref][0]]
+        for prefix in prefixes:
+            names = groups[prefix]
+            if prefix == ref or (names[0] in scanned and scanned[names[0]][2] == sizes):
+                continue
+            k = len(sizes)
+            cands = scan_cands[names[0]]
+            if len(cands) < k:
+                continue
+            for a in (0, 1, 2, 3):
+                if all(tuple(tree[n].shape[a:a + k]) == sizes for n in names):
+                    for n in names:
+                        scanned[n] = (cands[:k], tuple(range(a, a + k)), sizes)
+                    break
 
 
 def _global_local(p: _Parsed, expert_pos: list[int]) -> str:
