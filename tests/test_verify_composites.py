@@ -103,3 +103,32 @@ def test_the_text_forward_does_not_read_the_vision_tower():
     vision = {n for n in runner.param_shapes() if n.startswith("model.visual.")}
     assert vision and vision <= unread
     assert not any(n.startswith("model.language_model.") for n in unread)
+
+
+def test_expert_tensors_take_the_checkpoint_layout_transformers_declares():
+    """Qwen3-VL-MoE checkpoints hold experts [E, in, out], the modules [E, out, in]; transformers' Transpose(check_dims)
+    leaves a square tensor (the fixture's gate_up_proj: hidden 64 == 2 x 32) untransposed. The runner applies the
+    declared transpose both ways: its names and shapes are the fixture's, and every expert tensor is transposed on
+    load, the square one included."""
+    runner = HFRunner(fixture("qwen3-vl-moe")["hf_config"], layout="saved")
+    with open(os.path.join(FIXTURES, "qwen3-vl-moe", "hf_params.json")) as f:
+        shapes = {n: tuple(s) for n, s in json.load(f).items()}
+    for name in ("model.language_model.layers.0.mlp.experts.down_proj",
+                 "model.language_model.layers.0.mlp.experts.gate_up_proj"):
+        assert runner.param_shapes()[name] == shapes[name]
+    params = random_params(runner.param_shapes(), 0, runner.aliases)
+    held = runner.module_params(params)
+    for name in ("model.language_model.layers.0.mlp.experts.down_proj",
+                 "model.language_model.layers.0.mlp.experts.gate_up_proj"):
+        np.testing.assert_array_equal(held[name], params[name].transpose(0, 2, 1))
+
+
+def test_unread_tensors_of_a_model_loaded_through_the_converting_loader():
+    """Qwen3-Omni's thinker takes the checkpoint names (`thinker.audio_tower...`) through transformers' loader: the
+    gradients are named back the same way."""
+    runner = HFRunner(fixture("qwen3-omni")["hf_config"], layout="saved")
+    params = random_params(runner.param_shapes(), 0, runner.aliases)
+    unread = runner.unread_params(params, random_tokens(runner.vocab, 16))
+    towers = {n for n in runner.param_shapes() if n.startswith(("thinker.audio_tower.", "thinker.visual."))}
+    assert towers and towers <= unread
+    assert not any(n.startswith(("thinker.model.", "thinker.lm_head")) for n in unread)

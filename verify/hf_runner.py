@@ -10,6 +10,7 @@ input of the LM head.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -212,6 +213,31 @@ def _first_tensor(x):
 LAYOUTS = ("saved", "memory")
 
 
+@contextlib.contextmanager
+def declared_transposes():
+    """Apply every transpose a transformers checkpoint conversion declares. `Transpose(check_dims=True)` (Qwen3-VL-MoE's
+    fused experts: checkpoints hold [experts, in, out], the modules [experts, out, in]) transposes only when the
+    shapes differ, so a square expert tensor (tiny configs: hidden == 2 * moe_intermediate) is loaded untransposed,
+    and saving never transposes back. Inside this block the conversion is applied as declared, both ways: the
+    runner's checkpoint names and layouts are the ones real checkpoints hold."""
+    from transformers import core_model_loading as cml
+
+    original = cml.Transpose.convert
+
+    def convert(self, *args, **kwargs):
+        checked, self.check_dims = self.check_dims, False
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.check_dims = checked
+
+    cml.Transpose.convert = convert
+    try:
+        yield
+    finally:
+        cml.Transpose.convert = original
+
+
 class HFRunner:
     """A transformers model built once from `config` (float32, eager attention), run with many param dicts.
 
@@ -253,7 +279,8 @@ class HFRunner:
         shapes, aliases = self._checkpoint_names(model, layout)
         # Where checkpoint names are the module's own names, one model is reused and loaded in place;
         # otherwise (fused experts, renamed keys) transformers' loader converts on every load.
-        self._in_place = set(shapes) <= set(model.state_dict())
+        module_state = model.state_dict()
+        self._in_place = all(n in module_state and tuple(module_state[n].shape) == v for n, v in shapes.items())
         self._model = model.to(self.device).eval() if self._in_place else None
         # external name (what param_shapes and forward speak) -> the built model's name
         self._internal = {n: n for n in shapes}
@@ -271,7 +298,8 @@ class HFRunner:
 
         state = dict(model.state_dict())
         if layout == "saved":
-            state = revert_weight_conversion(model, state)
+            with declared_transposes():
+                state = revert_weight_conversion(model, state)
         tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
         shapes = {n: tuple(int(d) for d in t.shape) for n, t in state.items() if n not in tied}
         aliases = {a: c for a, c in tied.items() if c in shapes}
@@ -354,8 +382,9 @@ class HFRunner:
             with torch.no_grad():
                 self._model.load_state_dict(state, strict=False)
             return self._model
-        model = self.model_class.from_pretrained(None, config=self.build_config, state_dict=state,
-                                                 dtype=torch.float32, attn_implementation="eager")
+        with declared_transposes():
+            model = self.model_class.from_pretrained(None, config=self.build_config, state_dict=state,
+                                                     dtype=torch.float32, attn_implementation="eager")
         return model.to(self.device).eval()
 
     def module_params(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -407,11 +436,8 @@ class HFRunner:
 
     def unread_params(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> set[str]:
         """Names (as `param_shapes` gives them) of the parameters the forward pass on `tokens` does not read: no
-        gradient of the logits reaches them, or only zeros (a vision or audio tower on a text-only pass). Empty when
-        this runner cannot tell: a model loaded through transformers' converting loader holds its tensors under
-        other names than the ones it is given."""
-        if self._model is None:
-            return set()
+        gradient of the logits reaches them, or only zeros (a vision or audio tower on a text-only pass); a tied
+        parameter counts as read when any of its names is."""
         torch = _torch()
         model = self._load(params)
         named = dict(model.named_parameters())
@@ -427,11 +453,19 @@ class HFRunner:
                 gen = torch.Generator(device="cpu").manual_seed(0)
                 direction = torch.randn(logits.shape, generator=gen).to(logits.device)
                 (logits * direction).sum().backward()
-            unread = {n for n, p in named.items() if p.grad is None or not bool(torch.any(p.grad != 0))}
+            grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach() for n, p in named.items()}
         finally:
             for n, p in named.items():
                 p.grad = None
                 p.requires_grad_(flags[n])
+        if not self._in_place:
+            # the model was loaded through transformers' converting loader: its gradients, converted back the way
+            # a checkpoint is saved, are named (and split) as the tensors this runner takes
+            from transformers.core_model_loading import revert_weight_conversion
+
+            with declared_transposes():
+                grads = revert_weight_conversion(model, grads)
+        unread = {n for n, g in grads.items() if not bool(torch.any(g != 0))}
         return {ext for ext, internal in self._internal.items() if internal in unread}
 
     def close(self) -> None:
