@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ckptmap.heuristics.layout import has_transpose, layout_score
-from ckptmap.heuristics.names import concepts, name_similarity
+from ckptmap.heuristics.names import concepts, name_similarity, part_rank, split_subwords
 from ckptmap.heuristics.regroup import agrees_with_code, code_splits, grouped_chains, roles_held
 from ckptmap.heuristics.structure import Unit
 from ckptmap.transforms.base import numel
@@ -32,6 +32,8 @@ MIN_PART_SIMILARITY = 0.3
 BASE = 1.0
 MAX_CHAINS = 6
 MAX_GROUP_PARTNERS = 6
+W_UNNAMED_SPLIT = 0.5  # per edge: a split whose fused name does not name its parts is weaker evidence
+MAX_FAMILY = 4
 
 
 @dataclass
@@ -239,7 +241,66 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
                 score, parts_score = _score(ctx, parts, [t], chain)
                 score = score * len(idx) + _code_term(code, len(idx), parts_score)
                 cands.append(Candidate(idx, (j,), chain, score + 0.1, parts_score))
+    # The same through role families: a packed tensor whose name does not list its parts, against siblings that
+    # differ in one role word (pre_alpha / post_alpha / res_alpha) and add up to it.
+    named = {(c.sources, c.targets) for c in cands}
+    for i, s in enumerate(src_ops):
+        for idx in _family_groups(s, tgt_ops):
+            if ((i,), idx) in named:
+                continue
+            parts = [tgt_ops[j] for j in idx]
+            for chain, code in _fused_chains(ctx, s, parts, split=True):
+                score, parts_score = _score(ctx, [s], parts, chain)
+                score += _code_term(code, len(parts), parts_score) - W_UNNAMED_SPLIT * len(parts)
+                parts_score["unnamed_split"] = -W_UNNAMED_SPLIT
+                cands.append(Candidate((i,), idx, chain, score, parts_score))
+    for j, t in enumerate(tgt_ops):
+        for idx in _family_groups(t, src_ops):
+            if (idx, (j,)) in named:
+                continue
+            parts = [src_ops[i] for i in idx]
+            for chain, code in _fused_chains(ctx, t, parts, split=False):
+                score, parts_score = _score(ctx, parts, [t], chain)
+                score = score * len(idx) + _code_term(code, len(idx), parts_score) - W_UNNAMED_SPLIT * len(idx)
+                parts_score["unnamed_split"] = -W_UNNAMED_SPLIT
+                cands.append(Candidate(idx, (j,), chain, score, parts_score))
     return cands
+
+
+def _words(local: str) -> list[str]:
+    return [w for tok in _TOKSEP.split(local) if tok for w in split_subwords(tok)]
+
+
+def role_families(ops: list[Operand]) -> list[tuple[int, ...]]:
+    """Groups of 2..MAX_FAMILY operands whose names differ in exactly one word, at the same place
+    (`mhc_attention-pre_alpha`, `-post_alpha`, `-res_alpha`): the parts of one packed quantity, one per role.
+    Each group is ordered by the usual packing order of its roles (names.PART_ORDER), else by name."""
+    words = [_words(op.local) for op in ops]
+    by_key: dict[tuple, list[tuple[str, int]]] = {}
+    for k, ws in enumerate(words):
+        for pos, w in enumerate(ws):
+            if w.isdigit():
+                continue
+            key = (len(ws), pos, tuple(ws[:pos]), tuple(ws[pos + 1:]))
+            by_key.setdefault(key, []).append((w, k))
+    out = []
+    for members in by_key.values():
+        if not 2 <= len(members) <= MAX_FAMILY or len({w for w, _ in members}) != len(members):
+            continue
+        members.sort(key=lambda m: (part_rank(m[0]) or (99, 0), m[0]))
+        out.append(tuple(k for _, k in members))
+    return out
+
+
+def _family_groups(fused: Operand, others: list[Operand]):
+    """Role families of `others` whose sizes add up to `fused` and whose names are close enough to its name."""
+    for idx in role_families(others):
+        members = [others[k] for k in idx]
+        if sum(o.numel for o in members) != fused.numel or any(o.numel >= fused.numel for o in members):
+            continue
+        if sum(name_similarity(fused.local, o.local) for o in members) / len(members) < MIN_PART_SIMILARITY:
+            continue
+        yield idx
 
 
 def _code_term(agreement: int, edges: int, parts: dict) -> float:

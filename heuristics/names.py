@@ -73,6 +73,26 @@ SUBWORD = {
 EQUIVALENT_CONCEPTS = ((frozenset({"post", "attention"}), frozenset({"pre", "ffn"})),)
 EQUIVALENCE_DISCOUNT = 0.9
 
+# Words naming the parts of one packed tensor, in the order implementations pack them: a prior for the order of
+# the parts when nothing else says it (a packed tensor whose name does not list its parts; the hyper-connection
+# mixes H_pre, H_post, H_res of one projection).
+PART_ORDER = (
+    ("query", "key", "value"),
+    ("wi_0", "wi_1"),
+    ("gate", "up"),
+    ("pre", "post", "res", "residual", "comb"),
+    ("real", "imag"),
+)
+
+
+def part_rank(word: str) -> tuple[int, int] | None:
+    """(sequence, position) of `word` in PART_ORDER, or None."""
+    for i, seq in enumerate(PART_ORDER):
+        if word in seq:
+            return (i, seq.index(word))
+    return None
+
+
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEP = re.compile(r"[./\-]")
 
