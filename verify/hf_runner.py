@@ -199,6 +199,14 @@ def _decoder_layers(model, n_layers: int):
     return sorted(found, key=lambda t: t[:2])[0][2]
 
 
+def _other_values(a: np.ndarray) -> np.ndarray:
+    """Different values of the same shape and scale: a seeded permutation plus a nudge (never equal anywhere)."""
+    flat = a.reshape(-1).astype(np.float32)
+    rng = np.random.default_rng([a.size, 17])
+    spread = float(np.std(flat)) or 1.0
+    return (flat[rng.permutation(flat.size)] + np.float32(0.5 * spread) + np.float32(0.1)).reshape(a.shape)
+
+
 def _first_line(e: Exception, n: int = 300) -> str:
     text = " ".join(str(e).split())
     return text if len(text) <= n else text[:n] + " ..."
@@ -435,9 +443,45 @@ class HFRunner:
         return Forward(logits=logits, activations=activations)
 
     def unread_params(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> set[str]:
-        """Names (as `param_shapes` gives them) of the parameters the forward pass on `tokens` does not read: no
-        gradient of the logits reaches them, or only zeros (a vision or audio tower on a text-only pass); a tied
-        parameter counts as read when any of its names is."""
+        """Names (as `param_shapes` gives them) of the parameters the forward pass on `tokens` does not read (a
+        vision or audio tower on a text-only pass); a tied parameter counts as read when any of its names is.
+
+        Candidates are the parameters no gradient of the logits reaches (or only zeros); a parameter can still
+        steer the output through a discrete choice a gradient does not see (DeepSeek-V3.2's sparse-attention
+        indexer picks the top-k keys), so each candidate group is confirmed by giving it other values and running
+        the forward pass again: the logits must not move at all. Groups are split along the name tree (`model`,
+        `model.layers`, `model.layers.0`, ...) until the ones that do move them are set apart."""
+        candidates = self._ungraded_params(params, tokens)
+        if not candidates:
+            return set()
+        reference = self.forward(params, tokens).logits
+        confirmed: set[str] = set()
+
+        def moves(names: list[str]) -> bool:
+            other = dict(params)
+            for n in names:
+                other[n] = _other_values(np.asarray(params[n]))
+            return not np.array_equal(self.forward(other, tokens).logits, reference)
+
+        def split(names: list[str], depth: int) -> None:
+            if not moves(names):
+                confirmed.update(names)
+                return
+            if len(names) == 1:
+                return
+            groups: dict[str, list[str]] = {}
+            for n in names:
+                groups.setdefault(".".join(n.split(".")[:depth + 1]), []).append(n)
+            if len(groups) == 1 and depth + 1 >= max(len(n.split(".")) for n in names):
+                groups = {n: [n] for n in names}
+            for group in groups.values():
+                split(group, depth + 1)
+
+        split(sorted(candidates), 0)
+        return confirmed
+
+    def _ungraded_params(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> set[str]:
+        """The names whose gradient of (a random projection of) the logits is absent or zero."""
         torch = _torch()
         model = self._load(params)
         named = dict(model.named_parameters())
