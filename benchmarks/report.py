@@ -71,6 +71,14 @@ def verify_cell(v: dict) -> str:
     text = f"{verdict}, KL {kl_text}, {v.get('iterations')} trials, {_fmt(v.get('seconds'), 1)} s"
     if v.get("error"):
         text += ": " + v["error"].replace("|", "/")[:90]
+    if v.get("fixture_inconsistent"):
+        text += "; fixture_inconsistent: " + v["fixture_inconsistent"].replace("|", "/")[:90]
+    elif v.get("passed") is False and v.get("reference_kl") is not None:
+        text += f"; MaxText's own conversion: KL {v['reference_kl']:.2g}"
+    if v.get("unchecked"):
+        text += f"; {v['unchecked']} targets not checked (untested by the forward passes)"
+    if v.get("renamed_targets"):
+        text += f"; compared on the model's names ({len(v['renamed_targets'])} renamed)"
     return text
 
 

@@ -169,26 +169,108 @@ def fixture_specs(case: Case, directory: str) -> tuple[str, str]:
     return f"hf:{hf_path}", " ".join(shlex.quote(t) for t in [f"maxtext:{fixture['maxtext_model_name']}", *overrides])
 
 
+def _hf_runner_covering(verify, spec: str, needed: dict[str, tuple[int, ...]]):
+    """The HF runner whose tensors (name and shape) cover the most of `needed` (the source tensors the mapping
+    reads, with the case's shapes): checkpoint names and layouts first, the torch modules' own (fused experts, as
+    some fixtures name them) where those cover more."""
+    def cover(runner) -> int:
+        shapes = runner.param_shapes()
+        shapes.update({a: shapes[c] for a, c in runner.aliases.items() if c in shapes})
+        return sum(1 for n, shape in needed.items() if tuple(shapes.get(n, ())) == tuple(shape))
+
+    saved = verify.runner_for(spec, "cpu")
+    if cover(saved) == len(needed):
+        return saved
+    try:
+        memory = verify.runner_for(spec, "cpu", hf_layout="memory")
+    except Exception:
+        return saved
+    if cover(memory) > cover(saved):
+        saved.close()
+        return memory
+    memory.close()
+    return saved
+
+
+MAX_REFERENCE_ELEMENTS = 50_000_000
+
+
+def fixture_check(src_runner, tgt_runner, kl_threshold: float, hf_shapes: dict | None = None) -> dict:
+    """Is the fixture itself consistent? MaxText's own conversion (its PARAM_MAPPING / HOOK_FNS) of the same seeded
+    HF tensors, run through the MaxText model at the fixture's overrides, against the HF model at the fixture's HF
+    config: `fixture_inconsistent` (with the KL measured) when that fails too, `reference_kl` when it passes (the
+    failure is then the mapping's), `reference_error` when MaxText's conversion cannot run here. `hf_shapes`: the
+    fixture's HF tensors, for the ones MaxText's table reads that the HF runner does not build (towers)."""
+    from ckptmap.verify.e2e import compare_with_reference
+
+    if hf_shapes and sum(math.prod(s) for s in hf_shapes.values()) > MAX_REFERENCE_ELEMENTS:
+        hf_shapes = None  # a full-size tower (the gemma4 fixtures' 570M-parameter vision tower): not drawn
+    try:
+        ref = compare_with_reference(None, src_runner, tgt_runner, extra_sources=hf_shapes)
+    except Exception as e:  # acceptance data only: its failure must not hide verify's numbers
+        return {"reference_error": f"{type(e).__name__}: {str(e)[:160]}"}
+    if "kl_max" not in ref:
+        return {"reference_error": str(ref.get("error") or ref.get("forward_error"))[:200]}
+    kl = float(ref["kl_max"])
+    if kl > kl_threshold:
+        return {"fixture_inconsistent": f"MaxText's own conversion through both models: max KL {kl:.2g}, "
+                                        f"top-1 {100 * ref['top1']:.0f}%", "reference_kl": kl}
+    return {"reference_kl": kl}
+
+
+def same_as_ground_truth(case: Case, mapping: Mapping, report) -> dict:
+    """Where MaxText's conversion cannot run through the models here (its deepseek tables name the router bias
+    `params-...`, which MaxText's own model lacks), the ground truth still says what it converts to: when the
+    mapping gives exactly MaxText's tensors for every target, MaxText's own conversion fails the same way, and the
+    failure is the fixture's (or the two models'), not the mapping's."""
+    score = score_mapping(mapping, case.gt, case.hf_shapes, method="ckptmap+verify")
+    n = len(score.targets)
+    if n and score.count("exact") == n:
+        return {"fixture_inconsistent": f"MaxText's own conversion (the ground truth, equal to this mapping on all "
+                                        f"{n} targets) gives the same max KL {report.kl_max:.2g}"}
+    return {}
+
+
 def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
     """Verify the solve (and let verify choose its value ops) with runners at the fixture's configs on CPU.
-    Returns verify's final mapping and its numbers, or the solve's mapping and why verify did not run."""
+    Returns verify's final mapping and its numbers, or the solve's mapping and why verify did not run.
+
+    The MaxText runner speaks the model's own variable names; where the case's target tree (the fixture's) names a
+    variable otherwise (deepseek3's router bias: `params-...` in the fixture and MaxText's table, `MoEBiasVar-...`
+    in the model), verify runs on the model's names and the final mapping is put back into the tree's
+    (`renamed_targets`). Targets the forward passes cannot test (towers the text forward does not read) are
+    counted (`unchecked`). When verify fails, MaxText's own conversion is run through both models too
+    (`fixture_check`): if that fails as well, the fixture is inconsistent (`fixture_inconsistent`)."""
     import tempfile
 
     verify, why = verify_module()
     if verify is None:
         return solved.mapping, {"not_run": why}
+    from ckptmap.verify.retarget import Retargeted, invert, retarget, target_renames
+
     start = time.perf_counter()
-    runners = ()
+    runners: list = []
+    extra: dict = {}
     with tempfile.TemporaryDirectory(prefix="ckptmap-bench-verify-") as tmp:
         try:
-            specs = fixture_specs(case, tmp)
-            runners = verify.runners_for(*specs, "cpu")
-            if not set(case.src.names()) <= set(runners[0].param_shapes()):
-                # the fixture names the HF tensors as the torch modules hold them (fused experts), not as a
-                # checkpoint saves them: give the HF runner those names
-                runners[0].close()
-                runners = (verify.runner_for(specs[0], "cpu", hf_layout="memory"), runners[1])
-            mapping, report = verify.search_and_verify(solved, *runners)
+            src_spec, tgt_spec = fixture_specs(case, tmp)
+            src_shapes = case.src.shapes()
+            needed = {n: tuple(src_shapes[n]) for n in solved.mapping.source_names() if n in src_shapes}
+            runners.append(_hf_runner_covering(verify, src_spec, needed))
+            runners.append(verify.runner_for(tgt_spec, "cpu"))
+            renames = target_renames(solved.mapping, case.tgt.shapes(), runners[1].param_shapes())
+            mapping, report = verify.search_and_verify(Retargeted(solved, renames) if renames else solved, *runners)
+            mapping = retarget(mapping, invert(renames))
+            if renames:
+                extra["renamed_targets"] = [r.describe() for r in renames]
+            if getattr(report, "unchecked", None):
+                extra["unchecked"] = len(report.unchecked)
+                extra["unchecked_summary"] = report.unchecked_summary()
+                extra["unchecked_logit_change"] = report.unchecked_logit_change
+            if not report.passed and report.logits is not None:
+                extra.update(fixture_check(*runners, report.kl_threshold, case.hf_shapes))
+                if "reference_error" in extra:
+                    extra.update(same_as_ground_truth(case, mapping, report))
         except Exception as e:  # verify's failure on one case is a result to report, not a reason to stop
             return solved.mapping, {"not_run": f"verify raised {type(e).__name__}: {str(e)[:200]}"}
         finally:
@@ -199,7 +281,7 @@ def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
                      "max_kl": float(kl) if isinstance(kl, (int, float)) else None,
                      "iterations": len(getattr(report, "trials", []) or []),
                      "forwards": getattr(report, "forwards", None), "passed": getattr(report, "passed", None),
-                     **({"error": report.error} if getattr(report, "error", "") else {})}
+                     **({"error": report.error} if getattr(report, "error", "") else {}), **extra}
 
 
 def _clear_caches() -> None:

@@ -44,7 +44,8 @@ def _reference_tensors(src_runner, tgt_runner, src_params: dict) -> dict:
             raise first from None
 
 
-def compare_with_reference(mapping, src_runner, tgt_runner, seed: int = 0) -> dict:
+def compare_with_reference(mapping, src_runner, tgt_runner, seed: int = 0,
+                           extra_sources: dict[str, tuple[int, ...]] | None = None) -> dict:
     """MaxText's own conversion (PARAM_MAPPING / HOOK_FNS) of the same seeded HF tensors verify uses, against
     `mapping`'s (None: no mapping to compare) and through the target model.
 
@@ -52,7 +53,10 @@ def compare_with_reference(mapping, src_runner, tgt_runner, seed: int = 0) -> di
     difference (`equal`, `total`, `differ`, `relaid`; only with a mapping), and the forward pass of the target
     model on MaxText's own tensors against the source model's (`kl_max`, `kl_mean`, `top1`, `max_abs_diff`), or
     `forward_error` saying why it could not run; `error` when MaxText's conversion itself fails. Acceptance data
-    only: nothing in the search reads MaxText's tables."""
+    only: nothing in the search reads MaxText's tables.
+    `extra_sources`: name -> shape of HF tensors the source model verify runs does not hold but MaxText's tables
+    read (a vision tower beside a text-only runner): they get seeded random values, which only feed targets the
+    text forward does not read."""
     import itertools
 
     import numpy as np
@@ -61,8 +65,14 @@ def compare_with_reference(mapping, src_runner, tgt_runner, seed: int = 0) -> di
     from ckptmap.verify.metrics import compare_logits
 
     ev = Evaluator(src_runner, tgt_runner, seed=seed)
+    src_params = ev.src_params
+    if extra_sources:
+        from ckptmap.verify.weights import random_params
+
+        extra = {n: s for n, s in extra_sources.items() if n not in src_params}
+        src_params = {**random_params(extra, seed), **src_params}
     try:
-        theirs = _reference_tensors(src_runner, tgt_runner, ev.src_params)
+        theirs = _reference_tensors(src_runner, tgt_runner, src_params)
     except Exception as e:
         return {"error": f"{type(e).__name__}: {_tail(str(e))}"}
     ours = ev.convert(mapping) if mapping is not None else None
