@@ -157,14 +157,21 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
                          f"(of head_dim {HEAD_DIM})")
     cfg["hidden_size"] = t_hidden
     scale = t_hidden / hidden
-    if not mla:
-        # low-rank factors of the projections (q / output LoRA) scale with the model width
-        for key in [k for k in real if k.endswith("_lora_rank")]:
-            if _num(real, key):
-                cfg[key] = _round_to(real[key] * scale, 8, 16)
+    groups = 1
     if _num(real, "o_groups") and real["o_groups"] > 1:
         # head groups of a grouped output projection: keep several, dividing the tiny head count
-        cfg["o_groups"] = 2 if t_heads % 2 == 0 else 1
+        groups = cfg["o_groups"] = 2 if t_heads % 2 == 0 else 1
+    if not mla:
+        # low-rank factors of the projections (q / output LoRA) scale with the model width, kept apart from the
+        # other tiny sizes (and a group of ranks from a group's input width) so that shapes tell axes apart
+        width = t_heads * cfg["head_dim"]
+        taken = {t_hidden, cfg["head_dim"], width, width // groups}
+        for key in [k for k in real if k.endswith("_lora_rank")]:
+            if _num(real, key):
+                rank = _round_to(real[key] * scale, 8, 16)
+                while rank in taken or rank * groups in taken:
+                    rank += 8
+                cfg[key] = rank
 
     for key in ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"):
         if _num(real, key):
