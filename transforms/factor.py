@@ -75,11 +75,11 @@ def nesting_rank(name: str) -> int | None:
         return 0
     if "expert" in name:
         return 1
-    if name.endswith("heads"):
+    if name.endswith("heads") or name.endswith("groups"):  # head groups (grouped output projection) nest like heads
         return 2
     if name == "q_per_kv":
         return 3
-    if "head_dim" in name:
+    if "head_dim" in name or name.endswith("lora_rank"):  # a low-rank width nests inside heads / groups
         return 4
     return None
 

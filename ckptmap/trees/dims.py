@@ -39,6 +39,7 @@ _HF_EXTRA: dict[str, str] = {
     "patch_size": "patch_size", "num_channels": "channels", "output_dim": "output_dim",
     "downsample_hidden_size": "downsample_hidden", "spatial_merge_size": "spatial_merge",
     "temporal_patch_size": "temporal_patch_size", "mm_tokens_per_image": "mm_tokens_per_image",
+    "o_groups": "o_groups", "o_lora_rank": "o_lora_rank",
 }
 
 # MaxText config keys (and their base_ spellings) -> canonical names
@@ -51,6 +52,7 @@ _MAXTEXT_CANONICAL: dict[str, str] = {
     "first_num_dense_layers": "first_k_dense", "q_lora_rank": "q_lora_rank", "kv_lora_rank": "kv_lora_rank",
     "qk_nope_head_dim": "qk_nope_head_dim", "qk_rope_head_dim": "qk_rope_head_dim", "v_head_dim": "v_head_dim",
     "global_head_dim": "global_head_dim", "global_num_kv_heads": "global_kv_heads",
+    "o_groups": "o_groups", "o_lora_rank": "o_lora_rank",
 }
 
 
