@@ -25,6 +25,7 @@ from ckptmap.heuristics.candidates import (
     operands,
 )
 from ckptmap.heuristics.layout import guess_layout
+from ckptmap.heuristics.names import concepts
 from ckptmap.heuristics.structure import Slot, TreeStructure, analyse
 from ckptmap.solver.cpsat import build_model, solve_ranked
 from ckptmap.solver.graph import build_graph, components
@@ -304,6 +305,8 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
         uncovered = [j for j, op in enumerate(prob.tgt_ops)
                      if not any(u.tensor in covered_targets for u in op.units)]
         for j in uncovered:
+            if "norm" in concepts(prob.tgt_ops[j].local):
+                continue  # a norm is never tied to another module's norm: one without a source stays unmapped
             best = max((c for c in prob.candidates if c.targets == (j,)), key=lambda c: c.score, default=None)
             if best is None or best.parts.get("name", 0) < 0.3:
                 continue
