@@ -999,8 +999,9 @@ def export_maxtext_module(mapping: Mapping | Sequence[Mapping], path: str | None
         if scanned in branches:
             raise ExportError(f"two mappings for scan_layers={scanned}; give at most one scanned and one unscanned")
         scan_axis = int(m.meta.get("param_scan_axis", 1))
+        # a target filled with a constant (no HF tensor) is left to MaxText's own init: no PARAM_MAPPING entry
         plans = [plan_rule(lift_stacked_sources(r), i, scanned=scanned, scan_axis=scan_axis, target_shapes=shapes)
-                 for i, r in enumerate(m.rules)]
+                 for i, r in enumerate(m.rules) if r.sources]
         branches[scanned] = build_blocks(plans, hooks)
         provenance.append(f"{m.source or 'HF'} -> {m.target or 'MaxText'}, scan_layers={scanned}")
     text = render_module(dict(sorted(branches.items(), reverse=True)), hooks, model_name, hf_config or {},

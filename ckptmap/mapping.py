@@ -195,7 +195,9 @@ class Mapping:
         out = []
         for i, r in enumerate(self.rules):
             names = r.source_names()
-            if names and all(n in seen for n in names):
+            if not names:
+                continue  # a target filled with a constant (transforms.Fill): nothing to write back
+            if all(n in seen for n in names):
                 continue
             seen.update(names)
             out.append((i, r.reversed()))
@@ -204,9 +206,12 @@ class Mapping:
     def reversed(self) -> "Mapping":
         """target -> source, derived rule by rule (see reversed_rules)."""
         rules = [r for _, r in self.reversed_rules()]
+        filled = {t: "filled with a constant by the forward mapping" for r in self.rules if not r.sources
+                  for t in r.target_names()}
         return Mapping(rules=rules, source=self.target, target=self.source,
                        unmapped_targets=sorted(self.unused_sources),
-                       unused_sources={t: "not produced by the forward mapping" for t in self.unmapped_targets},
+                       unused_sources={**{t: "not produced by the forward mapping" for t in self.unmapped_targets},
+                                       **filled},
                        meta=dict(self.meta, reversed=not self.meta.get("reversed", False)))
 
     def target_names(self) -> list[str]:

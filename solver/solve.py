@@ -164,6 +164,15 @@ def _calibrate_layout(ctx: Context, problems: list[Problem], notes: list[str]) -
         ctx.src_layout = ctx.tgt_layout
 
 
+FILL_MIN_COVERED = 0.75  # a layer template's targets the sources explain before its unexplained norms are filled
+
+
+def _neutral_norm(op: Operand) -> bool:
+    """A norm's scale (not its bias), one per cell: what a model without that learned scale multiplies by 1."""
+    cs = concepts(op.local)
+    return "norm" in cs and "bias" not in cs and not op.stacked_experts and len(op.shape) == 1
+
+
 def _solve_problem(prob: Problem, ctx: Context, k_alternatives: int) -> None:
     prob.candidates = generate(ctx, prob.src_ops, prob.tgt_ops)
     apply_module_consistency(prob.candidates, prob.src_ops)
@@ -251,7 +260,7 @@ def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 
 def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: TreeStructure, *, priors,
            k_alternatives: int, dims: dict | None, search) -> SolveResult:
     t0 = time.perf_counter()
-    from ckptmap.transforms import Stack
+    from ckptmap.transforms import Fill, Stack
 
     notes: list[str] = []
     if dims is None:
@@ -319,6 +328,25 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
             covered_targets.update(rule.target_names())
             used_sources.update(rule.source_names())
             notes.append(f"{rule.target_names()[0]} shares its source {rule.source_names()[0]} with another target")
+
+    # A norm no source explains (the source model does not learn that scale): its neutral scale, ones; only in a
+    # layer (or the globals) whose other targets the source does explain, mostly.
+    for prob in problems:
+        covered = [any(u.tensor in covered_targets for u in op.units) for op in prob.tgt_ops]
+        if sum(covered) < FILL_MIN_COVERED * len(prob.tgt_ops):
+            continue
+        for j, op in enumerate(prob.tgt_ops):
+            if covered[j] or not _neutral_norm(op):
+                continue
+            cand = Candidate((), (j,), Fill(tuple(op.shape), 1.0), 0.0, {"fill": "no source: a norm's neutral scale"})
+            try:
+                rule = _rule_for(prob, cand, stack_factory)
+            except SolveError:
+                continue
+            rule.explain["filled"] = True
+            rules.append(rule)
+            covered_targets.update(rule.target_names())
+            notes.append(f"{rule.target_names()[0]}: no source tensor; filled with ones (a norm's neutral scale)")
 
     unmapped = [n for n in tgt.names() if n not in covered_targets]
     unused = {n: "no target reads it" for n in src.names() if n not in used_sources}
