@@ -75,6 +75,8 @@ def verify_cell(v: dict) -> str:
         text += "; fixture_inconsistent: " + v["fixture_inconsistent"].replace("|", "/")[:90]
     elif v.get("passed") is False and v.get("reference_kl") is not None:
         text += f"; MaxText's own conversion: KL {v['reference_kl']:.2g}"
+    elif v.get("reference_note"):
+        text += "; " + v["reference_note"].replace("|", "/")[:90]
     if v.get("unchecked"):
         text += f"; {v['unchecked']} targets not checked (untested by the forward passes)"
     if v.get("renamed_targets"):
