@@ -244,8 +244,9 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
     # The same through role families: a packed tensor whose name does not list its parts, against siblings that
     # differ in one role word (pre_alpha / post_alpha / res_alpha) and add up to it.
     named = {(c.sources, c.targets) for c in cands}
+    tgt_families, src_families = role_families(tgt_ops), role_families(src_ops)
     for i, s in enumerate(src_ops):
-        for idx in _family_groups(s, tgt_ops):
+        for idx in _family_groups(s, tgt_ops, tgt_families):
             if ((i,), idx) in named:
                 continue
             parts = [tgt_ops[j] for j in idx]
@@ -255,7 +256,7 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
                 parts_score["unnamed_split"] = -W_UNNAMED_SPLIT
                 cands.append(Candidate((i,), idx, chain, score, parts_score))
     for j, t in enumerate(tgt_ops):
-        for idx in _family_groups(t, src_ops):
+        for idx in _family_groups(t, src_ops, src_families):
             if (idx, (j,)) in named:
                 continue
             parts = [src_ops[i] for i in idx]
@@ -292,9 +293,10 @@ def role_families(ops: list[Operand]) -> list[tuple[int, ...]]:
     return out
 
 
-def _family_groups(fused: Operand, others: list[Operand]):
-    """Role families of `others` whose sizes add up to `fused` and whose names are close enough to its name."""
-    for idx in role_families(others):
+def _family_groups(fused: Operand, others: list[Operand], families: list[tuple[int, ...]]):
+    """Role families of `others` (`families`, from role_families) whose sizes add up to `fused` and whose names
+    are close enough to its name."""
+    for idx in families:
         members = [others[k] for k in idx]
         if sum(o.numel for o in members) != fused.numel or any(o.numel >= fused.numel for o in members):
             continue
