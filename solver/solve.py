@@ -335,8 +335,11 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
         covered = [any(u.tensor in covered_targets for u in op.units) for op in prob.tgt_ops]
         if sum(covered) < FILL_MIN_COVERED * len(prob.tgt_ops):
             continue
+        # a source norm of the same shape left unused would be a better explanation: then report, do not fill
+        spare = {o.shape for o in prob.src_ops if "norm" in concepts(o.local)
+                 and not any(u.tensor in used_sources for u in o.units)}
         for j, op in enumerate(prob.tgt_ops):
-            if covered[j] or not _neutral_norm(op):
+            if covered[j] or not _neutral_norm(op) or op.shape in spare:
                 continue
             cand = Candidate((), (j,), Fill(tuple(op.shape), 1.0), 0.0, {"fill": "no source: a norm's neutral scale"})
             try:

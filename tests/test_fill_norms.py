@@ -55,3 +55,29 @@ def test_export_leaves_filled_targets_to_maxtext(ds4_scan1, tmp_path):
     _, result = ds4_scan1
     text = export_maxtext_module(result.mapping, str(tmp_path / "ds4.py"), "deepseek4-284b")
     assert "mhc_norm" not in text and "mhc_attention" in text
+
+
+def test_a_norm_is_not_filled_while_a_source_norm_of_its_shape_is_unused(tmp_path):
+    import json
+
+    from ckptmap.solver import solve
+    from ckptmap.trees import read_tree
+
+    def tree(shapes):
+        path = tmp_path / f"t{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({n: list(s) for n, s in shapes.items()}))
+        return read_tree(str(path))
+
+    src, tgt = {}, {}
+    for i in range(2):
+        for hf, mt, shape in (("q_proj", "query", (64, 32)), ("k_proj", "key", (16, 32)),
+                              ("v_proj", "value", (16, 32)), ("o_proj", "out", (32, 64))):
+            src[f"model.layers.{i}.self_attn.{hf}.weight"] = shape
+            tgt[f"params-decoder-layers_{i}-self_attention-{mt}-kernel"] = shape[::-1]
+        src[f"model.layers.{i}.input_layernorm.weight"] = (32,)
+        tgt[f"params-decoder-layers_{i}-pre_self_attention_layer_norm-scale"] = (32,)
+    tgt.update({f"params-decoder-layers_{i}-extra_norm-scale": (16,) for i in range(2)})
+    res = solve(tree(src), tree(tgt))
+    filled = {n for r in res.mapping.rules if not r.sources for n in r.target_names()}
+    assert filled == {f"params-decoder-layers_{i}-extra_norm-scale" for i in range(2)}
+    assert not res.mapping.unused_sources
