@@ -121,9 +121,21 @@ def maxtext_layouts(model_name: str, overrides: list[str], scan: bool) -> dict:
     return session(model_name, [*overrides, f"scan_layers={'true' if scan else 'false'}"]).fused_layouts()
 
 
+def _derived_case(family: str):
+    """A derived benchmark case as a BundledModel (its folder has the same files), or None."""
+    from ckptmap.benchmarks.cases import case_dir, is_derived
+
+    if not is_derived(family):
+        return None
+    folder = case_dir(family)
+    with open(os.path.join(folder, "config.json")) as f:
+        return bundled.BundledModel(family, folder, json.load(f))
+
+
 def build(family: str) -> tuple[dict, list[str], list[str]]:
-    """(layouts by side, problems, notes) for one bundled family."""
-    b = bundled.find(family)
+    """(layouts by side, problems, notes) for one bundled family, or a derived benchmark case (`derived/<name>`,
+    ckptmap.benchmarks.derived)."""
+    b = _derived_case(family) or bundled.find(family)
     out: dict[str, dict] = {}
     problems: list[str] = []
     from ckptmap.trees import read_tree
@@ -162,7 +174,8 @@ def write(path: str, doc: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ckptmap.code_reading", description=__doc__.split("\n\n")[0])
-    ap.add_argument("families", nargs="*", help="bundled families (default: all)")
+    ap.add_argument("families", nargs="*", help="bundled families, or derived benchmark cases `derived/<name>` "
+                    "(default: all bundled)")
     ap.add_argument("--out", default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     problems: list[str] = []
