@@ -158,10 +158,10 @@ def fixture_specs(case: Case, directory: str) -> tuple[str, str]:
     import os
     import shlex
 
-    from ckptmap.benchmarks.cases import FIXTURES
+    from ckptmap.benchmarks.cases import case_dir
     from ckptmap.mapping import write_json_atomic
 
-    with open(os.path.join(FIXTURES, case.family, "config.json")) as f:
+    with open(os.path.join(case_dir(case.family), "config.json")) as f:  # a fixture's, or a derived case's
         fixture = json.load(f)
     hf_path = os.path.join(directory, "config.json")
     write_json_atomic(hf_path, fixture["hf_config"])
