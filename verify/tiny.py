@@ -15,6 +15,7 @@ is written down here: only which config keys name which quantity.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -106,10 +107,10 @@ def _num(d: dict, key: str):
 def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dict, list[str]]:
     """Real HF config dict -> (tiny HF config dict, notes). Multimodal configs give their text model only."""
     notes: list[str] = []
-    cfg = dict(real_hf)
+    cfg = copy.deepcopy(real_hf)  # nested dicts (RoPE) are edited below; the real config stays as it is
     if isinstance(cfg.get("text_config"), dict) and "model_type" in cfg["text_config"]:
         notes.append(f"text model only ({cfg['text_config']['model_type']} of {cfg.get('model_type')})")
-        cfg = dict(cfg["text_config"])
+        cfg = copy.deepcopy(cfg["text_config"])
     for k in ("architectures", "auto_map", "_name_or_path", "transformers_version", "id2label", "label2id",
               "dtype", "torch_dtype", "quantization_config"):
         cfg.pop(k, None)
@@ -355,6 +356,15 @@ def reconcile_rope(tiny_hf: dict, real_maxtext: dict) -> list[str]:
         if "rope_theta" in params and params["rope_theta"] != want:
             notes.append(f"rope_theta of {where}: {params['rope_theta']:g} -> {want:g} (MaxText's)")
             params["rope_theta"] = float(want)
+    if str(real_maxtext.get("rope_type", "")).lower() == "default":
+        # MaxText's yml says plain RoPE: the HF side drops its YaRN scaling too (DeepSeek-V4's compressed layers)
+        for params, _, where in targets:
+            kind = params.get("rope_type", params.get("type", "default"))
+            if kind == "yarn":
+                for key in [k for k in params if k not in ("rope_theta", "partial_rotary_factor")]:
+                    params.pop(key)
+                params["rope_type"] = "default"
+                notes.append(f"RoPE of {where}: YaRN dropped (MaxText's yml: rope_type default)")
     if str(real_maxtext.get("rope_type", "")).lower() == "yarn":
         # MaxText applies its YaRN to every layer; give the HF side the same where it has plain RoPE.
         yarn = {"rope_type": "yarn", "factor": float(real_maxtext.get("rope_factor", 1.0))}
