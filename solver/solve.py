@@ -308,6 +308,18 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
             if alts:
                 alternatives[len(rules) - 1] = alts
 
+    def add_extra(prob: Problem, cand: Candidate, why: str) -> Rule | None:
+        """A rule for a target the assignment left uncovered, marked `why` in its explain; None if it cannot."""
+        try:
+            rule = _rule_for(prob, cand, stack_factory)
+        except SolveError:
+            return None
+        rule.explain[why] = True
+        rules.append(rule)
+        covered_targets.update(rule.target_names())
+        used_sources.update(rule.source_names())
+        return rule
+
     # Shared sources on purpose: a target still uncovered may read a source already used (tied embeddings),
     # when its best candidate is convincing by name.
     for prob in problems:
@@ -319,15 +331,10 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
             best = max((c for c in prob.candidates if c.targets == (j,)), key=lambda c: c.score, default=None)
             if best is None or best.parts.get("name", 0) < 0.3:
                 continue
-            try:
-                rule = _rule_for(prob, best, stack_factory)
-            except SolveError:
-                continue
-            rule.explain["shared_source"] = True
-            rules.append(rule)
-            covered_targets.update(rule.target_names())
-            used_sources.update(rule.source_names())
-            notes.append(f"{rule.target_names()[0]} shares its source {rule.source_names()[0]} with another target")
+            rule = add_extra(prob, best, "shared_source")
+            if rule is not None:
+                notes.append(f"{rule.target_names()[0]} shares its source {rule.source_names()[0]} with another "
+                             "target")
 
     # A norm no source explains (the source model does not learn that scale): its neutral scale, ones; only in a
     # layer (or the globals) whose other targets the source does explain, mostly.
@@ -342,14 +349,9 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
             if covered[j] or not _neutral_norm(op) or op.shape in spare:
                 continue
             cand = Candidate((), (j,), Fill(tuple(op.shape), 1.0), 0.0, {"fill": "no source: a norm's neutral scale"})
-            try:
-                rule = _rule_for(prob, cand, stack_factory)
-            except SolveError:
-                continue
-            rule.explain["filled"] = True
-            rules.append(rule)
-            covered_targets.update(rule.target_names())
-            notes.append(f"{rule.target_names()[0]}: no source tensor; filled with ones (a norm's neutral scale)")
+            rule = add_extra(prob, cand, "filled")
+            if rule is not None:
+                notes.append(f"{rule.target_names()[0]}: no source tensor; filled with ones (a norm's neutral scale)")
 
     unmapped = [n for n in tgt.names() if n not in covered_targets]
     unused = {n: "no target reads it" for n in src.names() if n not in used_sources}
