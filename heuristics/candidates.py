@@ -225,47 +225,49 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
             for chain in _chains(ctx, [s.shape], [t.shape]):
                 score, parts = _score(ctx, [s], [t], chain, ordinal=ordinal)
                 cands.append(Candidate((i,), (j,), chain, score, parts))
-    # 1 -> n: a fused source split into several targets.
+    # 1 -> n: a fused source split into several targets; n -> 1: several sources concatenated into one target.
     for i, s in enumerate(src_ops):
         for idx in _fused_groups(s, tgt_ops):
-            parts = [tgt_ops[j] for j in idx]
-            for chain, code in _fused_chains(ctx, s, parts, split=True):
-                score, parts_score = _score(ctx, [s], parts, chain)
-                score += _code_term(code, len(parts), parts_score)
-                cands.append(Candidate((i,), idx, chain, score + 0.1, parts_score))
-    # n -> 1: several sources concatenated into one target.
+            cands += _fused_candidates(ctx, i, s, idx, tgt_ops, split=True, named=True)
     for j, t in enumerate(tgt_ops):
         for idx in _fused_groups(t, src_ops):
-            parts = [src_ops[i] for i in idx]
-            for chain, code in _fused_chains(ctx, t, parts, split=False):
-                score, parts_score = _score(ctx, parts, [t], chain)
-                score = score * len(idx) + _code_term(code, len(idx), parts_score)
-                cands.append(Candidate(idx, (j,), chain, score + 0.1, parts_score))
+            cands += _fused_candidates(ctx, j, t, idx, src_ops, split=False, named=True)
     # The same through role families: a packed tensor whose name does not list its parts, against siblings that
     # differ in one role word (pre_alpha / post_alpha / res_alpha) and add up to it.
     named = {(c.sources, c.targets) for c in cands}
     tgt_families, src_families = role_families(tgt_ops), role_families(src_ops)
     for i, s in enumerate(src_ops):
         for idx in _family_groups(s, tgt_ops, tgt_families):
-            if ((i,), idx) in named:
-                continue
-            parts = [tgt_ops[j] for j in idx]
-            for chain, code in _fused_chains(ctx, s, parts, split=True):
-                score, parts_score = _score(ctx, [s], parts, chain)
-                score += _code_term(code, len(parts), parts_score) - W_UNNAMED_SPLIT * len(parts)
-                parts_score["unnamed_split"] = -W_UNNAMED_SPLIT
-                cands.append(Candidate((i,), idx, chain, score, parts_score))
+            if ((i,), idx) not in named:
+                cands += _fused_candidates(ctx, i, s, idx, tgt_ops, split=True, named=False)
     for j, t in enumerate(tgt_ops):
         for idx in _family_groups(t, src_ops, src_families):
-            if (idx, (j,)) in named:
-                continue
-            parts = [src_ops[i] for i in idx]
-            for chain, code in _fused_chains(ctx, t, parts, split=False):
-                score, parts_score = _score(ctx, parts, [t], chain)
-                score = score * len(idx) + _code_term(code, len(idx), parts_score) - W_UNNAMED_SPLIT * len(idx)
-                parts_score["unnamed_split"] = -W_UNNAMED_SPLIT
-                cands.append(Candidate(idx, (j,), chain, score, parts_score))
+            if (idx, (j,)) not in named:
+                cands += _fused_candidates(ctx, j, t, idx, src_ops, split=False, named=False)
     return cands
+
+
+def _fused_candidates(ctx: Context, k: int, fused: Operand, idx: tuple[int, ...], others: list[Operand], *,
+                      split: bool, named: bool) -> list[Candidate]:
+    """Candidates between operand `k` (`fused`) and the parts `idx` of the other side (`others`): fused -> parts
+    when `split`, else parts -> fused. Each stands for len(idx) edges. A group the fused name names gets a small
+    bonus; a role family it does not name pays W_UNNAMED_SPLIT per edge."""
+    parts = [others[p] for p in idx]
+    out = []
+    for chain, code in _fused_chains(ctx, fused, parts, split=split):
+        if split:
+            score, parts_score = _score(ctx, [fused], parts, chain)
+        else:
+            score, parts_score = _score(ctx, parts, [fused], chain)
+            score *= len(idx)
+        if named:
+            score = score + _code_term(code, len(idx), parts_score) + 0.1
+        else:
+            score += _code_term(code, len(idx), parts_score) - W_UNNAMED_SPLIT * len(idx)
+            parts_score["unnamed_split"] = -W_UNNAMED_SPLIT
+        sources, targets = ((k,), idx) if split else (idx, (k,))
+        out.append(Candidate(sources, targets, chain, score, parts_score))
+    return out
 
 
 def _words(local: str) -> list[str]:

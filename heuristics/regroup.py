@@ -88,46 +88,61 @@ def grouped_splits(split: Split, held: tuple[int, ...], dims: dict[str, int]) ->
         if max(held) == 1 and not all(_head_structured(s, dims) for s in fine):
             continue  # parts that are not whole heads (gate/up of an MLP) are not grouped by heads
         for g in group_counts(fine, dims):
-            blocks = tuple(s // g for s in fine)
-            fused = Split(split.axis, fine, True, blocks[0] if len(set(blocks)) == 1 else blocks)
-            regroup = Parallel(tuple(Concat(split.axis, part) if len(part) > 1 else Identity() for part in pick))
-            out.append(Chain((fused, regroup)) if max(held) > 1 else Chain((fused,)))
+            out.append(Chain(_grouped_cut(split.axis, pick, tuple(s // g for s in fine))))
             if len(out) >= MAX_VARIANTS:
                 return out
     return out
 
 
+def _grouped_cut(axis: int, runs: tuple[tuple[int, ...], ...], blocks: tuple[int, ...]) -> tuple:
+    """Ops cutting `axis` into the fine parts of `runs` (all parts, in order), read as rounds of `blocks` (one
+    block per fine part), then concatenating each run back into one part where a run holds several."""
+    fine = tuple(s for run in runs for s in run)
+    cut = Split(axis, fine, True, blocks[0] if len(set(blocks)) == 1 else blocks)
+    if all(len(run) == 1 for run in runs):
+        return (cut,)
+    return cut, Parallel(tuple(Concat(axis, run) if len(run) > 1 else Identity() for run in runs))
+
+
+def _leading_split(chain) -> Split | None:
+    """The split a 1 -> n chain starts with, or None."""
+    if isinstance(chain, Chain) and chain.ops and isinstance(chain.ops[0], Split):
+        return chain.ops[0]
+    return None
+
+
 def grouped_chains(chain: Chain, held: tuple[int, ...], dims: dict[str, int]) -> list[Chain]:
     """For a 1 -> n chain that starts with a contiguous split, the same chain with the split read per head
     group (see grouped_splits); [] when the chain does not start with a split."""
-    if not isinstance(chain, Chain) or not chain.ops or not isinstance(chain.ops[0], Split):
+    split = _leading_split(chain)
+    if split is None:
         return []
-    rest = chain.ops[1:]
-    return [Chain((g,) + rest, chain.prior) for g in grouped_splits(chain.ops[0], held, dims)]
+    return [Chain((g,) + chain.ops[1:], chain.prior) for g in grouped_splits(split, held, dims)]
 
 
 def split_layout(chain) -> tuple[int, int, tuple[int, ...]] | None:
     """(axis, rounds, per-round blocks) of the split a 1 -> n chain starts with, or None."""
-    if not isinstance(chain, Chain) or not chain.ops or not isinstance(chain.ops[0], Split):
+    split = _leading_split(chain)
+    if split is None:
         return None
-    split = chain.ops[0]
     if not split.interleave:
         return split.axis, 1, tuple(split.sizes)
     rounds, blocks = interleave_rounds(split.sizes, split.block)
     return split.axis, rounds, tuple(blocks)
 
 
-def _coarsens(coarse: tuple[int, ...], fine: tuple[int, ...]) -> bool:
-    """Whether `coarse` is `fine` with runs of neighbours summed."""
-    i = 0
+def _runs(coarse: tuple[int, ...], fine: tuple[int, ...]) -> list[tuple[int, ...]] | None:
+    """`fine` cut into runs of neighbours whose sums are `coarse`, in order; None when it cannot be."""
+    runs, i = [], 0
     for c in coarse:
-        total = 0
-        while total < c and i < len(fine):
-            total += fine[i]
+        run: list[int] = []
+        while sum(run) < c and i < len(fine):
+            run.append(fine[i])
             i += 1
-        if total != c:
-            return False
-    return i == len(fine)
+        if sum(run) != c:
+            return None
+        runs.append(tuple(run))
+    return runs if i == len(fine) else None
 
 
 def agrees_with_code(chain, layout: dict) -> int:
@@ -138,7 +153,7 @@ def agrees_with_code(chain, layout: dict) -> int:
     if got is None or got[0] != layout["axis"]:
         return 0
     axis, rounds, blocks = got
-    return 1 if rounds == layout["rounds"] and _coarsens(blocks, tuple(layout["blocks"])) else -1
+    return 1 if rounds == layout["rounds"] and _runs(blocks, tuple(layout["blocks"])) is not None else -1
 
 
 def code_splits(chain, layout: dict) -> list[Chain]:
@@ -150,21 +165,7 @@ def code_splits(chain, layout: dict) -> list[Chain]:
         return []
     split = chain.ops[0]
     rounds, blocks = int(layout["rounds"]), tuple(int(b) for b in layout["blocks"])
-    fine = tuple(rounds * b for b in blocks)
-    if rounds == 1 or sum(fine) != sum(split.sizes):
+    runs = _runs(tuple(split.sizes), tuple(rounds * b for b in blocks))
+    if rounds == 1 or runs is None:
         return []
-    runs, i = [], 0
-    for size in split.sizes:
-        run = []
-        while sum(run) < size and i < len(fine):
-            run.append(fine[i])
-            i += 1
-        if sum(run) != size:
-            return []
-        runs.append(tuple(run))
-    block = blocks[0] if len(set(blocks)) == 1 else blocks
-    cut = Split(split.axis, fine, True, block)
-    if all(len(r) == 1 for r in runs):
-        return [Chain((cut,) + chain.ops[1:], chain.prior)]
-    regroup = Parallel(tuple(Concat(split.axis, r) if len(r) > 1 else Identity() for r in runs))
-    return [Chain((cut, regroup) + chain.ops[1:], chain.prior)]
+    return [Chain(_grouped_cut(split.axis, tuple(runs), blocks) + chain.ops[1:], chain.prior)]
