@@ -91,7 +91,6 @@ def solve_trees(case: Case):
 def with_code_layouts(case: Case) -> tuple:
     """Copies of the case's trees carrying the stored code layouts of its family (HF side and this scan)."""
     from ckptmap import code_reading
-    from ckptmap.trees.code_layouts import attach
 
     stored = code_reading.load(case.family)
     if stored is None:
@@ -99,7 +98,7 @@ def with_code_layouts(case: Case) -> tuple:
     trees = []
     for tree, side in ((case.src, "hf"), (case.tgt, f"scan{case.scan}")):
         copy = dataclasses.replace(tree, meta=dict(tree.meta))
-        trees.append(attach(copy, stored.get(side, {}), source=code_reading.layouts_path(case.family) + "#" + side))
+        trees.append(code_reading.attach_stored(copy, case.family, stored, side))
     return tuple(trees)
 
 

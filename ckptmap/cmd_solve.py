@@ -118,7 +118,7 @@ def attach_code_layouts(args, *sides, bundled_model=None) -> list[str]:
         try:
             if stored is not None:
                 found = stored.get(side, {})
-                attach(tree, found, source=code_reading.layouts_path(bundled_model.family) + "#" + side)
+                code_reading.attach_stored(tree, bundled_model.family, stored, side)
             else:
                 found = code_reading.layouts_for_spec(spec, tree, notes)
                 attach(tree, found, source="traced")

@@ -48,7 +48,7 @@ def load(family: str, out_dir: str = DEFAULT_OUT) -> dict | None:
 def hf_layouts(config: dict, tree=None, notes: list[str] | None = None, *, max_params: int | None = None) -> dict:
     """Layouts of the HF model `config` builds, keyed by checkpoint name; only those that fit `tree` (when
     given). A model too large to run on the CPU is traced as its tiny twin and the layouts are transferred."""
-    from ckptmap.trees.code_layout_torch import CodeLayoutError, fused_layouts_hf
+    from ckptmap.trees.code_layout_torch import ModelTooLarge, fused_layouts_hf
     from ckptmap.trees.code_layouts import check_layout, transfer
 
     notes = notes if notes is not None else []
@@ -56,19 +56,19 @@ def hf_layouts(config: dict, tree=None, notes: list[str] | None = None, *, max_p
     limit = {} if max_params is None else {"max_params": max_params}
     try:
         found = fused_layouts_hf(config, **limit)
-    except CodeLayoutError as e:
-        if tree is None or "more than max_params" not in e.one_line():
+    except ModelTooLarge:
+        if tree is None:
             raise
         from ckptmap.trees import hf, hf_config
         from ckptmap.trees.dims import dims_from_hf_config
         from ckptmap.verify.tiny import tiny_hf_config
 
-        tiny_cfg, _ = tiny_hf_config(config if isinstance(config, dict) else config.to_dict())
+        config_dict = config if isinstance(config, dict) else config.to_dict()
+        tiny_cfg, _ = tiny_hf_config(config_dict)
         tiny_tree = hf.read_hf_tree(hf_config.build_config(tiny_cfg, "tiny twin"), origin="tiny twin")
         tiny_tree.meta["dims"] = dims_from_hf_config(tiny_cfg)
         tiny_tree.meta["code_layouts"] = {n: v for n, v in fused_layouts_hf(tiny_cfg).items() if n in tiny_tree}
-        full = tree if tree.meta.get("dims") else _with_dims(
-            tree, dims_from_hf_config(config if isinstance(config, dict) else config.to_dict()))
+        full = tree if tree.meta.get("dims") else _with_dims(tree, dims_from_hf_config(config_dict))
         found = transfer(tiny_tree, full)
         notes.append(f"HF code layouts read on a tiny twin and carried over ({len(found)} tensors)")
     if tree is None:
@@ -98,15 +98,9 @@ def layouts_for_spec(spec: str, tree, notes: list[str]) -> dict:
     if parsed.kind == "hf_config" or (parsed.kind == "json" and tree.meta.get("hf")):
         return hf_layouts(hf_config.config_for_file(parsed.target, parsed.overrides)[0], tree, notes)
     if parsed.kind == "maxtext":
-        from ckptmap.maxtext import session
-        from ckptmap.maxtext.sessions import with_scan_layers
+        from ckptmap.trees import maxtext_spec_args
 
-        overrides = tuple(tok for tok in parsed.raw_overrides if not tok.startswith("scan_layers="))
-        scan = parsed.overrides.get("scan_layers")
-        if isinstance(scan, str):
-            scan = scan.lower() in ("1", "true", "yes")
-        layouts = session(parsed.target, with_scan_layers(overrides, None if scan is None else bool(scan)))
-        return {n: v for n, v in layouts.fused_layouts().items() if n in tree}
+        return {n: v for n, v in maxtext_layouts(parsed.target, *maxtext_spec_args(parsed)).items() if n in tree}
     return {}
 
 
@@ -115,10 +109,19 @@ def _with_dims(tree, dims: dict):
     return tree
 
 
-def maxtext_layouts(model_name: str, overrides: list[str], scan: bool) -> dict:
+def maxtext_layouts(model_name: str, overrides: list[str], scan: bool | None) -> dict:
+    """Layouts of MaxText's model `model_name` (the session the `maxtext:` tree reader uses for the same spec)."""
     from ckptmap.maxtext import session
+    from ckptmap.maxtext.overrides import with_scan_layers
 
-    return session(model_name, [*overrides, f"scan_layers={'true' if scan else 'false'}"]).fused_layouts()
+    return session(model_name, with_scan_layers(tuple(overrides), scan)).fused_layouts()
+
+
+def attach_stored(tree, family: str, stored: dict, side: str):
+    """Attach side `side` ("hf", "scan0", "scan1") of a family's stored layouts (from load) to `tree`."""
+    from ckptmap.trees.code_layouts import attach
+
+    return attach(tree, stored.get(side, {}), source=f"{layouts_path(family)}#{side}")
 
 
 def _derived_case(family: str):

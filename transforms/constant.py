@@ -42,7 +42,7 @@ class Fill(Op):
         return Discard()
 
     def to_code(self, args: list[str]) -> list[str]:
-        return [f"np.full({shape_text(self.out_shape) if self.out_shape else '()'}, {float(self.value)!r}, dtype=np.float32)"]
+        return [f"np.full({shape_text(self.out_shape)}, {float(self.value)!r}, dtype=np.float32)"]
 
     @property
     def cost(self) -> float:

@@ -53,16 +53,21 @@ def _read_json(spec: TreeSpec, layout: str) -> ParamTree:
     return attach_beside(tree, spec.target)
 
 
+def maxtext_spec_args(spec: TreeSpec) -> tuple[list[str], bool | None]:
+    """(overrides without scan_layers, scan_layers or None) of a `maxtext:MODEL key=value ...` spec."""
+    overrides = [tok for tok in spec.raw_overrides if not tok.startswith("scan_layers=")]
+    scan = spec.overrides.get("scan_layers")
+    if isinstance(scan, str):
+        scan = scan.lower() in ("1", "true", "yes")
+    return overrides, None if scan is None else bool(scan)
+
+
 def _read_maxtext(spec: TreeSpec) -> ParamTree:
     try:
         from ckptmap.maxtext import read_maxtext_tree
     except ImportError as e:
         raise TreeError(f"the MaxText reader is not available ({e})", file=spec.text) from None
-    overrides = [tok for tok in spec.raw_overrides if not tok.startswith("scan_layers=")]
-    scan = spec.overrides.get("scan_layers")
-    if isinstance(scan, str):
-        scan = scan.lower() in ("1", "true", "yes")
-    return read_maxtext_tree(spec.target, overrides, None if scan is None else bool(scan))
+    return read_maxtext_tree(spec.target, *maxtext_spec_args(spec))
 
 
 def read_tree(spec: str, *, hf_layout: str = "saved") -> ParamTree:

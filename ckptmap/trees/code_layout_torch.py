@@ -44,6 +44,10 @@ class CodeLayoutError(CkptmapError):
     """The model could not be built or traced to read fused-parameter layouts off its code."""
 
 
+class ModelTooLarge(CodeLayoutError):
+    """The model has more parameters than a CPU trace may build (max_params)."""
+
+
 # --- op classes (by overload-packet name) ---------------------------------------------------------------------------
 
 _IDENTITY = {"alias", "clone", "contiguous", "_to_copy", "to", "detach", "lift_fresh", "lift_fresh_copy", "_conj",
@@ -761,7 +765,7 @@ def _fused_layouts_hf(config: Any, *, max_params: int, label: str, seq: int = 8)
         raise CodeLayoutError("transformers cannot build a model from this config: " + "; ".join(failures), file=label)
     make, text_only, n_params = chosen
     if n_params > max_params:
-        raise CodeLayoutError(f"the model has {n_params:,} parameters, more than max_params={max_params:,}: "
+        raise ModelTooLarge(f"the model has {n_params:,} parameters, more than max_params={max_params:,}: "
                               "trace a shrunk config (fewer layers, smaller sizes)", file=label)
 
     threads = torch.get_num_threads()
