@@ -1,5 +1,7 @@
-# Two commands do all the setup: `make demo` (solve a bundled model) and `make test`.
-# Both are idempotent: the venvs are built once and reused while pyproject.toml and the pins are unchanged.
+# Two commands do all the setup: `make demo` (the whole job on a tiny model) and `make test`.
+# Both are idempotent: the venvs are built once and reused while pyproject.toml and the locks are unchanged.
+# The venvs are built from exact locks (requirements/lock-py311.txt, lock-py312.txt), so a new release upstream
+# changes nothing here until `make lock` is run on purpose; `make test-latest` tries the newest releases.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,15 +12,17 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup demo test test-fast test-maxtext bench bench-quick clean maxtext-venv
+.PHONY: setup demo test test-fast test-maxtext test-latest bench bench-quick clean maxtext-venv lock
+LOCK311 := requirements/lock-py311.txt
+LOCK312 := requirements/lock-py312.txt
 
 setup: $(VENV)/.stamp maxtext-venv
 
-# torch==2.13.0 first: it is a local CPU wheel; anything looser would pull a multi-GB CUDA build.
-$(VENV)/.stamp: pyproject.toml
+# Exact versions from the lock (torch 2.13.0+cpu is a local CPU wheel), then ckptmap itself with no resolution.
+$(VENV)/.stamp: pyproject.toml $(LOCK311)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e '.[test,plot]'
+	$(VENV)/bin/pip install -q -r $(LOCK311)
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 # The MaxText worker venv (Python >= 3.12), built whenever a Python 3.12 exists.
@@ -26,9 +30,9 @@ maxtext-venv:
 	@if [ -n "$(PY312)" ]; then $(MAKE) --no-print-directory $(MT_VENV)/.stamp; \
 	 else echo "note: no Python 3.12 found; MaxText-side features (maxtext: trees, verify, ground truth) are unavailable"; fi
 
-$(MT_VENV)/.stamp: requirements/maxtext-cpu.txt pyproject.toml
+$(MT_VENV)/.stamp: $(LOCK312) pyproject.toml
 	$(PY312) -m venv $(MT_VENV)
-	$(MT_VENV)/bin/pip install -q -r requirements/maxtext-cpu.txt
+	$(MT_VENV)/bin/pip install -q -r $(LOCK312)
 	$(MT_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
@@ -44,6 +48,28 @@ test: setup
 test-fast: $(VENV)/.stamp
 	$(VENV)/bin/python -m pytest -q -m "not maxtext and not slow" tests
 
+# Regenerate both locks from the ranges in pyproject.toml (.venv) and requirements/maxtext-cpu.txt (MaxText
+# worker), in throwaway venvs. Review the diff, run `make test`, commit the locks.
+lock:
+	rm -rf .venv-lock .venv-lock-mt
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q torch==2.13.0
+	.venv-lock/bin/pip install -q '.[test,plot]'
+	.venv-lock/bin/pip freeze --exclude ckptmap > $(LOCK311)
+	$(PY312) -m venv .venv-lock-mt
+	.venv-lock-mt/bin/pip install -q -r requirements/maxtext-cpu.txt
+	.venv-lock-mt/bin/pip freeze --exclude ckptmap > $(LOCK312)
+	rm -rf .venv-lock .venv-lock-mt
+
+# The fast tests against the newest releases the ranges in pyproject.toml admit (not in CI): drift seen on purpose.
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/pip install -q torch==2.13.0
+	.venv-latest/bin/pip install -q --upgrade -e '.[test,plot]'
+	.venv-latest/bin/pip list 2>/dev/null | grep -iE '^(transformers|torch|jax|orbax-checkpoint|numpy) '
+	.venv-latest/bin/python -m pytest -q -m "not maxtext and not slow" tests
+
 bench-quick: $(VENV)/.stamp
 	$(VENV)/bin/ckptmap bench --quick
 
@@ -51,4 +77,4 @@ bench: setup
 	$(VENV)/bin/ckptmap bench
 
 clean:
-	rm -rf $(VENV) $(MT_VENV) build *.egg-info
+	rm -rf $(VENV) $(MT_VENV) .venv-latest .venv-lock .venv-lock-mt build *.egg-info

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -27,6 +28,7 @@ from typing import Iterable
 import ml_dtypes
 import numpy as np
 
+from ckptmap import orbax_io
 from ckptmap.mapping import default_mode
 from ckptmap.errors import CkptmapError
 
@@ -294,82 +296,60 @@ class NpzReader(CheckpointReader):
 
 
 class OrbaxReader(CheckpointReader):
-    """An Orbax PyTree checkpoint, its nested tree flattened to '-'-joined names. Orbax restores the whole tree
-    at the first `read` (it has no per-leaf lazy API that works across its versions)."""
+    """An Orbax checkpoint as MaxText writes it (see ckptmap.orbax_io: a root of steps, a step, `items`, or a
+    bare PyTree), its parameter collections flattened to '-'-joined names. The arrays are restored together at
+    the first `read` (Orbax has no per-leaf lazy API that works across its versions); the optimizer state never."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, step: int | None = None):
         self.path = path
         self._arrays: dict[str, np.ndarray] | None = None
-        ocp = _import_orbax(path)
         try:
-            meta = ocp.PyTreeCheckpointer().metadata(os.path.abspath(path))
-        except Exception as e:  # orbax raises many kinds; each means "not an orbax checkpoint I can read"
-            raise CheckpointIOError(f"not a readable Orbax checkpoint: {e}", file=path) from None
-        tree = getattr(meta, "item_metadata", meta)  # orbax >= 0.11 wraps the tree in step metadata
-        tree = getattr(tree, "tree", tree)
-        self._meta = {name: leaf for name, leaf in _flatten_tree(tree)}
+            self._meta = orbax_io.read_metadata(path, step)
+        except orbax_io.OrbaxError as e:
+            raise CheckpointIOError(e.message, file=e.file or path) from None
+        self.item_dir = self._meta.location.item_dir
 
     def names(self) -> list[str]:
-        return list(self._meta)
+        return list(self._meta.entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._meta
+        return name in self._meta.entries
 
-    def _leaf(self, name: str):
+    def _entry(self, name: str) -> tuple[tuple[int, ...], str]:
         try:
-            return self._meta[name]
+            return self._meta.entries[name]
         except KeyError:
             raise self._missing(name) from None
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._leaf(name).shape)
+        return self._entry(name)[0]
 
     def dtype(self, name: str) -> np.dtype:
-        return np.dtype(self._leaf(name).dtype)
+        return np.dtype(self._entry(name)[1])
 
     def read(self, name: str) -> np.ndarray:
-        self._leaf(name)
+        self._entry(name)
         if self._arrays is None:
-            ocp = _import_orbax(self.path)
-            tree = ocp.PyTreeCheckpointer().restore(os.path.abspath(self.path))
-            self._arrays = {n: np.asarray(a) for n, a in _flatten_tree(tree)}
+            try:
+                self._arrays = orbax_io.restore_parameters(self._meta)
+            except orbax_io.OrbaxError as e:
+                raise CheckpointIOError(e.message, file=e.file, key=e.key or name) from None
         return self._arrays[name]
 
 
-def _flatten_tree(tree, prefix: str = "") -> Iterable[tuple[str, object]]:
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flatten_tree(v, f"{prefix}-{k}" if prefix else str(k))
-    else:
-        yield prefix, tree
-
-
-def _import_orbax(path: str):
-    try:
-        import orbax.checkpoint as ocp
-    except ImportError:
-        raise CheckpointIOError("Orbax checkpoints need the orbax-checkpoint package (the MaxText extra)",
-                                file=path) from None
-    return ocp
-
-
-def _is_orbax_dir(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, m))
-               for m in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt", "checkpoint"))
-
-
-def open_reader(path: str) -> CheckpointReader:
+def open_reader(path: str, *, step: int | None = None) -> CheckpointReader:
     """Open IN by what it is: `.npz`, `.safetensors`, a directory of safetensors (with or without an index),
-    or an Orbax checkpoint directory. Raises CheckpointIOError naming the path otherwise."""
+    or an Orbax checkpoint (a root of steps: the latest, or `step`). Raises CheckpointIOError naming the path
+    otherwise."""
     if path.startswith("orbax:"):
-        return OrbaxReader(path[len("orbax:"):])
+        return OrbaxReader(path[len("orbax:"):], step)
     if not os.path.exists(path):
         raise CheckpointIOError("no such file or directory", file=path)
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, INDEX_NAME)) or any(f.endswith(".safetensors") for f in os.listdir(path)):
             return SafetensorsDirReader(path)
-        if _is_orbax_dir(path):
-            return OrbaxReader(path)
+        if orbax_io.is_orbax_dir(path):
+            return OrbaxReader(path, step)
         raise CheckpointIOError("unknown checkpoint directory: expected model.safetensors.index.json, "
                                 "*.safetensors files or an Orbax checkpoint", file=path)
     if path.endswith(".npz"):
@@ -626,34 +606,36 @@ class ShardedSafetensorsWriter(CheckpointWriter):
         _remove(self._tmp_dir)
 
 
-def nest_names(names: Iterable[str], file: str | None = None) -> dict:
-    """'-'-joined MaxText names -> the nested dict MaxText's param tree has:
-    `params-decoder-layers-mlp-wi_0-kernel` -> {"params": {"decoder": {"layers": {"mlp": {"wi_0": {"kernel": name}}}}}}.
-    Leaves hold the original name."""
-    tree: dict = {}
-    for name in names:
-        node = tree
-        *path, leaf = name.split("-")
-        for part in path:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise CheckpointIOError(f"{part!r} is both a tensor and a subtree", file=file, key=name)
-            node = child
-        if leaf in node:
-            raise CheckpointIOError(f"{leaf!r} is both a tensor and a subtree", file=file, key=name)
-        node[leaf] = name
-    return tree
+nest_names = orbax_io.nest_names
+
+
+def scan_layers_of(names: Iterable[str]) -> bool | None:
+    """Whether MaxText names are of a scanned model (`decoder-layers-...`), unscanned (`decoder-layers_0-...`), or
+    neither can be told (None)."""
+    names = list(names)
+    if any(re.search(r"-layers_\d+-", n) for n in names):
+        return False
+    if any("-layers-" in n for n in names):
+        return True
+    return None
 
 
 class OrbaxWriter(CheckpointWriter):
-    """An Orbax PyTree checkpoint of the nested MaxText param tree (see `nest_names`). Tensors are spooled to
-    `.npy` files and handed to Orbax as memory maps at `commit`, so memory stays at one tensor."""
+    """A MaxText checkpoint: `path/0/items`, the train state `{"step": 0, "params": {collections}}` that MaxText's
+    own conversion writes (ckptmap.orbax_io), so `load_parameters_path=path/0/items` loads it. Tensors are
+    spooled to `.npy` files and handed to Orbax as memory maps at `commit`, so memory stays at one tensor."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, step: int = 0):
         super().__init__(path)
-        self._ocp = _import_orbax(path)
+        orbax_io.import_orbax(path)
+        self.step = step
         self._spool_dir = _temp_beside(path, directory=True)
         self._files: dict[str, tuple[str, np.dtype]] = {}
+
+    @property
+    def load_path(self) -> str:
+        """What MaxText's `load_parameters_path` names."""
+        return os.path.join(self.path, str(self.step), orbax_io.ITEM_NAME)
 
     def _write(self, name: str, array: np.ndarray) -> None:
         spool = os.path.join(self._spool_dir, f"{len(self._files):06d}.npy")
@@ -670,11 +652,12 @@ class OrbaxWriter(CheckpointWriter):
             spool, dtype = self._files[node]
             return np.load(spool, mmap_mode="r").view(dtype)  # .npy keeps bfloat16 as raw V2
 
-        tree = load(nest_names(self._files, self.path))
+        collections = load(nest_names(self._files, self.path))
+        scan = scan_layers_of(self._files)
         tmp = _temp_beside(self.path, directory=True)
-        os.rmdir(tmp)  # orbax creates the directory itself and refuses an existing one
         try:
-            self._ocp.PyTreeCheckpointer().save(os.path.abspath(tmp), tree)
+            orbax_io.save_train_state(os.path.join(tmp, str(self.step)), collections, step=self.step,
+                                      custom_metadata={} if scan is None else {"scan_layers": scan})
             _replace_path(tmp, self.path)
         except BaseException:
             _remove(tmp)

@@ -102,7 +102,7 @@ def test_bfloat16_checkpoints_stay_bfloat16_and_exact(tmp_path):
     assert_bit_exact(cio.read_all(str(tmp_path / "back")), hf)
 
 
-def test_orbax_output_is_the_nested_maxtext_tree(tmp_path):
+def test_orbax_output_is_maxtexts_train_state(tmp_path):
     pytest.importorskip("orbax.checkpoint")
     _, hf_shapes, _ = fixture("llama3.1")
     hf = seeded(hf_shapes)
@@ -111,8 +111,8 @@ def test_orbax_output_is_the_nested_maxtext_tree(tmp_path):
             progress=False)
     import orbax.checkpoint as ocp
 
-    tree = ocp.PyTreeCheckpointer().restore(str(tmp_path / "ckpt"))
-    wo = np.asarray(tree["params"]["decoder"]["layers"]["mlp"]["wo"]["kernel"])
+    tree = ocp.PyTreeCheckpointer().restore(str(tmp_path / "ckpt" / "0" / "items"))
+    wo = np.asarray(tree["params"]["params"]["decoder"]["layers"]["mlp"]["wo"]["kernel"])
     assert wo.shape == (128, 2, 64)
     np.testing.assert_array_equal(wo[:, 0], hf["model.layers.0.mlp.down_proj.weight"].T)
     convert(llama_mapping(True), str(tmp_path / "ckpt"), str(tmp_path / "back.npz"), reverse=True, progress=False)

@@ -183,17 +183,44 @@ def test_nest_names_builds_the_maxtext_param_tree():
         cio.nest_names(["params-a", "params-a-b"])
 
 
-def test_orbax_output_holds_the_nested_maxtext_tree(tmp_path):
+def test_orbax_output_is_maxtexts_train_state_layout(tmp_path):
+    """What MaxText's own conversion writes: ROOT/0/items holding {"step", "params": {"params": ...}}."""
     ocp = pytest.importorskip("orbax.checkpoint")
     arrays = {"params-decoder-layers-mlp-wi_0-kernel": np.arange(6, dtype=np.float32).reshape(2, 3),
-              "params-token_embedder-embedding": np.ones((4, 2), ml_dtypes.bfloat16)}
+              "params-token_embedder-embedding": np.ones((4, 2), ml_dtypes.bfloat16),
+              "MoEBiasVar-decoder-layers-gate-bias": np.full((2,), 0.5, np.float32)}
     path = str(tmp_path / "ckpt.orbax")
     cio.write_all(path, arrays)
-    restored = ocp.PyTreeCheckpointer().restore(path)
-    kernel = np.asarray(restored["params"]["decoder"]["layers"]["mlp"]["wi_0"]["kernel"])
+    assert sorted(os.listdir(path)) == ["0"]
+    assert "_CHECKPOINT_METADATA" in os.listdir(os.path.join(path, "0"))
+    restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, "0", "items"))
+    assert int(restored["step"]) == 0
+    kernel = np.asarray(restored["params"]["params"]["decoder"]["layers"]["mlp"]["wi_0"]["kernel"])
     assert kernel.tolist() == [[0, 1, 2], [3, 4, 5]]
-    assert_same(cio.read_all(path), arrays)
+    assert np.asarray(restored["params"]["MoEBiasVar"]["decoder"]["layers"]["gate"]["bias"]).tolist() == [0.5, 0.5]
+    for where in (path, os.path.join(path, "0"), os.path.join(path, "0", "items")):
+        assert_same(cio.read_all(where), arrays)
     assert sorted(os.listdir(tmp_path)) == ["ckpt.orbax"]
+
+
+def test_orbax_reader_takes_the_latest_step_or_the_one_asked_and_skips_the_optimizer_state(tmp_path):
+    from ckptmap import orbax_io
+
+    root = tmp_path / "run"
+    for step, value in ((100, 1.0), (200, 2.0)):
+        collections = {"params": {"decoder": {"norm": {"scale": np.full(3, value, np.float32)}}}}
+        from orbax.checkpoint import v1 as ocp_v1
+
+        ocp_v1.save_checkpointables(str(root / str(step)), {"items": {
+            "step": step, "params": collections,
+            "opt_state": {"mu": collections["params"], "nu": collections["params"]}}})
+    assert cio.read_all(str(root))["params-decoder-norm-scale"].tolist() == [2.0] * 3
+    with cio.open_reader(str(root), step=100) as r:
+        assert r.names() == ["params-decoder-norm-scale"]
+        assert r.read("params-decoder-norm-scale").tolist() == [1.0] * 3
+    with pytest.raises(CkptmapError, match="no step 5"):
+        cio.open_reader(str(root), step=5)
+    assert orbax_io.read_metadata(str(root)).skipped == ("opt_state", "step")
 
 
 def test_parse_size():

@@ -164,17 +164,15 @@ def test_gated_delta_net_runs_on_torch_without_the_kernels(fixture_runners):
     """The linear-attention layers fall back to transformers' torch code (no fla / causal-conv1d here); the chunked
     and the recurrent torch rules agree on a sequence, so the fallback is not an accident of one path."""
     import importlib.util
-    import inspect
 
     import torch
     from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe as m
 
+    # Behaviour only: no kernel package is installed, the layer is the gated delta net, and the public torch
+    # rules run (how transformers wires its kernel-or-torch choice is its own business and changes by release).
     assert importlib.util.find_spec("fla") is None and importlib.util.find_spec("causal_conv1d") is None
     layer = fixture_runners["memory"]._model.model.layers[0].linear_attn
     assert type(layer).__name__ == "Qwen3_5MoeGatedDeltaNet"
-    for fn in (m.torch_chunk_gated_delta_rule, m.causal_conv1d_fn):  # transformers' kernel-or-torch wrappers
-        closure = inspect.getclosurevars(fn).nonlocals
-        assert closure["is_new_implementation"] is False and closure["implementation"] is closure["torch_function"]
     g = torch.Generator().manual_seed(0)
     q, k = (torch.randn(1, 70, 2, 16, generator=g) for _ in range(2))
     v = torch.randn(1, 70, 2, 16, generator=g)

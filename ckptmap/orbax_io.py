@@ -1,0 +1,244 @@
+"""Orbax checkpoints as MaxText reads and writes them: one locator, one metadata reader, one array reader, one writer.
+
+On disk (MaxText 0.2.5's `to_maxtext.py` -> `save_weights_to_checkpoint` -> Orbax v1 `save_checkpointables`):
+
+    ROOT/<step>/_CHECKPOINT_METADATA
+    ROOT/<step>/items/_METADATA, manifest.ocdbt, d/...     the "items" checkpointable: a train state
+        {"step": 0, "params": {"params": {"decoder": ...}, "MoEBiasVar": {...}}, "opt_state": {...}}
+
+`params` names the item and holds Flax collections (`params`, and others such as `MoEBiasVar`). ckptmap's flat names
+are those collections' paths joined with `-` (`params-decoder-layers_0-mlp-wi_0-kernel`,
+`MoEBiasVar-decoder-...`), the way MaxText's conversion names them. `load_parameters_path` is `ROOT/<step>/items`.
+
+Readers accept ROOT (latest step, or `step=N`), a step directory, an `items` directory, and a bare PyTree
+checkpoint (older ckptmap output: `{"params": {"decoder": ...}}`). Only the parameter collections are restored,
+never the optimizer state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ckptmap.errors import CkptmapError
+
+ITEM_NAME = "items"
+# A train state's keys beside `params` (MaxText's TrainState): never parameters.
+TRAIN_STATE_KEYS = ("step", "opt_state")
+
+
+class OrbaxError(CkptmapError):
+    """An Orbax checkpoint could not be found, read or written (names the directory and, where known, the tensor)."""
+
+
+def import_orbax(path: str):
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError:
+        raise OrbaxError("Orbax checkpoints need the orbax-checkpoint package", file=path) from None
+    return ocp
+
+
+# ----------------------------------------------------------------------------------------------------- locate
+
+@dataclass(frozen=True)
+class OrbaxLocation:
+    """Where a checkpoint's parameter tree lives: `item_dir` holds `_METADATA`; `step` when it came from a step dir."""
+
+    item_dir: str
+    step: int | None = None
+
+
+def numbered_steps(root: str) -> list[int]:
+    """The step directories under a checkpoint root, ascending (`0`, `100`, ...)."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(root, n)))
+
+
+def locate(path: str, step: int | None = None) -> OrbaxLocation:
+    """The item directory of `path`: itself, its `items/`, or `<step>/items` under a root (latest step unless
+    `step` is given). Raises OrbaxError naming the path and what was looked for."""
+    if not os.path.isdir(path):
+        raise OrbaxError("no such Orbax checkpoint directory", file=path)
+    has_meta = lambda d: os.path.isfile(os.path.join(d, "_METADATA"))  # noqa: E731
+    if step is None:
+        if has_meta(path):
+            return OrbaxLocation(path)
+        if has_meta(os.path.join(path, ITEM_NAME)):
+            base = os.path.basename(os.path.normpath(path))
+            return OrbaxLocation(os.path.join(path, ITEM_NAME), int(base) if base.isdigit() else None)
+    steps = numbered_steps(path)
+    if step is not None:
+        if step not in steps:
+            shown = ", ".join(map(str, steps)) or "none"
+            raise OrbaxError(f"no step {step} in this checkpoint (steps: {shown})", file=path)
+        steps = [step]
+    for s in reversed(steps):
+        for candidate in (os.path.join(path, str(s), ITEM_NAME), os.path.join(path, str(s))):
+            if has_meta(candidate):
+                return OrbaxLocation(candidate, s)
+    raise OrbaxError("no Orbax tree metadata (_METADATA) here, in items/, or in a numbered step directory",
+                     file=path)
+
+
+def is_orbax_dir(path: str) -> bool:
+    """Whether `path` looks like any Orbax form `locate` accepts (no metadata is read)."""
+    markers = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt", "checkpoint")
+    if any(os.path.exists(os.path.join(path, m)) for m in markers):
+        return True
+    if os.path.isfile(os.path.join(path, ITEM_NAME, "_METADATA")):
+        return True
+    return any(os.path.exists(os.path.join(path, str(s), m)) for s in numbered_steps(path)
+               for m in ("_CHECKPOINT_METADATA", ITEM_NAME))
+
+
+# ----------------------------------------------------------------------------------------------------- metadata
+
+def _key_text(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _leaves(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, path + (_key_text(k),))
+    elif isinstance(node, (list, tuple)) and not hasattr(node, "shape"):
+        for i, v in enumerate(node):
+            yield from _leaves(v, path + (str(i),))
+    elif node is not None:
+        yield path, node
+
+
+def parameter_root(tree: dict) -> tuple[tuple[str, ...], tuple[str, ...], list[str]]:
+    """(path to the collections level, prefix for names below it, skipped top-level keys).
+
+    A train state `{"step", "params": {"params": ..., "MoEBiasVar": ...}, "opt_state"}`: collections at
+    ("params",), names start with the collection. A bare `{"params": {"decoder": ...}}`: collections at (),
+    names `params-decoder-...`.
+    """
+    if not isinstance(tree, dict) or not isinstance(tree.get("params"), dict):
+        return (), (), []
+    inner = tree["params"]
+    skipped = sorted(str(k) for k in tree if k != "params")
+    if isinstance(inner.get("params"), dict) or any(k in tree for k in TRAIN_STATE_KEYS):
+        return ("params",), (), skipped
+    return (), (), skipped
+
+
+def _tree_metadata(item_dir: str):
+    ocp = import_orbax(item_dir)
+    try:
+        metadata = ocp.PyTreeCheckpointer().metadata(os.path.abspath(item_dir))
+    except Exception as e:  # orbax raises assorted errors for damaged checkpoints
+        first_line = " ".join(str(e).split())[:300]
+        raise OrbaxError(f"cannot read Orbax metadata: {type(e).__name__}: {first_line}", file=item_dir) from None
+    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
+    return tree if tree is not None else getattr(metadata, "item_metadata", metadata)
+
+
+def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+@dataclass(frozen=True)
+class OrbaxMetadata:
+    """name -> (shape, dtype) of the parameters, plus where they sit in the stored tree."""
+
+    location: OrbaxLocation
+    entries: dict[str, tuple[tuple[int, ...], str]]
+    root_path: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
+def read_metadata(path: str, step: int | None = None) -> OrbaxMetadata:
+    """The parameter names, shapes and dtypes of an Orbax checkpoint (metadata only: no array is read)."""
+    loc = locate(path, step)
+    tree = _tree_metadata(loc.item_dir)
+    root_path, prefix, skipped = parameter_root(tree)
+    entries: dict[str, tuple[tuple[int, ...], str]] = {}
+    for leaf_path, leaf in _leaves(_subtree(tree, root_path)):
+        shape = getattr(leaf, "shape", None)
+        if shape is None:
+            continue
+        entries["-".join(prefix + leaf_path)] = (tuple(int(d) for d in shape), str(getattr(leaf, "dtype", "float32")))
+    if not entries:
+        raise OrbaxError("Orbax metadata lists no arrays", file=loc.item_dir)
+    return OrbaxMetadata(loc, entries, root_path, tuple(skipped))
+
+
+def restore_parameters(meta: OrbaxMetadata) -> dict[str, np.ndarray]:
+    """Every parameter array as numpy (name -> array); the optimizer state and step are not restored."""
+    ocp = import_orbax(meta.location.item_dir)
+    item = nest_names(meta.entries, meta.location.item_dir)
+    for key in reversed(meta.root_path):
+        item = {key: item}
+    restore_args = _map_leaves(item, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            os.path.abspath(meta.location.item_dir),
+            args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    except Exception as e:  # orbax raises assorted errors for damaged data files
+        first_line = " ".join(str(e).split())[:300]
+        raise OrbaxError(f"cannot restore the Orbax arrays: {type(e).__name__}: {first_line}",
+                         file=meta.location.item_dir) from None
+    root = _subtree(restored, meta.root_path)
+    out = {"-".join(p): np.asarray(a) for p, a in _leaves(root)}
+    missing = [n for n in meta.entries if n not in out]
+    if missing:
+        raise OrbaxError("the metadata lists a tensor whose data was not restored", file=meta.location.item_dir,
+                         key=missing[0])
+    return out
+
+
+def _map_leaves(tree: Any, fn) -> Any:
+    if isinstance(tree, dict):
+        return {k: _map_leaves(v, fn) for k, v in tree.items()}
+    return fn(tree)
+
+
+# ----------------------------------------------------------------------------------------------------- names
+
+def nest_names(names: Iterable[str], file: str | None = None) -> dict:
+    """'-'-joined MaxText names -> the nested dict of collections MaxText's variables have:
+    `params-decoder-layers-mlp-wi_0-kernel` -> {"params": {"decoder": {"layers": {"mlp": {"wi_0": {"kernel": name}}}}}}.
+    Leaves hold the original name."""
+    tree: dict = {}
+    for name in names:
+        node = tree
+        *path, leaf = name.split("-")
+        for part in path:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise OrbaxError(f"{part!r} is both a tensor and a subtree", file=file, key=name)
+            node = child
+        if leaf in node:
+            raise OrbaxError(f"{leaf!r} is both a tensor and a subtree", file=file, key=name)
+        node[leaf] = name
+    return tree
+
+
+def train_state(collections: dict, step: int = 0) -> dict:
+    """The item MaxText saves: `{"step": step, "params": collections}` (an empty optimizer state is not stored)."""
+    return {"step": step, "params": collections}
+
+
+def save_train_state(step_dir: str, collections: dict, *, step: int = 0, custom_metadata: dict | None = None) -> None:
+    """Write `collections` (nested dict of arrays) as MaxText's train-state item at `step_dir` (a new directory):
+    `step_dir/items/...` and `step_dir/_CHECKPOINT_METADATA`, through Orbax v1's `save_checkpointables`, the call
+    MaxText's own conversion makes."""
+    import_orbax(step_dir)
+    from orbax.checkpoint import v1 as ocp_v1
+
+    ocp_v1.save_checkpointables(os.path.abspath(step_dir), {ITEM_NAME: train_state(collections, step)},
+                                custom_metadata=custom_metadata or {})
