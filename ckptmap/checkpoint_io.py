@@ -571,6 +571,7 @@ class ShardedSafetensorsWriter(CheckpointWriter):
         self._done: list[tuple[str, list[str]]] = []  # (finished shard file, its names)
         self._spool: _SafetensorsSpool | None = None
         self.total_size = 0
+        self.extra_files: dict[str, str] = {}  # file name -> text, written beside the shards (config.json, ...)
 
     def _close_shard(self) -> None:
         if self._spool is None:
@@ -598,6 +599,9 @@ class ShardedSafetensorsWriter(CheckpointWriter):
             weight_map.update({name: final for name in names})
         with open(os.path.join(self._tmp_dir, INDEX_NAME), "w") as f:
             json.dump({"metadata": {"total_size": self.total_size}, "weight_map": weight_map}, f, indent=1)
+        for fname, text in self.extra_files.items():
+            with open(os.path.join(self._tmp_dir, fname), "w") as f:
+                f.write(text)
         _replace_path(self._tmp_dir, self.path)
 
     def abort(self) -> None:
@@ -669,9 +673,14 @@ class OrbaxWriter(CheckpointWriter):
         _remove(self._spool_dir)
 
 
+FORM_HELP = ("OUT.npz, OUT.safetensors, a directory (sharded safetensors + model.safetensors.index.json), or "
+             "orbax:DIR / DIR.orbax (MaxText's Orbax layout)")
+
+
 def output_format(path: str, fmt: str | None = None) -> str:
     """The format OUT will be written in: `fmt` if given, else from the path (`.npz`, `.safetensors`,
-    `orbax:DIR` or `DIR.orbax`, anything else a sharded safetensors directory)."""
+    `orbax:DIR` or `DIR.orbax`, a path without an extension is a sharded safetensors directory). A path whose
+    extension names no format is an error listing the forms, never a guess."""
     if fmt is not None:
         if fmt not in FORMATS:
             raise CheckpointIOError(f"unknown output format {fmt!r}; expected one of {', '.join(FORMATS)}", file=path)
@@ -683,17 +692,25 @@ def output_format(path: str, fmt: str | None = None) -> str:
     if path.endswith(".safetensors"):
         return "safetensors"
     if os.path.isfile(path):
-        raise CheckpointIOError("output path is an existing file of unknown format; name it .npz or .safetensors",
+        raise CheckpointIOError(f"output path is an existing file of unknown format; the forms are {FORM_HELP}",
                                 file=path)
+    ext = os.path.splitext(path.rstrip("/"))[1]
+    if ext and not os.path.isdir(path):
+        raise CheckpointIOError(f"cannot tell the output format from {ext!r}; the forms are {FORM_HELP} "
+                                "(or pass --format)", file=path)
     return "sharded"
+
+
+def output_path(path: str) -> str:
+    """OUT without its `orbax:` prefix: the path on disk."""
+    return path[len("orbax:"):] if path.startswith("orbax:") else path
 
 
 def open_writer(path: str, fmt: str | None = None, *,
                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> CheckpointWriter:
     """A writer for OUT (see `output_format`)."""
     kind = output_format(path, fmt)
-    if path.startswith("orbax:"):
-        path = path[len("orbax:"):]
+    path = output_path(path)
     if kind == "npz":
         return NpzWriter(path)
     if kind == "safetensors":

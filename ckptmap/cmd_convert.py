@@ -5,31 +5,76 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ckptmap import mapping_record
 from ckptmap.checkpoint_io import DEFAULT_MAX_SHARD_BYTES, FORMATS, parse_size
 from ckptmap.convert import convert
+from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a checkpoint through a mapping, one tensor at a time",
                        description="Convert IN to OUT through a mapping (from `ckptmap solve`). IN: .npz, "
-                                   ".safetensors, a sharded safetensors directory or an Orbax directory. OUT: "
-                                   ".npz, .safetensors, a directory (sharded safetensors + index) or orbax:DIR.")
+                                   ".safetensors, a sharded safetensors directory or an Orbax checkpoint (MaxText's "
+                                   "own: a root of steps, a step, or its items). OUT: .npz, .safetensors, a "
+                                   "directory (sharded safetensors + index; on the HF side also config.json, so "
+                                   "from_pretrained loads it) or orbax:DIR / DIR.orbax (MaxText's layout: "
+                                   "load_parameters_path=DIR/0/items).")
     p.add_argument("--mapping", required=True, help="mapping JSON written by `ckptmap solve`")
     p.add_argument("--input", required=True, help="source checkpoint")
     p.add_argument("--output", required=True, help="where to write the converted checkpoint")
     p.add_argument("--reverse", action="store_true", help="apply the mapping backwards (its target -> its source)")
     p.add_argument("--format", choices=FORMATS, default=None, help="output format (default: from the OUT path)")
+    p.add_argument("--dtype", default=None, help="cast every tensor on write (bfloat16, float32, ...); default: "
+                                                 "keep the source dtype")
+    p.add_argument("--step", type=int, default=None, help="the step of an Orbax input root (default: the latest)")
+    p.add_argument("--hf-config", default=None,
+                   help="config.json for an HF output directory (default: the one recorded in the mapping)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--require-verified", action="store_true",
+                   help="refuse a mapping whose verification did not pass (or never ran)")
+    p.add_argument("--allow-edited", action="store_true",
+                   help="apply a mapping edited after it was solved (its seal no longer matches)")
     p.add_argument("--max-shard-size", default=str(DEFAULT_MAX_SHARD_BYTES),
                    help="largest shard of a sharded safetensors output, e.g. 5GB, 500MB (default 5 GiB)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
     return p
 
 
+def verification_warning(mapping: Mapping) -> str | None:
+    """One line when the mapping was not proven: never verified, or verified and failed."""
+    v = mapping_record.verification(mapping)
+    if v is None:
+        return ("this mapping was never verified (solve it with --verify); its output has not been checked against "
+                "the model")
+    if not v.get("passed"):
+        return (f"this mapping FAILED verification (max KL {v.get('kl_max')}, threshold {v.get('kl_threshold')}); "
+                "its output may not compute what the source does")
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     mapping = Mapping.load(args.mapping)
-    report = convert(mapping, args.input, args.output, reverse=args.reverse, progress=not args.no_progress,
-                     fmt=args.format, max_shard_bytes=parse_size(args.max_shard_size))
-    print(report.summary(), file=sys.stdout)
+    state = mapping_record.check_seal(mapping, file=args.mapping, allow_edited=args.allow_edited)
+    warning = verification_warning(mapping)
+    if warning and args.require_verified:
+        raise MappingError(f"{warning}; --require-verified refuses it", file=args.mapping)
+    hf_config = None
+    if args.hf_config:
+        from ckptmap.hf_model_dir import load_hf_config
+
+        hf_config = load_hf_config(args.hf_config)
+    report = convert(mapping, args.input, args.output, reverse=args.reverse,
+                     progress=not (args.no_progress or args.quiet), fmt=args.format,
+                     max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype, force=args.force,
+                     step=args.step, hf_config=hf_config)
+    if not args.quiet:
+        print(report.summary(), file=sys.stdout)
+    # after the work, so that an error stays the one line it prints; warnings show even with --quiet
+    if warning:
+        print(f"ckptmap convert: warning: {warning}", file=sys.stderr)
+    if state == "edited":
+        print("ckptmap convert: warning: the mapping was edited after it was solved (--allow-edited)", file=sys.stderr)
     return 0

@@ -30,9 +30,11 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-partial", action="store_true",
                    help="write the mapping even when some targets are unmapped (they are listed in it)")
     p.add_argument("--verify", action="store_true", help="verify numerically with random-weight forward passes")
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="with --verify: write the mapping even when verification fails (recorded as failed in it)")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto")
     p.add_argument("--report", help="with --verify: write the verification report JSON here")
-    p.add_argument("--quiet", action="store_true", help="print the summary only, not the mapping")
+    p.add_argument("--quiet", action="store_true", help="print the summary only: no mapping, no progress lines")
     p.add_argument("--code", choices=["auto", "off"], default="auto",
                    help="read how each model's code cuts fused tensors (gate/up interleaved or not, per-head "
                         "groups) by tracing its forward pass: from hf: configs and maxtext: models, stored for the "
@@ -92,7 +94,7 @@ def _hf_config(spec: str, tree, bundled_model) -> dict | None:
         return bundled_model.config.get("hf_config")
     path = spec[3:].split()[0] if spec.startswith("hf:") else tree.meta.get("dims_from")
     if not path or not str(path).endswith(".json"):
-        return None
+        return (tree.meta.get("hf") or {}).get("config")
     try:
         with open(path) as f:
             cfg = json.load(f)
@@ -158,12 +160,18 @@ def run(args) -> int:
     from ckptmap.solver import solve
     from ckptmap.trees import read_tree
 
+    say = _progress(args)
     src_spec, tgt_spec, bundled_model = _tree_specs(args)
-    src, tgt = read_tree(src_spec), read_tree(tgt_spec)
+    say(f"reading the source tree {src_spec}")
+    src = read_tree(src_spec)
+    say(f"reading the target tree {tgt_spec}")
+    tgt = read_tree(tgt_spec)
+    say("reading the fused-axis layouts off the models' code")
     code_notes = attach_code_layouts(args, (src_spec, src), (tgt_spec, tgt), bundled_model=bundled_model)
     from ckptmap.llm_hints.cli_args import describe, priors_from_args
 
     priors = priors_from_args(args, src, tgt)
+    say(f"solving {len(tgt)} targets from {len(src)} sources")
     result = solve(src, tgt, priors=priors, k_alternatives=args.alternatives)
 
     if args.explain:
@@ -188,12 +196,18 @@ def run(args) -> int:
 
     report = None
     if args.verify:
+        say("verifying with random-weight forward passes of both models")
         mapping, report = _verify(args, result, src_spec, tgt_spec, priors)
 
     if mapping.unmapped_targets and not args.allow_partial:
         print(f"ckptmap solve: {len(mapping.unmapped_targets)} target parameters could not be mapped; "
               "no mapping written (use --allow-partial to write it anyway)", file=sys.stderr)
         return 1
+    if report is not None and not report.passed and not args.allow_unverified:
+        print(f"ckptmap solve: verification failed (max KL {report.kl_max:.3g} > {report.kl_threshold:g}); no "
+              "mapping written (use --allow-unverified to write it, recorded as failed)", file=sys.stderr)
+        return 1
+    _record(mapping, src_spec, tgt_spec, src, tgt, bundled_model, report)
     if args.out:
         mapping.save(args.out)
         print(f"wrote {args.out}")
@@ -213,6 +227,35 @@ def run(args) -> int:
     if report is not None and not report.passed:
         return 1
     return 0
+
+
+def _progress(args):
+    """A function printing one progress line to stderr per long phase (nothing with --quiet)."""
+    import time
+
+    start = time.perf_counter()
+
+    def say(text: str) -> None:
+        if not getattr(args, "quiet", False):
+            print(f"[{time.perf_counter() - start:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _record(mapping, src_spec: str, tgt_spec: str, src, tgt, bundled_model, report) -> None:
+    """What the mapping keeps about itself (ckptmap.mapping_record): trees, HF config, verification, seal."""
+    from ckptmap import mapping_record
+
+    mapping_record.record_trees(mapping, src, tgt)
+    hf_src = _hf_config(src_spec, src, bundled_model)
+    if hf_src is not None:
+        mapping_record.record_hf_config(mapping, hf_src, "source")
+    elif tgt_spec.startswith("hf:"):
+        mapping_record.record_hf_config(mapping, _hf_config(tgt_spec, tgt, None), "target")
+    if report is not None:
+        mapping_record.record_verification(mapping, report, source=src_spec, target=tgt_spec,
+                                           configs={"source": src_spec, "target": tgt_spec})
+    mapping_record.seal(mapping)
 
 
 def _verify(args, result, src_spec: str, tgt_spec: str, priors):

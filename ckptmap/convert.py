@@ -8,15 +8,18 @@ when every tensor has been written (temp path + rename).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckptmap import mapping_record
 from ckptmap.apply import apply_rule
-from ckptmap.checkpoint_io import DEFAULT_MAX_SHARD_BYTES, CheckpointReader, open_reader, open_writer, output_format
-from ckptmap.errors import MappingError
+from ckptmap.checkpoint_io import (DEFAULT_MAX_SHARD_BYTES, CheckpointIOError, CheckpointReader, OrbaxWriter,
+                                   ShardedSafetensorsWriter, open_reader, open_writer, output_format, output_path)
+from ckptmap.errors import CkptmapError, MappingError
 from ckptmap.mapping import Mapping, Rule
 
 
@@ -34,10 +37,16 @@ class ConvertReport:
     largest_rule_bytes: int
     unused_inputs: dict[str, str] = field(default_factory=dict)
     unmapped_targets: list[str] = field(default_factory=list)
+    extra_files: list[str] = field(default_factory=list)
+    load_path: str = ""
 
     def summary(self, limit: int = 10) -> str:
         lines = [f"wrote {self.tensors_written} tensors ({self.bytes_written / 1e6:.1f} MB, {self.format}) to "
                  f"{self.output} in {self.seconds:.2f} s; largest rule {self.largest_rule_bytes / 1e6:.1f} MB"]
+        if self.extra_files:
+            lines.append(f"with {', '.join(self.extra_files)}: a model directory from_pretrained loads")
+        if self.load_path:
+            lines.append(f"MaxText: load_parameters_path={self.load_path}")
         if self.unused_inputs:
             lines.append(f"{len(self.unused_inputs)} input tensors not used by the mapping:")
             for name, why in list(self.unused_inputs.items())[:limit]:
@@ -71,27 +80,65 @@ def _shared_names(rule: Rule) -> set[str]:
     return {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
 
 
-def convert(mapping: Mapping, input_path: str, output_path: str, reverse: bool = False, progress: bool = True, *,
-            fmt: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> ConvertReport:
+def check_input_shapes(mapping: Mapping, reader: CheckpointReader) -> None:
+    """Raise MappingError naming the first input tensor whose shape differs from what the mapping was solved for
+    (a mapping for another model fails here, before any data is read)."""
+    for name, (shape, _dtype) in mapping_record.recorded_shapes(mapping, "source").items():
+        if name in reader and tuple(reader.shape(name)) != shape:
+            raise MappingError(f"the input holds {list(reader.shape(name))}, the mapping was solved for "
+                               f"{list(shape)} (a mapping for another model?)", file=reader.path, key=name)
+
+
+def _output_side_is_hf(mapping: Mapping) -> bool:
+    return bool(mapping.meta.get("hf_config")) and mapping.meta.get("hf_side") == "target"
+
+
+def _check_output(mapping: Mapping, out_path: str, kind: str, fmt: str | None, force: bool) -> None:
+    path = output_path(out_path)
+    if os.path.lexists(path) and not force:
+        raise CheckpointIOError("the output exists; pass --force to replace it", file=path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CheckpointIOError("the output's directory does not exist", file=parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointIOError("the output's directory is not writable", file=parent)
+    if kind == "sharded" and fmt is None and mapping.meta.get("hf_side") == "source":
+        raise CheckpointIOError("a directory for MaxText tensors is ambiguous: name it orbax:DIR or DIR.orbax for "
+                                "MaxText's loaders, or pass --format sharded for safetensors shards", file=path)
+
+
+def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool = False, progress: bool = True, *,
+            fmt: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None,
+            force: bool = False, step: int | None = None, hf_config: dict | None = None) -> ConvertReport:
     """Write OUT = mapping(IN); `reverse=True` applies `mapping.reversed()` (target -> source).
 
-    IN: .npz, .safetensors, a sharded safetensors directory or an Orbax directory. OUT: chosen by `fmt` or its
-    path (see ckptmap.checkpoint_io.output_format). Raises CkptmapError before writing anything when IN is
-    unreadable or lacks a tensor the mapping reads.
+    IN: .npz, .safetensors, a sharded safetensors directory or an Orbax checkpoint (MaxText's: the latest step,
+    or `step`). OUT: chosen by `fmt` or its path (see ckptmap.checkpoint_io.output_format); a sharded directory
+    on the HF side also gets config.json (the mapping's recorded HF config, or `hf_config`) and
+    generation_config.json. `dtype` ("bfloat16" | "float32" | ...) casts every tensor on write; None keeps the
+    source dtype. `force=False` refuses an existing OUT. Raises CkptmapError before writing anything when IN is
+    unreadable, lacks a tensor the mapping reads, or holds shapes the mapping was not solved for; a produced
+    tensor of another shape than the recorded target stops the conversion and leaves nothing at OUT.
     """
     if reverse:
         mapping = mapping.reversed()
-    kind = output_format(output_path, fmt)
+    kind = output_format(output_path_, fmt)
+    _check_output(mapping, output_path_, kind, fmt, force)
+    cast = _dtype(dtype)
+    want = mapping_record.recorded_shapes(mapping, "target")
     start = time.perf_counter()
-    with open_reader(input_path) as reader:
+    with open_reader(input_path, step=step) as reader:
         check_inputs(mapping, reader)
+        check_input_shapes(mapping, reader)
         read_names = set(mapping.source_names())
         unused = {n: mapping.unused_sources.get(n, "") for n in reader.names() if n not in read_names}
         total = len(_unique(mapping.target_names()))
         bar = _progress_bar(total, progress)
         largest = 0
+        extra: list[str] = []
+        load_path = ""
         try:
-            with open_writer(output_path, kind, max_shard_bytes=max_shard_bytes) as writer:
+            with open_writer(output_path_, kind, max_shard_bytes=max_shard_bytes) as writer:
                 for rule in mapping.rules:
                     shared = _shared_names(rule)
                     kept: dict[str, np.ndarray] = {}
@@ -106,6 +153,12 @@ def convert(mapping: Mapping, input_path: str, output_path: str, reverse: bool =
 
                     rule_bytes = 0
                     for name, array in apply_rule(rule, get):
+                        if name in want and tuple(array.shape) != want[name][0]:
+                            raise MappingError(f"the mapping produced {list(array.shape)} where it was solved for "
+                                               f"{list(want[name][0])}; nothing was written (an edited mapping?)",
+                                               file=output_path(output_path_), key=name)
+                        if cast is not None and array.dtype != cast:
+                            array = array.astype(cast)
                         writer.write(name, array)
                         rule_bytes += array.nbytes
                         del array  # else the loop variable keeps this rule's tensor alive into the next rule
@@ -113,12 +166,41 @@ def convert(mapping: Mapping, input_path: str, output_path: str, reverse: bool =
                         bar.update(1)
                     kept.clear()
                     largest = max(largest, rule_bytes)
+                if isinstance(writer, ShardedSafetensorsWriter):
+                    extra = _hf_files(writer, mapping, hf_config, dtype)
+                if isinstance(writer, OrbaxWriter):
+                    load_path = writer.load_path
                 written, nbytes = writer.tensors_written, writer.bytes_written
         finally:
             bar.close()
-    return ConvertReport(input=input_path, output=output_path, format=kind, tensors_written=written,
+    return ConvertReport(input=input_path, output=output_path_, format=kind, tensors_written=written,
                          bytes_written=nbytes, seconds=time.perf_counter() - start, largest_rule_bytes=largest,
-                         unused_inputs=unused, unmapped_targets=list(mapping.unmapped_targets))
+                         unused_inputs=unused, unmapped_targets=list(mapping.unmapped_targets), extra_files=extra,
+                         load_path=load_path)
+
+
+def _dtype(name: str | None) -> np.dtype | None:
+    if name is None:
+        return None
+    try:
+        import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 with numpy
+
+        return np.dtype(getattr(ml_dtypes, name)) if hasattr(ml_dtypes, name) else np.dtype(name)
+    except TypeError:
+        raise CkptmapError(f"unknown dtype {name!r} (expected e.g. bfloat16, float32, float16)") from None
+
+
+def _hf_files(writer: ShardedSafetensorsWriter, mapping: Mapping, hf_config: dict | None,
+              dtype: str | None) -> list[str]:
+    """config.json and generation_config.json beside the shards when OUT is the HF side."""
+    config = hf_config or (mapping.meta.get("hf_config") if _output_side_is_hf(mapping) else None)
+    if not config:
+        return []
+    from ckptmap.hf_model_dir import model_dir_files
+
+    files = model_dir_files(config, dtype)
+    writer.extra_files.update(files)
+    return sorted(files)
 
 
 def _progress_bar(total: int, enabled: bool):

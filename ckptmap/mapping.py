@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from ckptmap.errors import MappingError
+from ckptmap.mapping_record import swap_sides
 
 FORMAT_VERSION = 1
 
@@ -212,7 +213,7 @@ class Mapping:
                        unmapped_targets=sorted(self.unused_sources),
                        unused_sources={**{t: "not produced by the forward mapping" for t in self.unmapped_targets},
                                        **filled},
-                       meta=dict(self.meta, reversed=not self.meta.get("reversed", False)))
+                       meta=dict(swap_sides(self.meta), reversed=not self.meta.get("reversed", False)))
 
     def target_names(self) -> list[str]:
         return [n for r in self.rules for n in r.target_names()]

@@ -13,6 +13,8 @@ Persistent buffers are saved, so they are in the tree, tagged "buffer".
 
 from __future__ import annotations
 
+import json
+
 import contextlib
 import logging
 import os
@@ -174,7 +176,8 @@ def tree_from_model(model, *, origin: str, layout: str = "saved", notes: list[st
         "buffers": {n: {"shape": list(b.shape), "dtype": normalise_dtype(str(b.dtype))}
                     for n, b in non_persistent.items()},
         "hf": {"class": type(model).__name__, "model_type": getattr(model.config, "model_type", ""),
-               "layout": layout, "transformers_version": transformers.__version__},
+               "layout": layout, "transformers_version": transformers.__version__,
+               "config": _config_dict(model)},
     }
     if notes:
         meta["notes"] = list(notes)
@@ -186,3 +189,11 @@ def read_hf_tree(config, *, origin: str, layout: str = "saved", notes: list[str]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = build_meta_model(config, origin)
     return tree_from_model(model, origin=origin, layout=layout, notes=notes)
+
+
+def _config_dict(model) -> dict:
+    """The model's full config as JSON data, naming its class in `architectures` (a model directory needs both)."""
+    cfg = json.loads(model.config.to_json_string(use_diff=False))
+    if not cfg.get("architectures"):
+        cfg["architectures"] = [type(model).__name__]
+    return cfg

@@ -1,0 +1,122 @@
+"""What a mapping knows about itself: the trees it was solved for, whether it was proven, and a seal on its rules.
+
+All of it lives in `Mapping.meta` (plain JSON), so a mapping file passed between teams carries it:
+
+- `meta["trees"]`: {"source": {name: [shape, dtype]}, "target": {...}}: the shapes and dtypes the rules were
+  solved for. `convert` checks the input against the source side before reading a byte and every produced tensor
+  against the target side before writing it.
+- `meta["hf_config"]` and `meta["hf_side"]` ("source" | "target"): the HF config the HF side was solved against,
+  so that writing that side back gives a model directory `from_pretrained` loads.
+- `meta["verification"]`: {"passed", "kl_max", "kl_threshold", "dtype", "source", "target", "configs", "date",
+  "ckptmap_version"}, or absent when the mapping was never verified.
+- `meta["seal"]`: sha256 of the canonical JSON of the rules and the recorded trees. An edited file no longer
+  matches it; `convert` refuses it unless told `--allow-edited`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from importlib import metadata as _metadata
+
+from ckptmap.errors import MappingError
+
+SEAL_KEY = "seal"
+
+
+def ckptmap_version() -> str:
+    try:
+        return _metadata.version("ckptmap")
+    except _metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def tree_record(tree) -> dict[str, list]:
+    """ParamTree -> {name: [shape list, dtype]} (JSON)."""
+    return {p.name: [list(p.shape), str(p.dtype)] for p in tree.params.values()}
+
+
+def record_trees(mapping, source_tree, target_tree) -> None:
+    """Remember the shapes and dtypes the mapping was solved for (both sides, every tensor the rules touch)."""
+    src, tgt = tree_record(source_tree), tree_record(target_tree)
+    used_src, used_tgt = set(mapping.source_names()), set(mapping.target_names())
+    mapping.meta["trees"] = {"source": {n: v for n, v in src.items() if n in used_src},
+                             "target": {n: v for n, v in tgt.items() if n in used_tgt}}
+
+
+def record_hf_config(mapping, hf_config: dict | None, side: str) -> None:
+    if hf_config:
+        mapping.meta["hf_config"] = hf_config
+        mapping.meta["hf_side"] = side
+
+
+def record_verification(mapping, report, *, source: str, target: str, configs: dict | None = None) -> None:
+    """Store the verdict of a verification run (a ckptmap.verify VerifyReport) in the mapping."""
+    mapping.meta["verification"] = {
+        "passed": bool(report.passed),
+        "kl_max": _finite(report.kl_max),
+        "kl_threshold": report.kl_threshold,
+        "dtype": report.dtype,
+        "source": source,
+        "target": target,
+        "configs": configs or {},
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "ckptmap_version": ckptmap_version(),
+    }
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else None
+
+
+def verification(mapping) -> dict | None:
+    return mapping.meta.get("verification")
+
+
+def is_verified(mapping) -> bool:
+    v = verification(mapping)
+    return bool(v and v.get("passed"))
+
+
+def _digest(mapping) -> str:
+    body = {"rules": [r.to_json() for r in mapping.rules], "trees": mapping.meta.get("trees"),
+            "unmapped_targets": list(mapping.unmapped_targets)}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal(mapping) -> None:
+    """Stamp the mapping's rules and trees (call last, after every other meta change that matters)."""
+    mapping.meta[SEAL_KEY] = _digest(mapping)
+
+
+def check_seal(mapping, *, file: str | None = None, allow_edited: bool = False) -> str:
+    """'sealed' | 'unsealed' (an older mapping, no stamp) | 'edited' (allowed); raises MappingError for an edited
+    mapping unless `allow_edited`."""
+    stamp = mapping.meta.get(SEAL_KEY)
+    if stamp is None:
+        return "unsealed"
+    if stamp == _digest(mapping):
+        return "sealed"
+    if allow_edited:
+        return "edited"
+    raise MappingError("the mapping was edited after it was solved (its rules no longer match its seal); "
+                       "re-solve it, or pass --allow-edited to apply it anyway", file=file)
+
+
+def recorded_shapes(mapping, side: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{name: (shape, dtype)} recorded for `side` ("source" | "target"); {} for a mapping without a record."""
+    trees = mapping.meta.get("trees") or {}
+    return {n: (tuple(v[0]), str(v[1])) for n, v in (trees.get(side) or {}).items()}
+
+
+def swap_sides(meta: dict) -> dict:
+    """The meta of the reversed mapping: source and target records exchanged; the seal does not carry over."""
+    out = {k: v for k, v in meta.items() if k != SEAL_KEY}
+    if "trees" in meta:
+        out["trees"] = {"source": meta["trees"].get("target", {}), "target": meta["trees"].get("source", {})}
+    if "hf_side" in meta:
+        out["hf_side"] = {"source": "target", "target": "source"}.get(meta["hf_side"], meta["hf_side"])
+    return out
