@@ -112,16 +112,26 @@ class MaxTextSession:
                 raise MaxTextError(f"shape {tuple(np.shape(value))}, the model expects {tree[name].shape}",
                                    file=self.origin, key=name)
 
-    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> Forward:
+    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray,
+                positions: np.ndarray | None = None) -> Forward:
         """Run the model on tokens [batch, seq] (ints): logits [batch, seq, vocab] float32 and activations
-        `embed`, `layer_{i}` (global layer order, scanned or not), `final_norm`, each [batch, seq, hidden]."""
+        `embed`, `layer_{i}` (global layer order, scanned or not), `final_norm`, each [batch, seq, hidden].
+        `positions` [batch, seq] (ints >= 0): the position ids RoPE sees; None: 0..seq-1."""
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
             raise MaxTextError(f"tokens must be an integer array [batch, seq], got {tokens.dtype} {tokens.shape}",
                                file=self.origin)
+        extra = ()
+        if positions is not None:
+            positions = np.asarray(positions)
+            if positions.shape != tokens.shape or positions.dtype.kind not in "iu" or (
+                    positions.size and positions.min() < 0):
+                raise MaxTextError(f"positions must be integers >= 0 of the tokens' shape {tokens.shape}, got "
+                                   f"{positions.dtype} {positions.shape}", file=self.origin)
+            extra = (positions.astype(np.int32),)
         self.check_params(params)
         logits, activations, notes = self._ensure().forward(
-            {k: np.asarray(v) for k, v in params.items()}, tokens.astype(np.int32))
+            {k: np.asarray(v) for k, v in params.items()}, tokens.astype(np.int32), *extra)
         self.notes = list(notes)
         return Forward(logits=logits, activations=activations)
 
@@ -143,6 +153,22 @@ class MaxTextSession:
         Ground truth for tests and acceptance checks only; the solver must never read it.
         """
         return self._ensure().reference_convert({k: np.asarray(v) for k, v in hf_params.items()}, dict(hf_config))
+
+    # ---- MaxText's own checkpoint code (the consumer of a conversion) ----------------------------------------
+    def load_checkpoint(self, path: str) -> dict[str, np.ndarray]:
+        """name -> array, as MaxText's training loader (`load_params_from_path`) restores `path` (the
+        `load_parameters_path`, e.g. ROOT/0/items) into this model's abstract params."""
+        return self._ensure().load_checkpoint(str(path))
+
+    def from_pretrained_logits(self, path: str, tokens: np.ndarray) -> np.ndarray:
+        """Logits [batch, seq, vocab] of the NNX model MaxText's `from_pretrained` builds with
+        `load_parameters_path=path`, on tokens [batch, seq] at positions 0..seq-1."""
+        return self._ensure().from_pretrained_logits(str(path), np.asarray(tokens, dtype=np.int32))
+
+    def save_checkpoint(self, path: str, params: dict[str, np.ndarray]) -> None:
+        """Write `params` at `path` with MaxText's own conversion save (a step dir `path/0/items`)."""
+        self.check_params(params)
+        self._ensure().save_checkpoint(str(path), {k: np.asarray(v) for k, v in params.items()})
 
 
 # ---- the process-wide cache -------------------------------------------------------------------------------

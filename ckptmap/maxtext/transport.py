@@ -118,14 +118,31 @@ class LocalBackend:
     def init(self, seed: int) -> dict[str, np.ndarray]:
         return self._guard("init", self.model.init, seed)
 
-    def forward(self, params, tokens):
-        return self._guard("forward", self.model.forward, params, tokens)
+    def forward(self, params, tokens, positions=None):
+        if positions is None:
+            return self._guard("forward", self.model.forward, params, tokens)
+        return self._guard("forward", self.model.forward, params, tokens, positions)
 
     def fused_layouts(self) -> dict[str, dict]:
         return self._guard("fused_layouts", self.model.fused_layouts)
 
     def reference_convert(self, hf_params, hf_config):
         return self._guard("reference_convert", self.model.reference_convert, hf_params, hf_config)
+
+    def load_checkpoint(self, path: str) -> dict[str, np.ndarray]:
+        from ckptmap.maxtext import checkpoints
+
+        return self._guard("load_params_from_path", checkpoints.load_with_training_loader, self.model, path)
+
+    def from_pretrained_logits(self, path: str, tokens) -> np.ndarray:
+        from ckptmap.maxtext import checkpoints
+
+        return self._guard("from_pretrained", checkpoints.logits_with_from_pretrained, self.model, path, tokens)
+
+    def save_checkpoint(self, path: str, params) -> None:
+        from ckptmap.maxtext import checkpoints
+
+        self._guard("save_weights_to_checkpoint", checkpoints.save_like_maxtext, self.model, path, params)
 
     @property
     def alive(self) -> bool:
@@ -320,13 +337,17 @@ class WorkerBackend:
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
-    def forward(self, params, tokens):
+    def forward(self, params, tokens, positions=None):
         d = self.worker.scratch()
         try:
             manifest = protocol.save_arrays(params, d / "in")
             token_file = protocol.save_arrays({"tokens": np.asarray(tokens)}, d / "tok")["tokens"]
+            extra = {}
+            if positions is not None:  # optional field: requests without it are the protocol's older form
+                pos_file = protocol.save_arrays({"positions": np.asarray(positions)}, d / "pos")["positions"]
+                extra["positions"] = str(d / "pos" / pos_file)
             result = self._call("forward", in_dir=str(d / "in"), params=manifest,
-                                tokens=str(d / "tok" / token_file), out_dir=str(d / "out"))
+                                tokens=str(d / "tok" / token_file), out_dir=str(d / "out"), **extra)
             arrays = protocol.load_arrays(result["arrays"], d / "out")
         finally:
             shutil.rmtree(d, ignore_errors=True)
@@ -344,6 +365,32 @@ class WorkerBackend:
             result = self._call("reference_convert", in_dir=str(d / "in"), hf=manifest, hf_config=hf_config,
                                 out_dir=str(d / "out"))
             return protocol.load_arrays(result["arrays"], d / "out")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def load_checkpoint(self, path: str) -> dict[str, np.ndarray]:
+        d = self.worker.scratch()
+        try:
+            result = self._call("load_checkpoint", path=str(path), out_dir=str(d / "out"))
+            return protocol.load_arrays(result["arrays"], d / "out")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def from_pretrained_logits(self, path: str, tokens) -> np.ndarray:
+        d = self.worker.scratch()
+        try:
+            token_file = protocol.save_arrays({"tokens": np.asarray(tokens)}, d / "tok")["tokens"]
+            result = self._call("from_pretrained_logits", path=str(path), tokens=str(d / "tok" / token_file),
+                                out_dir=str(d / "out"))
+            return protocol.load_arrays(result["arrays"], d / "out")["logits"]
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def save_checkpoint(self, path: str, params) -> None:
+        d = self.worker.scratch()
+        try:
+            manifest = protocol.save_arrays(params, d / "in")
+            self._call("save_checkpoint", path=str(path), in_dir=str(d / "in"), params=manifest)
         finally:
             shutil.rmtree(d, ignore_errors=True)
 

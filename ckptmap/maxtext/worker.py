@@ -1,6 +1,7 @@
 """`python -m ckptmap.maxtext.worker`: MaxText models served over JSON lines on stdin / stdout.
 
-`build` (model_name, overrides) builds a model and answers its id; `describe`, `init`, `forward`,
+`build` (model_name, overrides) builds a model and answers its id; `describe`, `init`, `forward` (optional
+`positions`: a .npy file of position ids),
 `fused_layouts`, `reference_convert` and `drop` name that id in `model`; `shutdown` ends the process (see
 ckptmap.maxtext.protocol). One process hosts many models so that JAX and MaxText are imported once. The protocol
 owns the real stdout: everything MaxText, JAX or absl print goes to stderr, which the client sends to a log file.
@@ -36,7 +37,10 @@ def handle(model, request: dict) -> dict:
     if op == "forward":
         params = protocol.load_arrays(request["params"], request["in_dir"])
         tokens = protocol.load_array(request["tokens"])
-        logits, activations, notes = model.forward(params, tokens)
+        if request.get("positions"):  # optional: the position ids RoPE sees (absent: 0..seq-1)
+            logits, activations, notes = model.forward(params, tokens, protocol.load_array(request["positions"]))
+        else:
+            logits, activations, notes = model.forward(params, tokens)
         arrays = {"logits": logits, **{f"act:{k}": v for k, v in activations.items()}}
         manifest = protocol.save_arrays(arrays, request["out_dir"])
         return {"arrays": manifest, "notes": notes, "timings": dict(model.timings)}
@@ -46,7 +50,24 @@ def handle(model, request: dict) -> dict:
         hf = protocol.load_arrays(request["hf"], request["in_dir"])
         arrays = model.reference_convert(hf, request["hf_config"])
         return {"arrays": protocol.save_arrays(arrays, request["out_dir"])}
+    if op in ("load_checkpoint", "from_pretrained_logits", "save_checkpoint"):
+        return _checkpoint_op(model, op, request)
     raise ValueError(f"unknown worker op {op!r}")
+
+
+def _checkpoint_op(model, op: str, request: dict) -> dict:
+    """MaxText's own checkpoint loaders and saver (ckptmap.maxtext.checkpoints) on a built model."""
+    from ckptmap.maxtext import checkpoints, protocol
+
+    if op == "load_checkpoint":
+        arrays = checkpoints.load_with_training_loader(model, request["path"])
+        return {"arrays": protocol.save_arrays(arrays, request["out_dir"])}
+    if op == "from_pretrained_logits":
+        logits = checkpoints.logits_with_from_pretrained(model, request["path"], protocol.load_array(request["tokens"]))
+        return {"arrays": protocol.save_arrays({"logits": logits}, request["out_dir"])}
+    params = protocol.load_arrays(request["params"], request["in_dir"])
+    checkpoints.save_like_maxtext(model, request["path"], params)
+    return {}
 
 
 def main() -> int:

@@ -1,0 +1,236 @@
+"""The round trip through the real consumers: a tiny HF checkpoint -> solve --verify -> convert -> MaxText's own
+loaders -> logits against HF; then back to an HF directory that transformers' `from_pretrained` loads; and a
+checkpoint MaxText itself saved -> convert --reverse -> `from_pretrained` -> logits against MaxText.
+
+    python -m ckptmap.benchmarks.consumers MODEL [MODEL ...] [--scan both|on|off] [--dtype float32|bfloat16]
+                                           [--out results.json]
+
+Each `ckptmap` step runs as its own process (the command a user types), timed, with the peak resident memory of its
+process tree (the MaxText worker included) sampled at 20 Hz. KL is per-token KL(reference || consumer), max over
+the tokens (ckptmap.verify.metrics.compare_logits), in float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SEQ = 24  # tokens per logit check
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    peak_rss_mb: float
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class ConsumerResult:
+    model: str
+    scan: bool
+    dtype: str
+    hf_class: str = ""
+    steps: list[Step] = field(default_factory=list)
+    kl: dict[str, float] = field(default_factory=dict)  # check -> max KL
+    bit_exact_back: bool | None = None
+    error: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return not self.error and all(s.ok for s in self.steps) and bool(self.kl) and all(
+            v < 1e-6 for v in self.kl.values())
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "scan": self.scan, "dtype": self.dtype, "hf_class": self.hf_class,
+                "passed": self.passed, "kl": self.kl, "bit_exact_back": self.bit_exact_back, "error": self.error,
+                "steps": [s.__dict__ for s in self.steps]}
+
+
+def _tree_rss(proc) -> float:
+    import psutil
+
+    try:
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 1e6
+
+
+def run_cli(name: str, args: list[str], env: dict | None = None) -> Step:
+    """`ckptmap ARGS` as a process: seconds, peak RSS of its process tree, exit status and the last stderr line."""
+    import psutil
+
+    cmd = [sys.executable, "-m", "ckptmap.cli", *args]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        handle = psutil.Process(p.pid)
+        peak = 0.0
+        while p.poll() is None:
+            peak = max(peak, _tree_rss(handle))
+            time.sleep(0.05)
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()
+    detail = next((line for line in reversed(tail) if "error" in line.lower()), tail[-1] if tail else "")
+    return Step(name, time.perf_counter() - t0, peak, p.returncode == 0, detail[-300:] if p.returncode else "")
+
+
+def _tokens(vocab: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, size=(1, SEQ)).astype(np.int64)
+
+
+def hf_logits(model_dir: str, tokens: np.ndarray) -> tuple[np.ndarray, str]:
+    """(logits float32, class name) of `AutoModelForCausalLM.from_pretrained(model_dir)` in float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.as_tensor(tokens)).logits
+    return out.float().numpy(), type(model).__name__
+
+
+def save_tiny_hf(config: dict, out: str, dtype: str, seed: int = 0) -> str:
+    """A tiny HF model from `config` with seeded random weights, saved as a safetensors model directory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    with torch.no_grad():  # norms and biases too, so that a misplaced one shows in the logits
+        for p in model.parameters():
+            p.normal_(0.0, 0.5 if p.ndim == 1 else 0.08)
+    if dtype == "bfloat16":
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(out)
+    return type(model).__name__
+
+
+def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32") -> ConsumerResult:
+    from ckptmap.maxtext import session
+    from ckptmap.verify import tiny_specs
+    from ckptmap.verify.metrics import compare_logits
+
+    res = ConsumerResult(model, scan, dtype)
+    src_spec, tgt_spec = tiny_specs(model)
+    tgt_spec = f"{tgt_spec} scan_layers={'true' if scan else 'false'}"
+    with open(src_spec[3:].split()[0]) as f:
+        config = json.load(f)
+    hf_dir, mapping = os.path.join(workdir, "hf"), os.path.join(workdir, "mapping.json")
+    mt_dir, back_dir = os.path.join(workdir, "mt.orbax"), os.path.join(workdir, "hf_back")
+    try:
+        t0 = time.perf_counter()
+        res.hf_class = save_tiny_hf(config, hf_dir, dtype)
+        res.steps.append(Step("hf save_pretrained", time.perf_counter() - t0, 0.0, True))
+        steps = [
+            ("solve --verify", ["solve", "--source", f"hf:{hf_dir}/config.json", "--target", tgt_spec, "--verify",
+                                "--quiet", "--out", mapping]),
+            ("convert -> orbax", ["convert", "--mapping", mapping, "--input", hf_dir, "--output", f"orbax:{mt_dir}",
+                                  "--quiet", "--require-verified"]),
+            ("convert --reverse -> hf dir", ["convert", "--mapping", mapping, "--input", mt_dir, "--output", back_dir,
+                                             "--reverse", "--quiet", "--require-verified"]),
+        ]
+        for name, args in steps:
+            step = run_cli(name, args)
+            res.steps.append(step)
+            if not step.ok:
+                res.error = f"{name}: {step.detail}"
+                return res
+        mt_name, *overrides = tgt_spec[len("maxtext:"):].split()
+        mt = session(mt_name, overrides)
+        vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))
+        tokens = _tokens(vocab)
+        reference, _ = hf_logits(hf_dir, tokens)
+        items = os.path.join(mt_dir, "0", "items")
+        t0 = time.perf_counter()
+        loaded = mt.load_checkpoint(items)
+        res.kl["maxtext load_params_from_path"] = compare_logits(reference, mt.forward(loaded, tokens).logits).kl_max
+        res.steps.append(Step("maxtext load_params_from_path + forward", time.perf_counter() - t0, 0.0, True))
+        t0 = time.perf_counter()
+        res.kl["maxtext from_pretrained"] = compare_logits(reference, mt.from_pretrained_logits(items, tokens)).kl_max
+        res.steps.append(Step("maxtext from_pretrained + forward", time.perf_counter() - t0, 0.0, True))
+        t0 = time.perf_counter()
+        back, _ = hf_logits(back_dir, tokens)
+        res.kl["hf from_pretrained (round trip)"] = compare_logits(reference, back).kl_max
+        res.bit_exact_back = _same_tensors(hf_dir, back_dir)
+        res.steps.append(Step("hf from_pretrained (round trip)", time.perf_counter() - t0, 0.0, True))
+        _maxtext_written(res, mt, mapping, workdir, tokens)
+    except Exception as e:  # noqa: BLE001 - one case's failure is reported, the sweep goes on
+        res.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    return res
+
+
+def _maxtext_written(res: ConsumerResult, mt, mapping: str, workdir: str, tokens: np.ndarray) -> None:
+    """MaxText's own random init, saved by MaxText's own conversion save, converted back to an HF directory."""
+    from ckptmap.verify.metrics import compare_logits
+
+    written, hf_out = os.path.join(workdir, "maxtext_written"), os.path.join(workdir, "hf_from_maxtext")
+    params = mt.init(seed=3)
+    t0 = time.perf_counter()
+    mt.save_checkpoint(written, params)
+    res.steps.append(Step("maxtext save (its own saver)", time.perf_counter() - t0, 0.0, True))
+    step = run_cli("convert --reverse maxtext-written -> hf dir",
+                   ["convert", "--mapping", mapping, "--input", written, "--output", hf_out, "--reverse", "--quiet"])
+    res.steps.append(step)
+    if not step.ok:
+        res.error = f"{step.name}: {step.detail}"
+        return
+    reference = mt.forward(params, tokens).logits
+    got, _ = hf_logits(hf_out, tokens)
+    res.kl["maxtext-written -> hf from_pretrained"] = compare_logits(reference, got).kl_max
+
+
+def _same_tensors(a: str, b: str) -> bool:
+    from ckptmap.checkpoint_io import read_all
+
+    x, y = read_all(a), read_all(b)
+    return sorted(x) == sorted(y) and all(x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes() for k in x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    p = argparse.ArgumentParser(prog="python -m ckptmap.benchmarks.consumers", description=__doc__.splitlines()[0])
+    p.add_argument("models", nargs="+")
+    p.add_argument("--scan", choices=["both", "on", "off"], default="both")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    scans = {"both": [False, True], "on": [True], "off": [False]}[args.scan]
+    results = []
+    for model in args.models:
+        for scan in scans:
+            with tempfile.TemporaryDirectory(prefix="ckptmap-consumer-") as work:
+                r = run_case(model, scan, work, args.dtype)
+            results.append(r.to_json())
+            kl = ", ".join(f"{k} {v:.2e}" for k, v in r.kl.items())
+            print(f"{model} scan={int(scan)} {args.dtype}: {'PASS' if r.passed else 'FAIL'}  {kl}  {r.error}",
+                  flush=True)
+            for s in r.steps:
+                print(f"    {s.name:45s} {s.seconds:7.2f} s  {s.peak_rss_mb:8.0f} MB  {'ok' if s.ok else s.detail}")
+    if args.out:
+        from ckptmap.mapping import write_json_atomic
+
+        write_json_atomic(args.out, results)
+    return 0 if all(r["passed"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""MaxText's own checkpoint code, called on one built model (runs where MaxText imports: the worker, Python >= 3.12).
+
+The consumer side of a conversion: a checkpoint counts as loadable only when MaxText's own loaders read it.
+- `load_with_training_loader`: `maxtext.common.checkpointing.load_params_from_path`, what training uses for
+  `load_parameters_path` (Linen abstract params in, the restored tree out, flattened to MaxText's names).
+- `logits_with_from_pretrained`: `maxtext.utils.model_creation_utils.from_pretrained`, what decode and serving
+  use: it builds the NNX model, loads the checkpoint into it, and this runs that model's own forward pass.
+- `save_like_maxtext`: MaxText's own conversion save (`save_weights_to_checkpoint`) of given arrays, so that a
+  checkpoint written by MaxText itself can be converted back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        *path, leaf = name.split("-")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def load_with_training_loader(model, path: str) -> dict[str, np.ndarray]:
+    """name -> array as `load_params_from_path(path, abstract params)` restores them."""
+    import jax
+    from flax.linen import partitioning as nn_partitioning
+    from maxtext.checkpoint_conversion.utils.utils import param_key_parts_from_path
+    from maxtext.common import checkpointing
+    from maxtext.utils import max_utils, maxtext_utils
+
+    config = model.config
+    replicated = jax.sharding.NamedSharding(model.mesh, jax.sharding.PartitionSpec())
+    with model.mesh, nn_partitioning.axis_rules(config.logical_axis_rules):
+        abstract = max_utils.unbox_logicallypartioned(maxtext_utils.get_abstract_param(model.model, config))
+        # Orbax restores jax.Arrays onto a sharding; one CPU device holds every weight whole
+        abstract = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+        restored = checkpointing.load_params_from_path(
+            path, abstract, config.checkpoint_storage_concurrent_gb, config.checkpoint_storage_use_ocdbt,
+            config.checkpoint_storage_use_zarr3)
+    flat = jax.tree_util.tree_flatten_with_path(restored)[0]
+    return {"-".join(param_key_parts_from_path(p)): np.asarray(v) for p, v in flat}
+
+
+def logits_with_from_pretrained(model, path: str, tokens: np.ndarray) -> np.ndarray:
+    """Logits [batch, seq, vocab] (float32) of the NNX model `from_pretrained` builds with
+    `load_parameters_path=path`, on `tokens` at positions 0..seq-1."""
+    import jax.numpy as jnp
+    from flax.linen import partitioning as nn_partitioning
+    from maxtext.configs import pyconfig
+    from maxtext.utils import model_creation_utils
+
+    config = pyconfig.initialize(["", f"model_name={model.model_name}", *model.overrides,
+                                  f"load_parameters_path={path}"])
+    built = model_creation_utils.from_pretrained(config)
+    nnx_model, mesh = built if isinstance(built, tuple) else (built, model.mesh)
+    toks = jnp.asarray(np.asarray(tokens), dtype=jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(toks.shape[1], dtype=jnp.int32)[None, :], toks.shape)
+    with mesh, nn_partitioning.axis_rules(config.logical_axis_rules):
+        out = nnx_model(toks, positions, enable_dropout=False)
+    logits = out[0] if isinstance(out, tuple) else out
+    return np.asarray(logits, dtype=np.float32)
+
+
+def save_like_maxtext(model, path: str, params: dict[str, np.ndarray]) -> None:
+    """Write `params` (MaxText names -> arrays) at `path` the way MaxText's own conversion saves a checkpoint."""
+    from maxtext.checkpoint_conversion.utils.utils import save_weights_to_checkpoint
+
+    config = model.config
+    save_weights_to_checkpoint(path, _nest(params), 1, config.checkpoint_storage_use_ocdbt,
+                               config.checkpoint_storage_use_zarr3, config=config)
