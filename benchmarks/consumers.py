@@ -73,9 +73,25 @@ def _tree_rss(proc) -> float:
     return total / 1e6
 
 
-def run_cli(name: str, args: list[str], env: dict | None = None) -> Step:
-    """`ckptmap ARGS` as a process: seconds, peak RSS of its process tree, exit status and the last stderr line."""
+def run_cli(name: str, args: list[str], env: dict | None = None, *, in_process: bool = False) -> Step:
+    """`ckptmap ARGS` as a process: seconds, peak RSS of its process tree, exit status and the last stderr line.
+    `in_process`: through `ckptmap.cli.main` in this process instead (tests: one MaxText worker for every step;
+    no memory is measured)."""
     import psutil
+
+    if in_process:
+        import contextlib
+        import io
+
+        from ckptmap.cli import main as cli_main
+
+        t0 = time.perf_counter()
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli_main(list(args))
+        lines = err.getvalue().strip().splitlines()
+        detail = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else "")
+        return Step(name, time.perf_counter() - t0, 0.0, code == 0, detail[-300:] if code else "")
 
     cmd = [sys.executable, "-m", "ckptmap.cli", *args]
     t0 = time.perf_counter()
@@ -124,7 +140,7 @@ def save_tiny_hf(config: dict, out: str, dtype: str, seed: int = 0) -> str:
     return type(model).__name__
 
 
-def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32") -> ConsumerResult:
+def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32", *, in_process: bool = False) -> ConsumerResult:
     from ckptmap.maxtext import session
     from ckptmap.verify import tiny_specs
     from ckptmap.verify.metrics import compare_logits
@@ -149,7 +165,7 @@ def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32") -> Co
                                              "--reverse", "--quiet", "--require-verified"]),
         ]
         for name, args in steps:
-            step = run_cli(name, args)
+            step = run_cli(name, args, in_process=in_process)
             res.steps.append(step)
             if not step.ok:
                 res.error = f"{name}: {step.detail}"
@@ -172,13 +188,14 @@ def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32") -> Co
         res.kl["hf from_pretrained (round trip)"] = compare_logits(reference, back).kl_max
         res.bit_exact_back = _same_tensors(hf_dir, back_dir)
         res.steps.append(Step("hf from_pretrained (round trip)", time.perf_counter() - t0, 0.0, True))
-        _maxtext_written(res, mt, mapping, workdir, tokens)
+        _maxtext_written(res, mt, mapping, workdir, tokens, in_process)
     except Exception as e:  # noqa: BLE001 - one case's failure is reported, the sweep goes on
         res.error = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
     return res
 
 
-def _maxtext_written(res: ConsumerResult, mt, mapping: str, workdir: str, tokens: np.ndarray) -> None:
+def _maxtext_written(res: ConsumerResult, mt, mapping: str, workdir: str, tokens: np.ndarray,
+                     in_process: bool = False) -> None:
     """MaxText's own random init, saved by MaxText's own conversion save, converted back to an HF directory."""
     from ckptmap.verify.metrics import compare_logits
 
@@ -188,7 +205,8 @@ def _maxtext_written(res: ConsumerResult, mt, mapping: str, workdir: str, tokens
     mt.save_checkpoint(written, params)
     res.steps.append(Step("maxtext save (its own saver)", time.perf_counter() - t0, 0.0, True))
     step = run_cli("convert --reverse maxtext-written -> hf dir",
-                   ["convert", "--mapping", mapping, "--input", written, "--output", hf_out, "--reverse", "--quiet"])
+                   ["convert", "--mapping", mapping, "--input", written, "--output", hf_out, "--reverse", "--quiet"],
+                   in_process=in_process)
     res.steps.append(step)
     if not step.ok:
         res.error = f"{step.name}: {step.detail}"
