@@ -36,8 +36,11 @@ $(MT_VENV)/.stamp: $(LOCK312) pyproject.toml
 	$(MT_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
+# The whole job on a tiny real checkpoint: HF safetensors -> solve --verify -> convert to MaxText's Orbax layout ->
+# MaxText's own loaders -> KL against HF; back to an HF directory from_pretrained loads; and a checkpoint MaxText
+# itself saved -> HF. Each ckptmap command is printed as it runs.
 demo: setup
-	$(VENV)/bin/ckptmap solve llama3.1 --tiny
+	$(VENV)/bin/python -m ckptmap.benchmarks.consumers llama3.1-8b --scan off --show-commands
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -m "not maxtext" tests

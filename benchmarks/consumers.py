@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SEQ = 24  # tokens per logit check
+SHOW_COMMANDS = False  # print each ckptmap command before it runs (--show-commands; `make demo`)
 
 
 @dataclass
@@ -94,6 +95,10 @@ def run_cli(name: str, args: list[str], env: dict | None = None, *, in_process: 
         return Step(name, time.perf_counter() - t0, 0.0, code == 0, detail[-300:] if code else "")
 
     cmd = [sys.executable, "-m", "ckptmap.cli", *args]
+    if SHOW_COMMANDS:
+        import shlex
+
+        print("$ ckptmap " + " ".join(shlex.quote(a) for a in args), flush=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
@@ -230,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scan", choices=["both", "on", "off"], default="both")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--out", default=None)
+    p.add_argument("--show-commands", action="store_true", help="print each ckptmap command as it runs")
     args = p.parse_args(argv)
+    global SHOW_COMMANDS
+    SHOW_COMMANDS = args.show_commands
     scans = {"both": [False, True], "on": [True], "off": [False]}[args.scan]
     results = []
     for model in args.models:
