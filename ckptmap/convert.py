@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckptmap import mapping_record
-from ckptmap.apply import apply_rule
+from ckptmap.apply import apply_rule, check_rules
 from ckptmap.checkpoint_io import (DEFAULT_MAX_SHARD_BYTES, CheckpointIOError, CheckpointReader, OrbaxWriter,
-                                   ShardedSafetensorsWriter, open_reader, open_writer, output_format, output_path)
+                                   ShardedSafetensorsWriter, open_reader, open_writer, output_format, output_path,
+                                   remove_stale_temps, write_failure)
 from ckptmap.errors import CkptmapError, MappingError
 from ckptmap.mapping import Mapping, Rule
 
@@ -39,6 +40,18 @@ class ConvertReport:
     unmapped_targets: list[str] = field(default_factory=list)
     extra_files: list[str] = field(default_factory=list)
     load_path: str = ""
+    nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)  # input tensor -> (NaN count, Inf count)
+    stale_temps_removed: list[str] = field(default_factory=list)
+
+    def warnings(self, limit: int = 10) -> list[str]:
+        """One line per input tensor holding NaN or Inf (carried over unchanged, but worth knowing)."""
+        lines = []
+        for name, (nan, inf) in list(self.nonfinite.items())[:limit]:
+            lines.append(f"warning: input tensor {name!r} holds {nan} NaN and {inf} Inf values (carried over "
+                         "unchanged)")
+        if len(self.nonfinite) > limit:
+            lines.append(f"warning: ... and {len(self.nonfinite) - limit} more input tensors with NaN or Inf")
+        return lines
 
     def summary(self, limit: int = 10) -> str:
         lines = [f"wrote {self.tensors_written} tensors ({self.bytes_written / 1e6:.1f} MB, {self.format}) to "
@@ -47,6 +60,10 @@ class ConvertReport:
             lines.append(f"with {', '.join(self.extra_files)}: a model directory from_pretrained loads")
         if self.load_path:
             lines.append(f"MaxText: load_parameters_path={self.load_path}")
+        if self.stale_temps_removed:
+            lines.append(f"removed {len(self.stale_temps_removed)} temp file(s) an interrupted conversion to "
+                         f"{self.output} left behind")
+        lines += self.warnings(limit)
         if self.unused_inputs:
             lines.append(f"{len(self.unused_inputs)} input tensors not used by the mapping:")
             for name, why in list(self.unused_inputs.items())[:limit]:
@@ -78,6 +95,23 @@ def check_inputs(mapping: Mapping, reader: CheckpointReader, limit: int = 8) -> 
 def _shared_names(rule: Rule) -> set[str]:
     """Source tensors that several cells of the rule slice (stacked or single slots): worth keeping per rule."""
     return {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
+
+
+def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> tuple[int, int]:
+    """(NaN count, Inf count) of a float array, in chunks (no temporary the size of the tensor); 0, 0 for
+    integer and bool arrays."""
+    if array.dtype.kind in "biuOSU" or array.size == 0:
+        return 0, 0
+    flat = array.reshape(-1)
+    nan = inf = 0
+    try:
+        for i in range(0, flat.size, chunk):
+            part = flat[i:i + chunk]
+            nan += int(np.count_nonzero(np.isnan(part)))
+            inf += int(np.count_nonzero(np.isinf(part)))
+    except TypeError:  # a dtype without isnan
+        return 0, 0
+    return nan, inf
 
 
 def check_input_shapes(mapping: Mapping, reader: CheckpointReader) -> None:
@@ -120,13 +154,31 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     unreadable, lacks a tensor the mapping reads, or holds shapes the mapping was not solved for; a produced
     tensor of another shape than the recorded target stops the conversion and leaves nothing at OUT.
     """
+    check_rules(mapping)  # a hand-edited mapping fails here, with the rule's names, not deep in the executor
+    mapping_record.check_record(mapping)
     if reverse:
         mapping = mapping.reversed()
+        check_rules(mapping)
     kind = output_format(output_path_, fmt)
     _check_output(mapping, output_path_, kind, fmt, force)
     cast = _dtype(dtype)
+    # a conversion killed earlier (SIGKILL, power loss) leaves its temp files beside OUT: a rerun removes them
+    # (only those of processes on this host that no longer run, never a live conversion's)
+    stale = remove_stale_temps(output_path(output_path_))
     want = mapping_record.recorded_shapes(mapping, "target")
     start = time.perf_counter()
+    try:
+        return _convert(mapping, input_path, output_path_, progress, kind, max_shard_bytes, dtype, cast, force,
+                        step, hf_config, want, start, stale)
+    except OSError as e:  # anything the readers and writers did not already name
+        raise write_failure(e, file=output_path(output_path_)) from None
+
+
+def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: bool, kind: str, max_shard_bytes: int,
+             dtype: str | None, cast: np.dtype | None, force: bool, step: int | None, hf_config: dict | None,
+             want: dict, start: float, stale: list[str]) -> ConvertReport:
+    nonfinite: dict[str, tuple[int, int]] = {}
+    counted: set[str] = set()
     with open_reader(input_path, step=step) as reader:
         check_inputs(mapping, reader)
         check_input_shapes(mapping, reader)
@@ -138,7 +190,7 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
         extra: list[str] = []
         load_path = ""
         try:
-            with open_writer(output_path_, kind, max_shard_bytes=max_shard_bytes) as writer:
+            with open_writer(output_path_, kind, max_shard_bytes=max_shard_bytes, overwrite=force) as writer:
                 for rule in mapping.rules:
                     shared = _shared_names(rule)
                     kept: dict[str, np.ndarray] = {}
@@ -147,6 +199,11 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
                         if name in kept:
                             return kept[name]
                         arr = reader.read(name)
+                        if name not in counted:
+                            counted.add(name)
+                            bad = count_nonfinite(arr)
+                            if bad != (0, 0):
+                                nonfinite[name] = bad
                         if name in shared:
                             kept[name] = arr
                         return arr
@@ -176,7 +233,7 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     return ConvertReport(input=input_path, output=output_path_, format=kind, tensors_written=written,
                          bytes_written=nbytes, seconds=time.perf_counter() - start, largest_rule_bytes=largest,
                          unused_inputs=unused, unmapped_targets=list(mapping.unmapped_targets), extra_files=extra,
-                         load_path=load_path)
+                         load_path=load_path, nonfinite=nonfinite, stale_temps_removed=stale)
 
 
 def _dtype(name: str | None) -> np.dtype | None:

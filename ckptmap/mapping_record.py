@@ -120,3 +120,28 @@ def swap_sides(meta: dict) -> dict:
     if "hf_side" in meta:
         out["hf_side"] = {"source": "target", "target": "source"}.get(meta["hf_side"], meta["hf_side"])
     return out
+
+
+def check_record(mapping, file: str | None = None) -> None:
+    """Raise MappingError unless `meta["trees"]` (when present) is {"source"|"target": {name: [shape, dtype]}}
+    with shapes of non-negative integers: an edited or damaged record is named, not tripped over later."""
+    trees = mapping.meta.get("trees")
+    if trees is None:
+        return
+    if not isinstance(trees, dict):
+        raise MappingError("meta.trees must be an object {\"source\": ..., \"target\": ...}", file=file,
+                           key="meta.trees")
+    for side in ("source", "target"):
+        record = trees.get(side)
+        if record is None:
+            continue
+        if not isinstance(record, dict):
+            raise MappingError(f"meta.trees.{side} must be an object name -> [shape, dtype]", file=file,
+                               key=f"meta.trees.{side}")
+        for name, value in record.items():
+            ok = (isinstance(value, list) and len(value) == 2 and isinstance(value[0], list)
+                  and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value[0])
+                  and isinstance(value[1], str))
+            if not ok:
+                raise MappingError(f"the recorded {side} entry must be [shape, dtype], got {value!r}"[:300],
+                                   file=file, key=name)
