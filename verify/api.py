@@ -8,14 +8,17 @@ Runners implement ckptmap.runner.ModelRunner (see runners_for in specs.py to bui
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import numpy as np
 
+from ckptmap.errors import CkptmapError
 from ckptmap.mapping import Mapping
+from ckptmap.verify.config_diff import diff_runners
 from ckptmap.verify.evaluate import Evaluation, Evaluator
 from ckptmap.verify.localise import first_divergence, stage_targets
-from ckptmap.verify.metrics import activation_tolerance, kl_threshold as default_kl_threshold
+from ckptmap.verify.metrics import activation_tolerance, kl_threshold as default_kl_threshold, long_range_positions
 from ckptmap.verify.report import VerifyReport
 from ckptmap.verify.search import Search
 
@@ -56,8 +59,80 @@ def _tied(runner) -> bool:
     return bool(getattr(runner, "aliases", None))
 
 
-def _report(ev: Evaluator, final: Evaluation, mapping: Mapping, *, dtype: str, threshold: float, tol: float,
-            src_runner, tgt_runner, t0: float) -> VerifyReport:
+def _takes_positions(runner) -> bool:
+    try:
+        return "positions" in inspect.signature(runner.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class PassMark:
+    """The pass mark of one evaluation: the given threshold, else the dtype's, raised to the tied-cast mark where
+    MaxText's bf16 cast of a tied table stays in the logits (Evaluation.cast_kept)."""
+
+    def __init__(self, dtype: str, explicit: float | None = None):
+        self.dtype, self.explicit = dtype, explicit
+
+    def __call__(self, evaluation: Evaluation | None = None) -> float:
+        if self.explicit is not None:
+            return self.explicit
+        return default_kl_threshold(self.dtype, tied_cast=bool(evaluation is not None and evaluation.cast_kept))
+
+
+def _cast_note(evaluation: Evaluation, ev: Evaluator) -> str:
+    """What MaxText's bf16 cast of a tied table did in this run, and what verify did about it."""
+    effect = evaluation.cast or getattr(ev, "source_cast", None)
+    side = "target" if evaluation.cast is not None else "source"
+    if effect is None:
+        if evaluation.cast_kept:
+            return ("logits through a tied table MaxText casts to bf16: the cast could not be measured here, so it "
+                    "stays in the logits and the tied-cast pass mark applies")
+        return ""
+    floor = f"on a table off the bf16 grid (a real checkpoint) the cast costs max KL {effect.floor_off_grid:.1e} here"
+    if effect.on_grid:
+        how = "verify's table is on the bf16 grid, so the cast is exact and the KL measures the mapping"
+    elif effect.exact_logits is not None:
+        how = (f"the mapping moves the table off the grid; the cast's effect (max KL {effect.floor:.1e}) is taken "
+               f"out of the {side}'s logits, recomputed from its final-norm output (reproduced to "
+               f"{effect.reproduction_error:.0e} relative), so the KL measures the mapping")
+    else:
+        how = (f"the cast's effect could not be taken out (recomputed logits off by {effect.reproduction_error:.0e}"
+               f" relative), so it stays in the logits (max KL {effect.floor:.1e}) and the tied-cast pass mark "
+               f"applies")
+    return f"tied embedding: MaxText casts the table to bf16 on the logits path; {floor}; {how}"
+
+
+def _long_range(ev: Evaluator, mapping: Mapping, mark: PassMark, src_runner, tgt_runner) -> dict | None:
+    """The mapping once more at long-range position ids (metrics.long_range_positions): RoPE scaling and theta act
+    as in a long context. None where a runner takes no positions."""
+    if not (_takes_positions(src_runner) and _takes_positions(tgt_runner)):
+        return None
+    seq = int(ev.tokens.shape[1])
+    positions = long_range_positions(seq)
+    stride = int(positions[0, 1] - positions[0, 0]) if seq > 1 else 1
+    try:
+        far = ev.with_positions(positions)
+        evaluation = far.evaluate(mapping)
+    except CkptmapError as e:
+        return {"positions": f"0, {stride}, ..., {int(positions.max())}", "error": e.one_line(), "passed": False}
+    threshold = mark(evaluation)
+    out = {"positions": f"0, {stride}, ..., {int(positions.max())}", "stride": stride,
+           "max_position": int(positions.max()), "kl_threshold": threshold, "error": evaluation.error}
+    if evaluation.ok:
+        s = evaluation.stats
+        out.update(kl_max=s.kl_max, kl_mean=s.kl_mean, top1_agreement=s.top1_agreement,
+                   max_abs_diff=s.max_abs_diff, passed=s.kl_max <= threshold)
+        first = first_divergence(evaluation.errors, activation_tolerance("float32"))
+        if first:
+            out["first_divergence"] = first
+    else:
+        out["passed"] = False
+    return out
+
+
+def _report(ev: Evaluator, final: Evaluation, mapping: Mapping, *, dtype: str, mark: PassMark, tol: float,
+            src_runner, tgt_runner, t0: float, long_range: bool = True) -> VerifyReport:
+    threshold = mark(final)
     passed = final.ok and final.kl_max <= threshold
     unchecked = dict(final.unchecked) if final.ok else {}
     moved = ev.unchecked_read_by_target(mapping, final) if unchecked else None
@@ -71,19 +146,43 @@ def _report(ev: Evaluator, final: Evaluation, mapping: Mapping, *, dtype: str, t
         source=_describe(src_runner), target=_describe(tgt_runner), seed=ev.seed,
         tokens=int(ev.tokens.size), forwards=ev.forwards, error=final.error, unchecked=unchecked,
         unchecked_logit_change=moved)
+    if final.raw_stats is not None and final.cast is not None:
+        report.raw_logits = final.raw_stats
+        report.tied_cast = final.cast.to_json()
     if read_anyway:
         report.error = (f"the target model's forward pass reads {len(unchecked)} tensors the forward passes cannot "
                         f"check (their sources are not read by, or not in, the source model): its logits move by "
                         f"{moved:.2g} when they change")
     if getattr(ev, "unread_note", ""):
         report.notes.append(ev.unread_note)
+    if passed and long_range:
+        report.long_range = _long_range(ev, mapping, mark, src_runner, tgt_runner)
+        report.forwards = ev.forwards
+        if report.long_range is not None and not report.long_range.get("passed"):
+            report.passed = passed = False
+            lr = report.long_range
+            what = (f"max KL {lr['kl_max']:.2e} > {lr['kl_threshold']:.0e}" if "kl_max" in lr
+                    else lr.get("error") or "it could not run")
+            report.notes.append(f"passes at positions 0..{ev.tokens.shape[1] - 1} but fails at long-range positions "
+                                f"{lr['positions']}: {what} (RoPE scaling or theta acts there)")
+    report.config_diff = diff_runners(src_runner, tgt_runner, seq_len=int(ev.tokens.shape[1]),
+                                      max_position=(report.long_range or {}).get("max_position"))
     report.timings = {**ev.timings, "total_s": time.perf_counter() - t0}
     start = (getattr(tgt_runner, "timings", None) or {}).get("start_s")
     if start:
         report.timings["target_start_s"] = start
-    if passed and (_tied(tgt_runner) or _tied(src_runner)) and final.kl_max > 1e-9:
-        report.notes.append(f"logits through a tied embedding: the KL floor measured here is "
-                            f"{final.kl_max:.2e} (bf16 cast on that path)")
+    note = _cast_note(final, ev) if final.ok else ""
+    if note:
+        report.notes.append(note)
+    if report.config_diff:
+        matters = [d for d in report.config_diff if d.matters]
+        if not report.passed and matters:
+            report.notes.append(f"the two configs disagree on {len(matters)} setting(s) that change what the models "
+                                f"compute (config differences above): no mapping of the weights repairs those")
+        elif report.passed and matters:
+            report.notes.append(f"passes, but the two configs disagree on {len(matters)} setting(s) (config "
+                                f"differences above): they act where verify does not look, or the mapping absorbs "
+                                f"them")
     if passed and first:
         report.notes.append(f"activations differ above {tol:g} from {first} on, within the KL threshold")
     return report
@@ -91,21 +190,23 @@ def _report(ev: Evaluator, final: Evaluation, mapping: Mapping, *, dtype: str, t
 
 def verify_mapping(mapping: Mapping, src_runner, tgt_runner, *, seed: int = 0, seq_len: int = 64,
                    dtype: str = "float32", kl_threshold: float | None = None, tolerance: float | None = None,
-                   diagnose: bool = True, dims: dict | None = None) -> VerifyReport:
-    """Convert seeded random source weights through `mapping`, run both models, compare.
+                   diagnose: bool = True, dims: dict | None = None, long_range: bool = True) -> VerifyReport:
+    """Convert seeded random source weights through `mapping`, run both models, compare; when that passes, once
+    more at long-range positions (`long_range`; metrics.long_range_positions), where RoPE scaling acts.
 
-    On failure, names the first diverging stage and its parameters; with `diagnose`, also tries the value-op and
-    structural candidates of that stage and reports the parameters whose change repairs it (`broken`)."""
+    On failure, names the first diverging stage and its parameters, and where the HF and MaxText configs
+    disagree (config_diff); with `diagnose`, also tries the value-op and structural candidates of that stage and
+    reports the parameters whose change repairs it (`broken`)."""
     t0 = time.perf_counter()
-    threshold = kl_threshold if kl_threshold is not None else default_kl_threshold(dtype)
+    mark = PassMark(dtype, kl_threshold)
     tol = tolerance if tolerance is not None else activation_tolerance(dtype)
     ev = Evaluator(src_runner, tgt_runner, seed=seed, seq_len=seq_len)
     final = ev.evaluate(mapping)
-    report = _report(ev, final, mapping, dtype=dtype, threshold=threshold, tol=tol, src_runner=src_runner,
-                     tgt_runner=tgt_runner, t0=t0)
-    if not report.passed and final.ok and diagnose:
+    report = _report(ev, final, mapping, dtype=dtype, mark=mark, tol=tol, src_runner=src_runner,
+                     tgt_runner=tgt_runner, t0=t0, long_range=long_range)
+    if not report.passed and final.ok and diagnose and final.kl_max > mark(final):
         search = Search(mapping, ev, dims=merged_dims(mapping, src_runner, tgt_runner, dims),
-                        tolerance=tol, kl_threshold=threshold)
+                        tolerance=tol, kl_threshold=mark(final), pass_mark=mark)
         result = search.run(max_steps=3, first_stage_only=True)
         stage = report.first_divergence or "logits"
         fixed = result.final is not None and result.final.stage_error(stage) <= max(tol, 1e-12)
@@ -119,26 +220,29 @@ def verify_mapping(mapping: Mapping, src_runner, tgt_runner, *, seed: int = 0, s
 
 def search_and_verify(solved, src_runner, tgt_runner, *, seed: int = 0, seq_len: int = 64, dtype: str = "float32",
                       kl_threshold: float | None = None, tolerance: float | None = None, max_steps: int = 40,
-                      dims: dict | None = None, priors=None) -> tuple[Mapping, VerifyReport]:
+                      dims: dict | None = None, priors=None, long_range: bool = True) -> tuple[Mapping, VerifyReport]:
     """Finish a structural mapping (a SolveResult, or a Mapping) with the value ops the forward passes select,
-    then verify it. Returns the final Mapping (value ops appended to the rules' chains) and the report.
+    then verify it (and, when that passes, once more at long-range positions: `long_range`). Returns the final
+    Mapping (value ops appended to the rules' chains) and the report.
     `priors` (ckptmap.llm_hints.Priors): their value ops are tried first, and kept only if the mapping then passes."""
     t0 = time.perf_counter()
     mapping = solved.mapping if hasattr(solved, "mapping") else solved
     alternatives = dict(getattr(solved, "alternatives", None) or {})
-    threshold = kl_threshold if kl_threshold is not None else default_kl_threshold(dtype)
+    mark = PassMark(dtype, kl_threshold)
     tol = tolerance if tolerance is not None else activation_tolerance(dtype)
     ev = Evaluator(src_runner, tgt_runner, seed=seed, seq_len=seq_len)
     search = Search(mapping, ev, alternatives=alternatives, dims=merged_dims(mapping, src_runner, tgt_runner, dims),
-                    tolerance=tol, kl_threshold=threshold, priors=priors)
+                    tolerance=tol, kl_threshold=mark(), priors=priors, pass_mark=mark)
     result = search.run(max_steps=max_steps)
     final = result.final
-    report = _report(ev, final, result.mapping, dtype=dtype, threshold=threshold, tol=tol, src_runner=src_runner,
-                     tgt_runner=tgt_runner, t0=t0)
+    report = _report(ev, final, result.mapping, dtype=dtype, mark=mark, tol=tol, src_runner=src_runner,
+                     tgt_runner=tgt_runner, t0=t0, long_range=long_range)
     report.trials, report.decisions = result.trials, result.decisions
     report.timings["search_s"] = result.seconds
     if result.stuck_stage and not report.passed:
-        report.notes.append(f"search stuck at {result.stuck_stage}: no candidate lowers its error")
+        why = "; ".join(d.describe() for d in report.config_diff if d.matters)
+        report.notes.append(f"search stuck at {result.stuck_stage}: no candidate lowers its error"
+                            + (f"; the configs disagree: {why}" if why else ""))
     out = result.mapping
     out.meta = dict(out.meta, verify={"passed": report.passed, "kl_max": report.kl_max,
                                       "decisions": [d.to_json() for d in result.decisions]})

@@ -7,6 +7,7 @@ Used by `verify_mapping` (once) and by the search (once per candidate).
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, replace
 
@@ -31,6 +32,12 @@ class Evaluation:
     forward: Forward | None = None
     error: str = ""  # why the target could not run (a chain that does not fit, a missing tensor)
     unchecked: dict[str, str] = field(default_factory=dict)  # target -> why this forward pass does not test it
+    # MaxText's bf16 cast of a tied table (ckptmap.verify.tied_cast): `raw_stats` compare the logits as the models
+    # gave them, `stats` with the cast taken out where it could be; `cast` its measured effect on the target;
+    # `cast_kept`: a cast off the bf16 grid remains in `stats` (the pass mark must allow for it)
+    raw_stats: LogitStats | None = None
+    cast: object | None = None
+    cast_kept: bool = False
 
     @property
     def ok(self) -> bool:
@@ -48,6 +55,31 @@ class Evaluation:
         return self.errors.get("logits", float("inf"))
 
 
+def _tied_head(runner):
+    """The runner's tied head that casts its table to bf16 (MaxTextRunner.tied_head), or None."""
+    find = getattr(runner, "tied_head", None)
+    if not callable(find):
+        return None
+    try:
+        return find()
+    except Exception:  # noqa: BLE001 - without it the cast simply stays in the logits
+        return None
+
+
+def _uncast(head, params: dict[str, np.ndarray], fwd: Forward) -> tuple[np.ndarray, object | None, bool]:
+    """(the logits to compare, the cast's measured effect, whether a cast off the bf16 grid remains in them)."""
+    if head is None:
+        return fwd.logits, None, False
+    from ckptmap.verify.tied_cast import cast_effect
+
+    effect = cast_effect(head, params, fwd.logits, fwd.activations)
+    if effect is None:
+        return fwd.logits, None, True
+    if effect.exact_logits is not None:
+        return effect.exact_logits, effect, False
+    return fwd.logits, effect, not effect.on_grid
+
+
 def runner_vocab(runner) -> int | None:
     v = getattr(runner, "vocab", None)
     if v:
@@ -59,24 +91,48 @@ def runner_vocab(runner) -> int | None:
 class Evaluator:
     """Holds the source parameters, tokens and reference forward pass; evaluates mappings on the target."""
 
-    def __init__(self, src_runner, tgt_runner, *, seed: int = 0, seq_len: int = 64, batch: int = 1):
+    def __init__(self, src_runner, tgt_runner, *, seed: int = 0, seq_len: int = 64, batch: int = 1,
+                 positions: np.ndarray | None = None):
         self.src_runner, self.tgt_runner = src_runner, tgt_runner
         self.seed = seed
         self.timings = {"source_forward_s": 0.0, "target_forward_s": 0.0, "convert_s": 0.0}
         self.forwards = 0
         aliases = dict(getattr(src_runner, "aliases", {}) or {})
         scales = src_runner.init_scales() if hasattr(src_runner, "init_scales") else None
-        self.src_params = random_params(src_runner.param_shapes(), seed, aliases, scales)
+        self.src_head, self.tgt_head = _tied_head(src_runner), _tied_head(tgt_runner)
+        # tied tables from bf16-representable values: where the mapping copies them, MaxText's cast is exact
+        grid = set(aliases.values()) | ({self.src_head.table} if self.src_head else set())
+        self.src_params = random_params(src_runner.param_shapes(), seed, aliases, scales, bf16_names=grid)
         vocabs = [v for v in (runner_vocab(src_runner), runner_vocab(tgt_runner)) if v]
         if not vocabs:
             raise VerifyError("neither model says its vocab size")
         self.tokens = random_tokens(min(vocabs), seq_len, batch, seed)
-        t = time.perf_counter()
-        self.reference = src_runner.forward(self.src_params, self.tokens)
-        self.timings["source_forward_s"] += time.perf_counter() - t
+        self.positions = None if positions is None else np.asarray(positions, dtype=np.int32)
+        self._run_reference()
         self.target_shapes = dict(tgt_runner.param_shapes())
         self.target_aliases = dict(getattr(tgt_runner, "aliases", {}) or {})
         self.unread_sources = self._unread_sources(aliases)
+
+    def _run_reference(self) -> None:
+        t = time.perf_counter()
+        self.reference = self._forward(self.src_runner, self.src_params)
+        self.timings["source_forward_s"] += time.perf_counter() - t
+        self.reference_logits, self.source_cast, self.source_cast_kept = _uncast(
+            self.src_head, self.src_params, self.reference)
+
+    def _forward(self, runner, params: dict[str, np.ndarray]) -> Forward:
+        if self.positions is None:
+            return runner.forward(params, self.tokens)
+        return runner.forward(params, self.tokens, np.broadcast_to(self.positions, self.tokens.shape))
+
+    def with_positions(self, positions: np.ndarray) -> "Evaluator":
+        """The same weights and tokens, run at other position ids ([seq] or [batch, seq]; see long_range_positions):
+        one more source forward pass."""
+        other = copy.copy(self)
+        other.positions = np.asarray(positions, dtype=np.int32)
+        other.timings = self.timings  # one account of the time spent
+        other._run_reference()
+        return other
 
     def _unread_sources(self, aliases: dict[str, str]) -> set[str]:
         """Source tensors the source model's forward pass does not read (a vision tower on a text-only pass), where
@@ -162,14 +218,17 @@ class Evaluator:
             return Evaluation(stats=None, error=e.one_line())
         t = time.perf_counter()
         try:
-            fwd = self.tgt_runner.forward(params, self.tokens)
+            fwd = self._forward(self.tgt_runner, params)
         except CkptmapError as e:
             return Evaluation(stats=None, error=e.one_line())
         finally:
             self.timings["target_forward_s"] += time.perf_counter() - t
             self.forwards += 1
-        stats = compare_logits(self.reference.logits, fwd.logits)
-        return Evaluation(stats=stats, errors=stage_errors(self.reference, fwd), forward=fwd, unchecked=unchecked)
+        logits, cast, kept = _uncast(self.tgt_head, params, fwd)
+        stats = compare_logits(self.reference_logits, logits)
+        raw = compare_logits(self.reference.logits, fwd.logits)
+        return Evaluation(stats=stats, errors=stage_errors(self.reference, fwd), forward=fwd, unchecked=unchecked,
+                          raw_stats=raw, cast=cast, cast_kept=kept or self.source_cast_kept)
 
     def unchecked_read_by_target(self, mapping: Mapping, evaluation: Evaluation) -> float:
         """How much the target's logits move when every target `evaluation` did not check gets other values
@@ -183,7 +242,7 @@ class Evaluator:
                 params[name] = self.filler(name, 2)
         t = time.perf_counter()
         try:
-            fwd = self.tgt_runner.forward(params, self.tokens)
+            fwd = self._forward(self.tgt_runner, params)
         finally:
             self.timings["target_forward_s"] += time.perf_counter() - t
             self.forwards += 1

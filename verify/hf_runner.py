@@ -406,8 +406,11 @@ class HFRunner:
                 state = {renamed[n]: v for n, v in state.items()}
         return state
 
-    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> Forward:
-        """Load `params` (checkpoint names) and run `tokens` [batch, seq]: logits and activations as float32 numpy."""
+    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray,
+                positions: np.ndarray | None = None) -> Forward:
+        """Load `params` (checkpoint names) and run `tokens` [batch, seq]: logits and activations as float32 numpy.
+        `positions` [batch, seq]: the position ids RoPE sees (`position_ids`; the attention masks follow the token
+        order); None: 0..seq-1."""
         torch = _torch()
         model = self._load(params)
         layers = _decoder_layers(model, self.n_layers)
@@ -434,7 +437,14 @@ class HFRunner:
         try:
             with torch.no_grad():
                 ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=self.device)
-                out = model(input_ids=ids, use_cache=False)
+                extra = {}
+                if positions is not None:
+                    extra["position_ids"] = torch.as_tensor(np.array(positions, dtype=np.int64), dtype=torch.long,
+                                                            device=self.device)
+                    # an explicit all-ones mask: without one, transformers reads position ids that do not step by
+                    # 1 as packed sequences and masks across them
+                    extra["attention_mask"] = torch.ones_like(ids)
+                out = model(input_ids=ids, use_cache=False, **extra)
         finally:
             for h in hooks:
                 h.remove()

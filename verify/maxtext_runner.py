@@ -50,6 +50,24 @@ class MaxTextRunner:
             return bool(cfg["logits_via_embedding"])
         return not any("logits" in n for n in self.tree.names())
 
+    def tied_head(self):
+        """How this model computes tied logits (ckptmap.verify.tied_cast.TiedHead: the table it casts to bf16, the
+        sqrt(emb_dim) normalisation, the final soft-cap), or None when its logits have their own kernel."""
+        if not self.tied_logits:
+            return None
+        from ckptmap.verify.tied_cast import TiedHead
+
+        tables = [n for n in self.tree.names() if n.endswith("token_embedder-embedding")]
+        if len(tables) != 1:
+            return None
+        cfg = {**(self.tree.meta.get("config") or {}), **self.function_config()}
+        return TiedHead(table=tables[0], normalize=bool(cfg.get("normalize_embedding_logits", True)),
+                        soft_cap=float(cfg.get("final_logits_soft_cap") or 0.0))
+
+    def function_config(self) -> dict:
+        """MaxText's config values that change the function beyond the weights (see ckptmap.verify.config_diff)."""
+        return self.session.function_config()
+
     def init_scales(self) -> dict[str, float]:
         """name -> std of MaxText's own init of each matrix (fan-in aware in flax's [in, ..., out] layout), so
         that random weights drawn for a MaxText source keep activations in range."""
@@ -62,8 +80,12 @@ class MaxTextRunner:
     def timings(self) -> dict:
         return self.session.timings
 
-    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> Forward:
-        return self.session.forward(params, tokens)
+    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray,
+                positions: np.ndarray | None = None) -> Forward:
+        """Logits and activations; `positions` [batch, seq]: the position ids RoPE sees (None: 0..seq-1)."""
+        if positions is None:
+            return self.session.forward(params, tokens)
+        return self.session.forward(params, tokens, positions)
 
     def close(self) -> None:
         self.session.close()

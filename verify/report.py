@@ -48,15 +48,27 @@ class VerifyReport:
     # (0.0: the target's forward pass does not read them either)
     unchecked: dict[str, str] = field(default_factory=dict)
     unchecked_logit_change: float | None = None
+    # where the HF and MaxText configs disagree on what the models compute (config_diff.Disagreement), named
+    # whether verify passes or not
+    config_diff: list = field(default_factory=list)
+    # the final check at long-range position ids (api._long_range): positions, kl_max, passed, ...; None: not run
+    long_range: dict | None = None
+    # MaxText's bf16 cast of a tied table: the logits as the models gave them, and the cast's measured effect
+    raw_logits: LogitStats | None = None
+    tied_cast: dict | None = None
 
     @property
     def kl_max(self) -> float:
-        return self.logits.kl_max if self.logits else float("inf")
+        """The largest per-token KL verify measured: at positions 0..seq-1 and, where it ran, at long range."""
+        kl = self.logits.kl_max if self.logits else float("inf")
+        far = (self.long_range or {}).get("kl_max")
+        return max(kl, float(far)) if isinstance(far, (int, float)) else kl
 
     def to_json(self) -> dict:
         return {
             "format": "ckptmap.verify_report", "version": 1,
-            "passed": self.passed, "dtype": self.dtype, "kl_threshold": self.kl_threshold,
+            "passed": self.passed, "kl_max": _json_num(self.kl_max), "dtype": self.dtype,
+            "kl_threshold": self.kl_threshold,
             "activation_tolerance": self.tolerance,
             "logits": self.logits.to_json() if self.logits else None,
             "stages": {k: _json_num(v) for k, v in self.stages.items()},
@@ -69,7 +81,18 @@ class VerifyReport:
             "unchecked": self.unchecked,
             "unchecked_logit_change": (None if self.unchecked_logit_change is None
                                        else _json_num(self.unchecked_logit_change)),
+            "config_diff": [d.to_json() for d in self.config_diff],
+            "long_range": ({k: (_json_num(v) if isinstance(v, float) else v) for k, v in self.long_range.items()}
+                           if self.long_range is not None else None),
+            "raw_logits": self.raw_logits.to_json() if self.raw_logits else None,
+            "tied_cast": ({k: (_json_num(v) if isinstance(v, float) else v) for k, v in self.tied_cast.items()}
+                          if self.tied_cast is not None else None),
         }
+
+    def config_summary(self) -> str:
+        """`rope scaling (all layers): HF default, MaxText llama3 (...) -- applied by model name llama3.1; ...`,
+        or ''."""
+        return "; ".join(d.describe() for d in self.config_diff)
 
     def unchecked_summary(self) -> str:
         """`355 targets not checked (the source model's forward pass does not read their sources)`, one clause per
@@ -104,6 +127,19 @@ class VerifyReport:
             lines.append(f"verify: {verdict}  {self.error}")
         lines.append(f"  source: {self.source}")
         lines.append(f"  target: {self.target}")
+        if self.config_diff:
+            lines.append(f"  config differences (HF vs MaxText, {len(self.config_diff)}):")
+            for d in self.config_diff:
+                lines.append(f"    - {d.describe()}")
+        lr = self.long_range
+        if lr:
+            if "kl_max" in lr:
+                lines.append(f"  long-range positions {lr['positions']}: {'pass' if lr.get('passed') else 'FAIL'}  "
+                             f"max KL {_fmt(lr['kl_max'])} (threshold {_fmt(lr.get('kl_threshold'))})  top-1 "
+                             f"{100 * lr.get('top1_agreement', 0):.1f}%"
+                             + (f"  first divergence {lr['first_divergence']}" if lr.get("first_divergence") else ""))
+            else:
+                lines.append(f"  long-range positions {lr['positions']}: FAIL  {lr.get('error', '')}")
         t = self.timings
         lines.append(f"  {self.forwards} target forward passes, seed {self.seed}; "
                      + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))

@@ -101,7 +101,8 @@ class Search:
     """The state of one search: the current choice per rule, the candidate spaces, and the log."""
 
     def __init__(self, mapping: Mapping, evaluator: Evaluator, *, alternatives: dict[int, list[Rule]] | None = None,
-                 dims: dict | None = None, tolerance: float = 1e-3, kl_threshold: float = 1e-4, priors=None):
+                 dims: dict | None = None, tolerance: float = 1e-3, kl_threshold: float = 1e-7, priors=None,
+                 pass_mark=None):
         self.priors = priors if priors is not None and not getattr(priors, "is_empty", True) else None
         self.base = mapping
         self.ev = evaluator
@@ -109,6 +110,8 @@ class Search:
         self.dims = dict(dims or {})
         self.tolerance = tolerance
         self.kl_threshold = kl_threshold
+        # evaluation -> its pass mark (api.PassMark: higher where a tied bf16 cast stays in the logits)
+        self.pass_mark = pass_mark
         self.state: list[RuleChoice] = [RuleChoice(structural=r, values=tuple(() for _ in r.targets))
                                         for r in mapping.rules]
         self.spaces: dict[int, RuleSpace] = {}
@@ -275,12 +278,16 @@ class Search:
             ev = self._evaluate(self.mapping(move))
             trial = Trial(0, "logits", label, sorted(move), ev.stage_error("logits"), ev.kl_max, error=ev.error)
             self.trials.append(trial)
-            if ev.ok and ev.kl_max <= self.kl_threshold:
+            if self._passes(ev):
                 self._accept(0, trial, move)
                 return ev
         return None
 
     # ---- the loop ------------------------------------------------------------------------------------------
+    def _passes(self, ev: Evaluation) -> bool:
+        mark = self.pass_mark(ev) if self.pass_mark is not None else self.kl_threshold
+        return ev.ok and ev.kl_max <= mark
+
     def _evaluate(self, mapping: Mapping) -> Evaluation:
         """Evaluate, remembering results by the rules' content (different moves often build the same mapping)."""
         key = tuple(json.dumps({k: v for k, v in r.to_json().items() if k != "explain"}, sort_keys=True)
@@ -326,10 +333,10 @@ class Search:
         if not current.ok:  # the given mapping cannot even be applied (a missing target): nothing to search
             max_steps = 0
             stuck = "convert"
-        elif self.priors is not None and current.kl_max > self.kl_threshold:
+        elif self.priors is not None and not self._passes(current):
             current = self._try_priors() or current
         for step in range(1, max_steps + 1):
-            if current.ok and current.kl_max <= self.kl_threshold:
+            if self._passes(current):
                 break
             stage = first_divergence(current.errors, self.tolerance) if current.ok else "logits"
             stage = stage or "logits"

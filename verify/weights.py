@@ -59,11 +59,19 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0, scale: float
 
 
 def random_params(shapes: dict[str, tuple[int, ...]], seed: int = 0, aliases: dict[str, str] | None = None,
-                  scales: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+                  scales: dict[str, float] | None = None, bf16_names=()) -> dict[str, np.ndarray]:
     """name -> seeded random float32 array for every name in `shapes`; each alias (a tied name) gets the very
-    array of the name it is tied to. `scales`: name -> std to use for matrices (see random_tensor)."""
+    array of the name it is tied to. `scales`: name -> std to use for matrices (see random_tensor).
+    `bf16_names`: tensors drawn from bfloat16-representable values (a tied table MaxText casts to bf16 on the
+    logits path: the cast of such a table is exact; see ckptmap.verify.tied_cast)."""
     scales = scales or {}
     params = {name: random_tensor(name, shape, seed, scales.get(name)) for name, shape in shapes.items()}
+    if bf16_names:
+        from ckptmap.verify.tied_cast import round_to_bf16
+
+        for name in bf16_names:
+            if name in params:
+                params[name] = round_to_bf16(params[name])
     for alias, canonical in (aliases or {}).items():
         if canonical in params:
             params[alias] = params[canonical]

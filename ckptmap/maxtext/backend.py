@@ -26,23 +26,53 @@ CONFIG_KEYS = (
 )
 
 
+# Config values that change the function a model computes beyond its weights (RoPE, norms, soft-caps, windows,
+# tied logits), for verify's config diff (ckptmap.verify.config_diff); `describe()["function_config"]`.
+FUNCTION_KEYS = (
+    "model_name", "decoder_block", "attention_type", "head_dim", "emb_dim", "base_emb_dim", "num_query_heads",
+    "base_num_query_heads", "rope_type", "rope_use_scale", "rope_min_timescale", "rope_max_timescale",
+    "local_rope_max_timescale", "global_rope_max_timescale", "global_rope_proportion", "local_rope_proportion",
+    "rope_linear_scaling_factor", "rope_factor", "original_max_position_embeddings", "max_position_embeddings",
+    "beta_fast", "beta_slow", "mscale", "rope_interleave", "rope_truncate", "rope_attention_scaling",
+    "partial_rotary_factor", "use_mrope", "mrope_section", "qk_rope_head_dim", "compressed_rope_max_timescale",
+    "normalization_layer_epsilon", "final_logits_soft_cap", "attn_logits_soft_cap", "sliding_window_size",
+    "logits_via_embedding", "normalize_embedding_logits", "use_qk_norm", "use_multimodal", "indexer_topk",
+    "indexer_n_heads", "indexer_head_dim",
+)
+
+
 def _json_value(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         return value.item()
     return str(value)
 
 
-def config_values(config) -> dict:
-    """Selected MaxText config values as JSON scalars (enums and dtypes as their str())."""
+def config_values(config, keys: tuple[str, ...] = CONFIG_KEYS) -> dict:
+    """Selected MaxText config values as JSON scalars (enums and dtypes as their str(); lists of numbers kept)."""
     out = {}
-    for key in CONFIG_KEYS:
+    for key in keys:
         try:
             out[key] = _json_value(getattr(config, key))
         except (AttributeError, KeyError):
             continue
     return out
+
+
+def check_positions(positions, shape: tuple[int, ...]) -> np.ndarray:
+    """Position ids [batch, seq] as int32: 0..seq-1 in every row when None; ValueError when they do not fit."""
+    if positions is None:
+        return np.broadcast_to(np.arange(shape[1], dtype=np.int32)[None, :], shape).copy()
+    positions = np.asarray(positions)
+    if positions.shape != tuple(shape) or positions.dtype.kind not in "iu":
+        raise ValueError(f"positions must be an integer array of the tokens' shape {tuple(shape)}, got "
+                         f"{positions.dtype} {positions.shape}")
+    if positions.size and int(positions.min()) < 0:
+        raise ValueError("positions must be >= 0")
+    return positions.astype(np.int32)
 
 
 class MaxTextModel:
@@ -95,7 +125,7 @@ class MaxTextModel:
         params = [{"name": n, "shape": list(s), "dtype": d, "axes": a} for n, s, d, a in self.entries]
         return {"model_name": self.model_name, "overrides": self.overrides, "params": params,
                 "config": config_values(self.config), "layer_classes": self.layer_classes,
-                "timings": dict(self.timings)}
+                "function_config": config_values(self.config, FUNCTION_KEYS), "timings": dict(self.timings)}
 
     def fused_layouts(self) -> dict[str, dict]:
         """Fused-axis layouts read off the model's jaxpr (ckptmap.maxtext.code_layout), traced once."""
@@ -179,10 +209,13 @@ class MaxTextModel:
         leaves = [jnp.asarray(params[name], dtype=dtype) for name, _, dtype, _ in self.entries]
         return jax.tree_util.tree_unflatten(self._treedef, leaves)
 
-    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> tuple[np.ndarray, dict, list[str]]:
+    def forward(self, params: dict[str, np.ndarray], tokens: np.ndarray,
+                positions: np.ndarray | None = None) -> tuple[np.ndarray, dict, list[str]]:
         """Logits [batch, seq, vocab] (float32), activations (embed, layer_{i}, final_norm) and notes.
 
-        Positions are 0..seq-1 in every row; no segment ids (a plain causal mask); dropout off.
+        `positions` [batch, seq] (ints): the position ids RoPE sees (e.g. strided, to reach long distances with
+        few tokens); None: 0..seq-1 in every row. The attention masks follow the token order, not the position
+        ids (MaxText's causal and sliding-window masks are built from indices). No segment ids; dropout off.
         """
         import jax
         import jax.numpy as jnp
@@ -190,20 +223,21 @@ class MaxTextModel:
         tokens = np.asarray(tokens)
         if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
             raise ValueError(f"tokens must be an integer array [batch, seq], got {tokens.dtype} {tokens.shape}")
+        positions = check_positions(positions, tokens.shape)
         self.check_params(params)
         if self._apply is None:
 
-            def apply_fn(variables, toks):
-                positions = jnp.broadcast_to(jnp.arange(toks.shape[1], dtype=jnp.int32)[None, :], toks.shape)
+            def apply_fn(variables, toks, pos):
                 with self._context(), capture.capturing():
-                    out, state = self.model.apply(variables, toks, positions, enable_dropout=False,
+                    out, state = self.model.apply(variables, toks, pos, enable_dropout=False,
                                                   mutable=["intermediates"])
                 logits = out[0] if isinstance(out, tuple) else out
                 return logits, state.get("intermediates", {})
 
             self._apply = jax.jit(apply_fn)
         t0 = time.perf_counter()
-        logits, intermediates = self._apply(self._variables(params), jnp.asarray(tokens, dtype=jnp.int32))
+        logits, intermediates = self._apply(self._variables(params), jnp.asarray(tokens, dtype=jnp.int32),
+                                            jnp.asarray(positions, dtype=jnp.int32))
         logits = np.asarray(logits, dtype=np.float32)
         self.timings["forward_s"] = time.perf_counter() - t0
         calls, final_norm = capture.collect(intermediates)

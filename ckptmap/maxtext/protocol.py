@@ -2,7 +2,8 @@
 
 Request:  {"op": "build", "model_name", "overrides"}            -> {"model": id, "timings"}
           {"op": "describe" | "init" | "forward" | "fused_layouts" | "reference_convert" | "drop", "model": id, ...}
-          (`fused_layouts` answers {"layouts": {name: {"axis", "rounds", "blocks"}}, "timings"})
+          (`fused_layouts` answers {"layouts": {name: {"axis", "rounds", "blocks"}}, "timings"};
+          `forward` takes `tokens` and, optionally, `positions`: .npy files of [batch, seq] ints)
           {"op": "shutdown"}
 Response: {"ok": true, "result": {...}} or {"ok": false, "error": "<MaxText's message>", "type": "<exception>"}
 

@@ -47,6 +47,7 @@ class MaxTextSession:
         self._backend = None
         self._tree: ParamTree | None = None
         self._layouts: dict[str, dict] | None = None
+        self._function_config: dict | None = None
         self._timings: dict = {}
         self._lock = threading.RLock()
 
@@ -89,8 +90,18 @@ class MaxTextSession:
     def abstract_tree(self) -> ParamTree:
         """The parameters as MaxText's conversion names them, from jax.eval_shape of the real model's init."""
         if self._tree is None:
-            self._tree = tree_from_description(self._ensure().describe(), origin=self.origin)
+            description = self._ensure().describe()
+            self._function_config = dict(description.get("function_config") or {})
+            self._tree = tree_from_description(description, origin=self.origin)
         return self._tree
+
+    def function_config(self) -> dict:
+        """The config values that change the function beyond the weights (RoPE, norm epsilon, soft-caps, sliding
+        window, tied logits: ckptmap.maxtext.backend.FUNCTION_KEYS), as MaxText's pyconfig resolved them."""
+        if getattr(self, "_function_config", None) is None:
+            self._tree = None
+            self.abstract_tree()
+        return dict(self._function_config)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return self.abstract_tree().shapes()
