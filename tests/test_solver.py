@@ -18,7 +18,8 @@ from ckptmap.trees import read_tree
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "maxtext_tiny")
 
-# Targets whose layout no shape or name can decide; verify settles them numerically (see test_verify_*).
+# At most this many targets per case may be wrong from the trees alone: their layout no shape or name can decide;
+# verify settles them numerically (see test_verify_*).
 # gpt-oss stores gate/up interleaved ([g0, u0, g1, u1, ...]) where every other family concatenates them;
 # qwen3.5's MaxText in_proj_qkvz / in_proj_ba regroup q, k, v, z per key head.
 SHAPE_AMBIGUOUS = {
@@ -35,7 +36,7 @@ def test_trees_only_solve_matches_maxtext_mapping(family, scan):
     if isinstance(case, str):
         # MaxText itself refuses this combination (e.g. gemma4-e2b scanned): nothing to compare against.
         assert "MaxText cannot map it" in case
-        return
+        pytest.skip(f"{family} scan{scan}: {case}")
     t0 = time.perf_counter()
     result = solve(case.src, case.tgt)
     seconds = time.perf_counter() - t0
@@ -43,7 +44,8 @@ def test_trees_only_solve_matches_maxtext_mapping(family, scan):
     assert score.count("unmapped") == 0
     assert result.mapping.unmapped_targets == []
     right = score.count("exact") + score.count("structural")
-    assert score.count("wrong") == SHAPE_AMBIGUOUS.get((family, scan), 0)
+    # a ceiling on wrong targets (an improvement passes; a regression fails)
+    assert score.count("wrong") <= SHAPE_AMBIGUOUS.get((family, scan), 0)
     assert right + score.count("wrong") == score.scored
     assert seconds < 2.0
 
@@ -211,7 +213,7 @@ def test_with_code_layouts_every_family_is_structurally_right(family, scan):
 
     case = load_case(family, scan)
     if isinstance(case, str):
-        return
+        pytest.skip(f"{family} scan{scan}: {case}")
     score = score_mapping(solve(*with_code_layouts(case)).mapping, case.gt, case.hf_shapes)
     assert score.count("wrong") == 0 and score.count("unmapped") == 0
     assert score.count("exact") + score.count("structural") == score.scored
