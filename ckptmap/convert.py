@@ -156,6 +156,7 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     """
     check_rules(mapping)  # a hand-edited mapping fails here, with the rule's names, not deep in the executor
     mapping_record.check_record(mapping)
+    mapping_record.check_shapes(mapping, file=output_path(output_path_))
     if reverse:
         mapping = mapping.reversed()
         check_rules(mapping)

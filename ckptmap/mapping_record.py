@@ -102,8 +102,14 @@ def check_seal(mapping, *, file: str | None = None, allow_edited: bool = False) 
         return "sealed"
     if allow_edited:
         return "edited"
-    raise MappingError("the mapping was edited after it was solved (its rules no longer match its seal); "
-                       "re-solve it, or pass --allow-edited to apply it anyway", file=file)
+    try:
+        found = shape_disagreement(mapping)
+    except Exception:  # a mapping damaged beyond a shape check: the seal alone says enough
+        found = None
+    detail = f" ({found[1]})" if found else ""
+    raise MappingError(f"the mapping was edited after it was solved (its rules no longer match its seal){detail}; "
+                       "re-solve it, or pass --allow-edited to apply it anyway", file=file,
+                       key=found[0] if found else None)
 
 
 def recorded_shapes(mapping, side: str) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -145,3 +151,48 @@ def check_record(mapping, file: str | None = None) -> None:
             if not ok:
                 raise MappingError(f"the recorded {side} entry must be [shape, dtype], got {value!r}"[:300],
                                    file=file, key=name)
+
+
+def shape_disagreement(mapping) -> tuple[str, str] | None:
+    """(target name, what disagrees) for the first rule whose chain, run on the recorded source shapes (shapes
+    only, no data), does not give the recorded target shape; None when every rule agrees or nothing is recorded.
+    An edited chain (a reshape's out_shape changed by hand) or a mapping for another model is named here, before
+    a byte of the checkpoint is read."""
+    src, tgt = recorded_shapes(mapping, "source"), recorded_shapes(mapping, "target")
+    if not src or not tgt:
+        return None
+    for rule in mapping.rules:
+        if any(n not in src for n in rule.source_names()) or not rule.targets:
+            continue
+        cell = tuple(0 for _ in rule.grid)
+        if any(n == 0 for n in rule.grid):
+            continue
+        first_target = rule.targets[0].name_at(cell)
+        try:
+            in_shapes = []
+            for slot in rule.sources:
+                shape = list(src[slot.name_at(cell)][0])
+                for axis in sorted(slot.axes, reverse=True):
+                    del shape[axis]
+                in_shapes.append(tuple(shape))
+            out_shapes = rule.chain.shape(tuple(in_shapes))
+        except Exception as e:  # an op that cannot take these shapes
+            return first_target, f"the mapping's chain does not fit the recorded source shapes ({e})"
+        for slot, out in zip(rule.targets, out_shapes):
+            name = slot.name_at(cell)
+            if name not in tgt:
+                continue
+            shape = list(out)
+            for axis, n in sorted(zip(slot.axes, rule.grid[slot.depth:])):
+                shape.insert(axis, n)
+            if tuple(shape) != tgt[name][0]:
+                return name, (f"the mapping's chain gives {shape} where the mapping was solved for "
+                              f"{list(tgt[name][0])}")
+    return None
+
+
+def check_shapes(mapping, *, file: str | None = None) -> None:
+    """Raise MappingError naming the first target tensor `shape_disagreement` finds."""
+    found = shape_disagreement(mapping)
+    if found:
+        raise MappingError(f"{found[1]} (an edited mapping?); nothing was read or written", file=file, key=found[0])
