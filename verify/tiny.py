@@ -25,6 +25,11 @@ HEAD_DIM = 16
 VOCAB = 256
 VOCAB_PADDING = 16
 SLIDING_WINDOW = 16  # < the verify sequence length (64)
+# DeepSeek-V3.2's sparse-attention indexer: a top-k below the verify sequence (so that it selects), and enough heads
+# that no two keys tie. Its score sums ReLUs over heads: with 2 heads many keys score exactly 0, and torch.topk and
+# MaxText (first k) break such ties differently; with 16 a key scores 0 with probability 2^-16.
+INDEX_TOPK = 16
+INDEX_HEADS = 16
 MAX_GROUP = 4  # query heads per kv head, at most
 
 # MaxText key -> HF keys that may hold the same quantity, most likely first.
@@ -58,6 +63,9 @@ MAXTEXT_TO_HF_KEYS: dict[str, tuple[str, ...]] = {
     "first_num_hash_layers": ("num_hash_layers",),
     "o_lora_rank": ("o_lora_rank",),
     "o_groups": ("o_groups",),
+    "indexer_topk": ("index_topk",),
+    "indexer_n_heads": ("index_n_heads",),
+    "indexer_head_dim": ("index_head_dim",),
 }
 
 # MaxText list keys -> HF keys holding the same per-layer list (cut to the tiny layers alike).
@@ -188,6 +196,9 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
         cfg["linear_num_key_heads"] = 2
         if "linear_num_value_heads" in real:
             cfg["linear_num_value_heads"] = 2 * min(ratio_vk, MAX_GROUP)
+    if _num(real, "index_topk"):
+        cfg.update(index_topk=INDEX_TOPK, index_n_heads=INDEX_HEADS, index_head_dim=HEAD_DIM)
+        notes.append(f"indexer: top-{INDEX_TOPK} of {INDEX_HEADS} heads (no exact score ties)")
 
     # Experts: >= 4 of them, top-k <= 2, groups that divide them.
     for key in ("num_local_experts", "n_routed_experts", "num_experts"):
