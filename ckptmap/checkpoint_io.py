@@ -488,7 +488,8 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC
 def write_failure(e: OSError, *, file: str, key: str | None = None) -> "CheckpointIOError":
     """An OSError while writing the output -> one line; a full disk (or a file-size limit) is said so."""
     what = e.strerror or str(e)
-    if e.errno in _FULL_ERRNOS:
+    short_write = e.errno is None and "requested and" in what  # numpy's tofile: "N requested and M written"
+    if e.errno in _FULL_ERRNOS or short_write:
         return CheckpointIOError(f"cannot write the output, the disk is full or a file-size limit was reached "
                                  f"({what}); nothing was written", file=file, key=key)
     return CheckpointIOError(f"cannot write the output ({what}); nothing was written", file=file, key=key)
