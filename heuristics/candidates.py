@@ -355,8 +355,11 @@ def _fused_chains(ctx: Context, fused: Operand, parts: list[Operand], split: boo
 def _fused_groups(fused: Operand, others: list[Operand]):
     """Index tuples (in the fused name's order) of 2-4 operands of `others` whose sizes add up to `fused` and whose
     roles its name names: the parts of a fused tensor, whichever side holds it."""
+    fused_concepts = concepts(fused.local)
     partners = [(name_similarity(fused.local, o.local), k) for k, o in enumerate(others) if o.numel < fused.numel]
-    partners = [p for p in sorted(partners, reverse=True) if p[0] >= MIN_PART_SIMILARITY][:MAX_GROUP_PARTNERS]
+    partners = [p for p in sorted(partners, reverse=True)
+                if p[0] >= MIN_PART_SIMILARITY or _holds_named_role(others[p[1]], fused_concepts)]
+    partners = partners[:MAX_GROUP_PARTNERS]
     for r in (2, 3, 4):
         for combo in itertools.combinations([k for _, k in partners], r):
             if sum(others[k].numel for k in combo) != fused.numel:
@@ -365,6 +368,14 @@ def _fused_groups(fused: Operand, others: list[Operand]):
                 continue
             position = {id(others[k]): k for k in combo}
             yield tuple(position[id(o)] for o in _split_order(fused, [others[k] for k in combo]))
+
+
+def _holds_named_role(part: Operand, fused_concepts: tuple[str, ...]) -> bool:
+    """Whether `part` carries a part role (names.PART_ORDER: wi_0, wi_1, query, ...) that the fused name names.
+    Such a part is a partner whatever the rest of its name says: module words the other framework spells its own
+    way (`Llama4MoEBlock_0-MoeBlock_0-wi_0` against `feed_forward.experts.gate_up_proj`) lower the overall name
+    similarity, not the evidence of the role. The group still has to pass the size and role checks."""
+    return any(c in fused_concepts and part_rank(c) is not None for c in concepts(part.local))
 
 
 def _pad_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:

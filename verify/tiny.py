@@ -16,7 +16,10 @@ is written down here: only which config keys name which quantity.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 
 from ckptmap.errors import CkptmapError
@@ -39,7 +42,8 @@ MAXTEXT_TO_HF_KEYS: dict[str, tuple[str, ...]] = {
     "base_num_kv_heads": ("num_key_value_heads",),
     "head_dim": ("head_dim",),
     "global_head_dim": ("global_head_dim",),
-    "base_mlp_dim": ("intermediate_size", "shared_expert_intermediate_size", "moe_intermediate_size"),
+    "base_mlp_dim": ("intermediate_size_mlp", "intermediate_size", "shared_expert_intermediate_size",
+                     "moe_intermediate_size"),
     "base_moe_mlp_dim": ("moe_intermediate_size", "intermediate_size"),
     "base_num_decoder_layers": ("num_hidden_layers",),
     "first_num_dense_layers": ("first_k_dense_replace",),
@@ -59,6 +63,7 @@ MAXTEXT_TO_HF_KEYS: dict[str, tuple[str, ...]] = {
     "gdn_num_key_heads": ("linear_num_key_heads",),
     "gdn_num_value_heads": ("linear_num_value_heads",),
     "sliding_window_size": ("sliding_window",),
+    "chunk_attn_window_size": ("attention_chunk_size",),
     "num_global_kv_heads": ("num_global_key_value_heads",),
     "first_num_hash_layers": ("num_hash_layers",),
     "o_lora_rank": ("o_lora_rank",),
@@ -182,7 +187,8 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
                     rank += 8
                 cfg[key] = rank
 
-    for key in ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size"):
+    for key in ("intermediate_size", "intermediate_size_mlp", "moe_intermediate_size",
+                "shared_expert_intermediate_size"):
         if _num(real, key):
             cfg[key] = _round_to(real[key] * scale, 8, 16)
     if _num(real, "query_pre_attn_scalar"):
@@ -225,8 +231,7 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
                  if isinstance(v, list) and len(v) == n_real and k not in ("layer_types", "mlp_only_layers")]
     if n_real and (per_layer or _num(real, "num_hash_layers")):
         t_layers = _tiny_layers_by_signature(real, cfg, n_real, notes)
-        if _num(real, "sliding_window"):
-            cfg["sliding_window"] = SLIDING_WINDOW
+        _tiny_windows(real, cfg)
     else:
         period = 1
         types = real.get("layer_types")
@@ -247,8 +252,9 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
             cfg["layer_types"] = [types[(i + (first_dense - t_dense)) % len(types)] for i in range(t_layers)]
         if isinstance(real.get("mlp_only_layers"), list) and real["mlp_only_layers"]:
             cfg["mlp_only_layers"] = [i for i in real["mlp_only_layers"] if i < t_layers]
-        if _num(real, "sliding_window"):
-            cfg["sliding_window"] = SLIDING_WINDOW
+        for key in _index_lists(real, n_real):
+            cfg[key] = [i for i in real[key] if i < t_layers]
+        _tiny_windows(real, cfg)
         notes.append(f"{t_layers} layers (cycle {period}, {t_dense} dense first)" if first_dense
                      else f"{t_layers} layers (cycle {period})")
 
@@ -282,6 +288,27 @@ def _eventual_period(sigs: list) -> tuple[int, int]:
     return n, 1
 
 
+def _tiny_windows(real: dict, cfg: dict) -> None:
+    """Attention windows (sliding, chunked) shorter than the verify sequence, so that windowed and global layers
+    differ in the tiny model."""
+    for key in ("sliding_window", "attention_chunk_size"):
+        if _num(real, key):
+            cfg[key] = SLIDING_WINDOW
+
+
+def _index_lists(real: dict, n_real: int) -> list[str]:
+    """Keys naming layers that hold a list of layer indices (llama4's `moe_layers`): strictly increasing ints below
+    the layer count (a per-layer 0/1 flag list is not increasing). `mlp_only_layers` keeps its own handling."""
+    out = []
+    for k, v in real.items():
+        if k == "mlp_only_layers" or "layer" not in k or not isinstance(v, list) or len(v) < 2 or not n_real:
+            continue
+        if all(isinstance(i, int) and not isinstance(i, bool) for i in v) and 0 <= v[0] \
+                and all(a < b for a, b in zip(v, v[1:])) and v[-1] < n_real:
+            out.append(k)
+    return out
+
+
 def _tiny_layers_by_signature(real: dict, cfg: dict, n_real: int, notes: list[str]) -> int:
     """Pick the real layers a tiny model keeps when the config describes layers by per-layer lists (beyond
     `layer_types`) or by counts of leading layers of another kind (`num_hash_layers`, `first_k_dense_replace`).
@@ -290,10 +317,12 @@ def _tiny_layers_by_signature(real: dict, cfg: dict, n_real: int, notes: list[st
     signatures are a lead followed by a cycle; the tiny model keeps the lead with runs of equal signatures
     collapsed to one layer, then two cycles (so that a stack scanned over cycles has more than one entry). Every
     per-layer list and leading count of `cfg` is cut to the kept layers. Returns the tiny layer count."""
-    lists = {k: v for k, v in real.items() if isinstance(v, list) and len(v) == n_real and k != "mlp_only_layers"}
+    index_lists = {k: set(real[k]) for k in _index_lists(real, n_real)}
+    lists = {k: v for k, v in real.items() if isinstance(v, list) and len(v) == n_real and k != "mlp_only_layers"
+             and k not in index_lists}
     counts = {k: int(real[k]) for k in PREFIX_COUNT_KEYS if _num(real, k)}
     sigs = [tuple(repr(lists[k][i]) for k in sorted(lists)) + tuple(i < counts[k] for k in sorted(counts))
-            for i in range(n_real)]
+            + tuple(i in index_lists[k] for k in sorted(index_lists)) for i in range(n_real)]
     p0, p = _eventual_period(sigs)
     keep = [i for i in range(p0) if i == 0 or sigs[i] != sigs[i - 1]]
     keep += [i for i in range(p0, min(n_real, p0 + 2 * p))]
@@ -301,6 +330,8 @@ def _tiny_layers_by_signature(real: dict, cfg: dict, n_real: int, notes: list[st
         cfg[k] = [v[i] for i in keep]
     for k, c in counts.items():
         cfg[k] = sum(1 for i in keep if i < c)
+    for k, members in index_lists.items():
+        cfg[k] = [new for new, old in enumerate(keep) if old in members]
     cfg["num_hidden_layers"] = len(keep)
     notes.append(f"{len(keep)} layers (real layers {keep}: a lead of {p0} collapsed to "
                  f"{sum(1 for i in keep if i < p0)}, then two cycles of {p})")
@@ -497,14 +528,234 @@ def tiny_rotary(tiny_hf: dict, real_hf_text: dict, real_maxtext: dict) -> tuple[
     return overrides, notes
 
 
-def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
-    """MaxText model name -> TinyPair, from the real configs (read through the MaxText venv unless given)."""
-    if real is None:
+# ---------------------------------------------------------------------------------------------------------------
+# MaxText models that ship without a paired HF config (mistral-7b, llama2/llama3, llama4, gemma-7b, kimi-k2, ...):
+# the HF config is derived from MaxText's own yml. The HF model type comes from MaxText's `decoder_block`: the HF
+# config of the sibling MaxText model with the same decoder block whose yml agrees best (llama2-7b -> llama3.1-8b's
+# LlamaConfig, kimi-k2 -> deepseek3's DeepseekV3Config), else the transformers model type spelled like the block
+# (`mistral`, `gemma`, `llama4`). Its values are then those MaxText runs with: the yml over base.yml, written
+# through the key tables below (which keys name which quantity), and the RoPE MaxText's attention picks.
+
+# MaxText keys -> HF keys, for quantities that are not sizes (read from the yml over base.yml).
+MAXTEXT_TO_HF_SETTINGS: dict[str, tuple[str, ...]] = {
+    "normalization_layer_epsilon": ("rms_norm_eps", "layer_norm_eps", "norm_eps"),
+    "logits_via_embedding": ("tie_word_embeddings",),
+    "nope_layer_interval": ("no_rope_layer_interval",),
+    "temperature_tuning": ("attn_temperature_tuning",),
+    "use_qk_norm": ("use_qk_norm",),
+    "interleave_moe_layer_step": ("interleave_moe_layer_step",),
+    "routed_scaling_factor": ("routed_scaling_factor",),
+    "vocab_size": ("vocab_size",),
+}
+# Windows MaxText turns off with 0 (base.yml): off there means None on the HF side.
+MAXTEXT_WINDOWS: dict[str, str] = {"sliding_window_size": "sliding_window", "chunk_attn_window_size":
+                                   "attention_chunk_size"}
+# MaxText's YaRN keys -> the HF rope dict's keys.
+MAXTEXT_TO_HF_YARN: dict[str, tuple[str, ...]] = {
+    "rope_factor": ("factor",),
+    "original_max_position_embeddings": ("original_max_position_embeddings",),
+    "beta_fast": ("beta_fast",),
+    "beta_slow": ("beta_slow",),
+    "mscale": ("mscale", "mscale_all_dim"),
+}
+# MaxText's llama3.1 RoPE scaling is fixed in its code (`LLaMARotaryEmbedding._apply_scaling_factor`): these are
+# its constants, written as transformers' `llama3` rope parameters.
+MAXTEXT_LLAMA31_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 8192}
+
+
+def maxtext_catalog() -> dict:
+    """{"base": base.yml, "models": {name: model yml}, "hf_models": [names with a paired HF config]} of the
+    installed MaxText (in-process when MaxText imports, else through the MaxText venv; cached per process)."""
+    import json
+
+    return json.loads(_catalog_json())
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog_json() -> str:
+    import json
+    import subprocess
+
+    try:
+        import maxtext  # noqa: F401
+        return json.dumps(_read_catalog())
+    except ImportError:
+        pass
+    from ckptmap.verify.real_configs import ConfigError, maxtext_python
+
+    python = maxtext_python()
+    if python is None:
+        raise ConfigError("reading MaxText's model configs needs the MaxText venv (.venv-maxtext); none found")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([python, "-m", "ckptmap.verify.tiny", "catalog"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"reading MaxText's model configs failed: {last}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def _read_catalog() -> dict:
+    import importlib.resources
+
+    import yaml
+    from maxtext.checkpoint_conversion.utils.hf_model_configs import HF_MODEL_CONFIGS
+
+    from ckptmap.verify.real_configs import _json_safe
+
+    root = importlib.resources.files("maxtext") / "configs"
+    models = {}
+    for f in sorted((root / "models").iterdir(), key=lambda f: f.name):
+        if f.name.endswith(".yml"):
+            models[f.name[:-4]] = _json_safe(yaml.safe_load(f.read_text()) or {})
+    return {"base": _json_safe(yaml.safe_load((root / "base.yml").read_text()) or {}), "models": models,
+            "hf_models": sorted(k for k in HF_MODEL_CONFIGS if k in models)}
+
+
+def _yaml_value(v):
+    """A yml scalar as MaxText reads it: YAML 1.1 leaves `1e-05` (no dot) a string; MaxText's config makes it a
+    number."""
+    if isinstance(v, str):
+        try:
+            return int(v) if v.strip().lstrip("-").isdigit() else float(v)
+        except ValueError:
+            return v
+    return v
+
+
+def _agreement(a: dict, b: dict) -> int:
+    """How well two model ymls agree: keys with equal values, less keys only one of them sets."""
+    return sum(1 for k in a if k in b and a[k] == b[k]) - len(set(a) ^ set(b))
+
+
+def hf_template(model_name: str, catalog: dict) -> tuple[dict, str]:
+    """(an HF config dict to start from, where it came from) for a MaxText model without a paired HF config."""
+    yml = catalog["models"][model_name]
+    block = yml.get("decoder_block")
+    siblings = [m for m in catalog["hf_models"] if catalog["models"][m].get("decoder_block") == block]
+    if siblings:
+        best = max(siblings, key=lambda m: (_agreement(yml, catalog["models"][m]), m))
         from ckptmap.verify.real_configs import real_configs
 
-        real = real_configs(maxtext_model)
+        hf = real_configs(best)["hf"]
+        return hf, f"HF config of {best} (same decoder block {block!r})"
+    from transformers import CONFIG_MAPPING
+
+    if not isinstance(block, str) or block not in CONFIG_MAPPING:
+        raise TinyConfigError(f"{model_name}: MaxText pairs no HF config with it and its decoder block {block!r} is "
+                              "no transformers model type", key=model_name)
+    return CONFIG_MAPPING[block]().to_dict(), f"transformers' {block} config (MaxText's decoder block)"
+
+
+def maxtext_rope(model_name: str, merged: dict, template_rope: dict | None) -> dict:
+    """The HF rope parameters of the RoPE MaxText's attention uses for this model (`attentions.py`: llama3.1
+    scaling by model name or rope_type, YaRN, else plain), at its theta."""
+    theta = float(merged.get("rope_max_timescale", 10000))
+    kind = str(merged.get("rope_type", "default")).lower()
+    if model_name.startswith("llama3.1") or kind.startswith("llama3.1"):
+        rope = dict(MAXTEXT_LLAMA31_ROPE) if merged.get("rope_use_scale", True) else {"rope_type": "default"}
+    elif kind.startswith("yarn"):
+        rope = {"rope_type": "yarn"}
+        if template_rope and template_rope.get("rope_type", template_rope.get("type")) == "yarn":
+            rope = {k: v for k, v in template_rope.items() if k != "type"}
+        for mt_key, hf_keys in MAXTEXT_TO_HF_YARN.items():
+            if _num(merged, mt_key) is not None:
+                for k in hf_keys:
+                    rope[k] = merged[mt_key]
+    else:
+        rope = {"rope_type": "default"}
+    if template_rope and _num(template_rope, "partial_rotary_factor"):
+        rope["partial_rotary_factor"] = template_rope["partial_rotary_factor"]
+    rope["rope_theta"] = theta
+    return rope
+
+
+def hf_config_from_maxtext(model_name: str, catalog: dict | None = None) -> tuple[dict, list[str]]:
+    """(full-size HF config dict, notes) for a MaxText model that ships no paired HF config: see above."""
+    catalog = catalog or maxtext_catalog()
+    if model_name not in catalog["models"]:
+        raise TinyConfigError(f"MaxText has no model yml {model_name!r}", key=model_name)
+    yml = {k: _yaml_value(v) for k, v in catalog["models"][model_name].items()}
+    merged = {**{k: _yaml_value(v) for k, v in catalog["base"].items()}, **yml}
+    template, origin = hf_template(model_name, catalog)
+    notes = [f"HF config derived from MaxText's yml, starting from the {origin}"]
+    if isinstance(template.get("text_config"), dict) and "model_type" in template["text_config"]:
+        template = template["text_config"]
+    cfg = copy.deepcopy(template)
+    for k in ("architectures", "auto_map", "_name_or_path", "transformers_version", "id2label", "label2id",
+              "dtype", "torch_dtype", "quantization_config"):
+        cfg.pop(k, None)
+    n_template = _num(cfg, "num_hidden_layers")
+    claimed: set[str] = set()
+    for table, source in ((MAXTEXT_TO_HF_KEYS, yml), (MAXTEXT_TO_HF_SETTINGS, merged)):
+        for mt_key, hf_keys in table.items():
+            v = source.get(mt_key)
+            if v is None or isinstance(v, (list, dict)):
+                continue
+            hf_key = next((k for k in hf_keys if k in cfg and k not in claimed), None)
+            if hf_key is None:
+                continue
+            if table is MAXTEXT_TO_HF_KEYS and (not isinstance(v, (int, float)) or v <= 0):
+                continue
+            claimed.add(hf_key)
+            if cfg.get(hf_key) != v:
+                cfg[hf_key] = v
+    for mt_key, hf_key in MAXTEXT_WINDOWS.items():
+        if hf_key in cfg and not (_num(merged, mt_key) or 0) > 0:
+            cfg[hf_key] = None
+    rope_key = "rope_parameters" if "rope_parameters" in cfg or "rope_scaling" not in cfg else "rope_scaling"
+    template_rope = cfg.get(rope_key) if isinstance(cfg.get(rope_key), dict) else None
+    if template_rope and any(isinstance(v, dict) for v in template_rope.values()):
+        notes.append("per-layer-type RoPE kept from the template")
+    else:
+        cfg[rope_key] = maxtext_rope(model_name, merged, template_rope)
+        cfg.pop("rope_theta", None)
+        notes.append(f"RoPE {cfg[rope_key]['rope_type']} at theta {cfg[rope_key]['rope_theta']:g} (MaxText's)")
+    # per-layer lists (layer_types, no_rope_layers, moe_layers) are the template's: the config class recomputes
+    # them from the counts and intervals just set
+    if n_template:
+        for k, v in list(cfg.items()):
+            if isinstance(v, list) and (len(v) == n_template or k in _index_lists(template, int(n_template))):
+                cfg.pop(k)
+    from transformers import AutoConfig
+
+    model_type = cfg.pop("model_type")
+    built = AutoConfig.for_model(model_type, **cfg).to_dict()
+    for k in ("architectures", "transformers_version", "id2label", "label2id", "_name_or_path", "dtype"):
+        built.pop(k, None)
+    return built, notes
+
+
+def real_or_derived_configs(model_name: str) -> dict:
+    """`real_configs(model_name)`, or for a MaxText model that ships only a yml, the same dict with the HF config
+    derived from it (hf_config_from_maxtext; "derived_notes" says how)."""
+    from ckptmap.verify.real_configs import ConfigError, real_configs
+
+    try:
+        return real_configs(model_name)
+    except ConfigError:
+        catalog = maxtext_catalog()
+        if model_name not in catalog["models"]:
+            raise
+    hf, notes = hf_config_from_maxtext(model_name, catalog)
+    yml = {k: _yaml_value(v) for k, v in catalog["models"][model_name].items()}
+    for mt_key, hf_keys in MAXTEXT_TO_HF_KEYS.items():
+        # a size the yml leaves at base.yml's value (llama4's head_dim) is still a size the tiny model changes
+        base = _num({mt_key: _yaml_value(catalog["base"].get(mt_key))}, mt_key)
+        if mt_key not in yml and base and base > 0 and any(hf.get(k) == base for k in hf_keys):
+            yml[mt_key] = base
+    return {"model_name": model_name, "maxtext": yml, "hf": hf, "derived_notes": notes}
+
+
+def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
+    """MaxText model name -> TinyPair, from the real configs (read through the MaxText venv unless given; a model
+    MaxText pairs with no HF config gets one derived from its yml, see hf_config_from_maxtext)."""
+    if real is None:
+        real = real_or_derived_configs(maxtext_model)
     maxtext_model = real.get("model_name") or maxtext_model  # a family name (`qwen3.5`) -> MaxText's name
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
+    notes = list(real.get("derived_notes", [])) + notes
     notes += reconcile_rope(hf_cfg, real["maxtext"])
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
     real_text = real["hf"].get("text_config") if isinstance(real["hf"].get("text_config"), dict) else real["hf"]
@@ -528,3 +779,13 @@ def check_tiny(pair: TinyPair) -> list[str]:
     if not math.isfinite(c["hidden_size"]):
         bad.append("hidden size")
     return bad
+
+
+if __name__ == "__main__":  # in the MaxText venv: `python -m ckptmap.verify.tiny catalog`
+    if sys.argv[1:] == ["catalog"]:
+        import json
+
+        print(json.dumps(_read_catalog()))
+        sys.exit(0)
+    print("usage: python -m ckptmap.verify.tiny catalog", file=sys.stderr)
+    sys.exit(2)
