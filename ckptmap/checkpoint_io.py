@@ -412,23 +412,26 @@ class OrbaxReader(CheckpointReader):
         return list(self._meta.entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._meta.entries
+        return orbax_io.lookup(name, self._meta.entries) is not None
+
+    def _stored(self, name: str) -> str:
+        """A variable of another collection (MoEBiasVar-...) may be stored inside `params` (orbax_io.stored_name)."""
+        stored = orbax_io.lookup(name, self._meta.entries)
+        if stored is None:
+            raise self._missing(name)
+        return stored
 
     def _entry(self, name: str) -> tuple[tuple[int, ...], str]:
-        try:
-            return self._meta.entries[name]
-        except KeyError:
-            raise self._missing(name) from None
+        return self._meta.entries[self._stored(name)]
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._entry(name)[0]
 
     def dtype(self, name: str) -> np.dtype:
-        self._entry(name)
-        return self._dtypes[name]
+        return self._dtypes[self._stored(name)]
 
     def read(self, name: str) -> np.ndarray:
-        self._entry(name)
+        name = self._stored(name)
         if self._arrays is None:
             try:
                 arrays = orbax_io.restore_parameters(self._meta)
@@ -946,7 +949,8 @@ class OrbaxWriter(CheckpointWriter):
             spool, dtype = self._files[node]
             return np.load(spool, mmap_mode="r").view(dtype)  # .npy keeps bfloat16 as raw V2
 
-        collections = load(nest_names(self._files, self.path))
+        names = frozenset(self._files)
+        collections = load(nest_names({orbax_io.stored_name(n, names): n for n in self._files}, self.path))
         scan = scan_layers_of(self._files)
         self._tmp = _temp_beside(self.path, directory=True)
         try:

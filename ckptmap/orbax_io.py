@@ -180,7 +180,7 @@ def read_metadata(path: str, step: int | None = None) -> OrbaxMetadata:
 def restore_parameters(meta: OrbaxMetadata) -> dict[str, np.ndarray]:
     """Every parameter array as numpy (name -> array); the optimizer state and step are not restored."""
     ocp = import_orbax(meta.location.item_dir)
-    item = nest_names(meta.entries, meta.location.item_dir)
+    item = nest_names(list(meta.entries), meta.location.item_dir)
     for key in reversed(meta.root_path):
         item = {key: item}
     restore_args = _map_leaves(item, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
@@ -209,12 +209,13 @@ def _map_leaves(tree: Any, fn) -> Any:
 
 # ----------------------------------------------------------------------------------------------------- names
 
-def nest_names(names: Iterable[str], file: str | None = None) -> dict:
+def nest_names(names: Iterable[str] | dict[str, str], file: str | None = None) -> dict:
     """'-'-joined MaxText names -> the nested dict of collections MaxText's variables have:
     `params-decoder-layers-mlp-wi_0-kernel` -> {"params": {"decoder": {"layers": {"mlp": {"wi_0": {"kernel": name}}}}}}.
-    Leaves hold the original name."""
+    Leaves hold the original name, or for a dict {path name: leaf} its value."""
+    leaves = names if isinstance(names, dict) else {n: n for n in names}
     tree: dict = {}
-    for name in names:
+    for name, value in leaves.items():
         node = tree
         *path, leaf = name.split("-")
         for part in path:
@@ -224,8 +225,35 @@ def nest_names(names: Iterable[str], file: str | None = None) -> dict:
             node = child
         if leaf in node:
             raise OrbaxError(f"{leaf!r} is both a tensor and a subtree", file=file, key=name)
-        node[leaf] = name
+        node[leaf] = value
     return tree
+
+
+PARAMS_COLLECTION = "params"
+
+
+def stored_name(name: str, names: set[str] | frozenset[str]) -> str:
+    """Where a variable of another Flax collection is stored: inside `params` (`MoEBiasVar-decoder-...-gate-bias`
+    -> `params-decoder-...-gate-bias`), as MaxText's own DeepSeek conversion writes the router bias. MaxText's
+    loaders look such a collection's leaves up in `params` (checkpointing._alias_legacy_collections), and its
+    `from_pretrained` fails on a separate `MoEBiasVar` collection (measured: "Array has been deleted"). A name
+    whose `params` twin also exists keeps its own collection."""
+    collection, sep, rest = name.partition("-")
+    if not sep or collection == PARAMS_COLLECTION:
+        return name
+    folded = f"{PARAMS_COLLECTION}-{rest}"
+    return name if folded in names else folded
+
+
+def lookup(name: str, available) -> str | None:
+    """The stored name holding variable `name`: itself, or for another collection its `params` twin (the reverse
+    of `stored_name`); None when neither is there."""
+    if name in available:
+        return name
+    collection, sep, rest = name.partition("-")
+    if sep and collection != PARAMS_COLLECTION and f"{PARAMS_COLLECTION}-{rest}" in available:
+        return f"{PARAMS_COLLECTION}-{rest}"
+    return None
 
 
 def train_state(collections: dict, step: int = 0) -> dict:

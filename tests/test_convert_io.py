@@ -197,9 +197,14 @@ def test_orbax_output_is_maxtexts_train_state_layout(tmp_path):
     assert int(restored["step"]) == 0
     kernel = np.asarray(restored["params"]["params"]["decoder"]["layers"]["mlp"]["wi_0"]["kernel"])
     assert kernel.tolist() == [[0, 1, 2], [3, 4, 5]]
-    assert np.asarray(restored["params"]["MoEBiasVar"]["decoder"]["layers"]["gate"]["bias"]).tolist() == [0.5, 0.5]
+    # another collection's variable is stored inside `params`, as MaxText's own DeepSeek conversion stores the router
+    # bias (MaxText's loaders look it up there); read back under its own name
+    assert "MoEBiasVar" not in restored["params"]
+    assert np.asarray(restored["params"]["params"]["decoder"]["layers"]["gate"]["bias"]).tolist() == [0.5, 0.5]
     for where in (path, os.path.join(path, "0"), os.path.join(path, "0", "items")):
-        assert_same(cio.read_all(where), arrays)
+        with cio.open_reader(where) as r:
+            for n, a in arrays.items():
+                assert n in r and r.read(n).tobytes() == a.tobytes() and r.shape(n) == a.shape
     assert sorted(os.listdir(tmp_path)) == ["ckpt.orbax"]
 
 
