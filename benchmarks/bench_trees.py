@@ -12,6 +12,8 @@ RSS (`resource.getrusage(RUSAGE_SELF).ru_maxrss` in the child) is that read's al
 
 from __future__ import annotations
 
+from ckptmap.atomic import write_json_atomic, write_text_atomic
+
 import argparse
 import datetime
 import json
@@ -66,11 +68,7 @@ def dump_configs() -> None:
             config = getattr(config, sub)
         d = config.to_dict()
         path = os.path.join(CONFIG_DIR, f"{name}.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(d, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
+        write_json_atomic(path, d, sort_keys=True)
         print(f"wrote {path} ({d.get('model_type')})")
 
 
@@ -144,10 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(RESULTS) if os.path.exists(RESULTS) else open(os.devnull) as f:
             text = f.read()
         new = replace_section(text, results_section(rows, command, load_before))
-        tmp = RESULTS + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(new)
-        os.replace(tmp, RESULTS)
+        write_text_atomic(RESULTS, new)
         print(f"updated {RESULTS}")
     return 0
 

@@ -160,14 +160,14 @@ def write_npz_reproducibly(path: str, arrays: dict[str, np.ndarray]) -> None:
     tensors gives the same bytes (no spurious git changes); written to a temp file, then renamed."""
     import zipfile
 
-    tmp = path + ".tmp"
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    from ckptmap.atomic import atomic_path
+
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name in sorted(arrays):
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             with zf.open(info, "w") as f:
                 np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def save(gt: GroundTruth, *, data_dir: str = DATA_DIR, derived: dict[str, dict] | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 from ckptmap.benchmarks.suite import SuiteResult
 
@@ -34,14 +33,11 @@ def plot_accuracy(result: SuiteResult, path: str) -> str:
     axes[1].set_xticklabels(cases, rotation=60, ha="right", fontsize=8)
     fig.suptitle("ckptmap vs baselines against MaxText's own conversion (tiny fixtures)")
     fig.tight_layout(rect=(0, 0, 1, 0.91))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    from ckptmap.atomic import atomic_path
+
     try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -82,8 +82,9 @@ def _real_specs(model: str, scan: bool) -> tuple[str, str]:
 
     real = real_configs(model)
     model = real.get("model_name", model)  # a family name (qwen3.5) resolves to MaxText's model name
-    cache = os.path.join(os.environ.get("CKPTMAP_CACHE_DIR", os.path.expanduser("~/.cache/ckptmap")), "real")
-    path = os.path.join(cache, f"{model}.config.json")
+    from ckptmap.atomic import cache_dir
+
+    path = cache_dir("real", f"{model}.config.json")
     write_json_atomic(path, real["hf"])
     return f"hf:{path}", f"maxtext:{model} scan_layers={'true' if scan else 'false'}"
 

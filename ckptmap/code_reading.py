@@ -26,6 +26,7 @@ import sys
 import time
 
 from ckptmap import bundled
+from ckptmap.atomic import write_text_atomic
 from ckptmap.errors import CkptmapError
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "code_layouts")
@@ -161,8 +162,6 @@ def build(family: str) -> tuple[dict, list[str], list[str]]:
 
 
 def write(path: str, doc: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
     lines = ["{"]
     for i, (side, layouts) in enumerate(sorted(doc.items())):
         lines.append(f" {json.dumps(side)}: {{")
@@ -170,9 +169,7 @@ def write(path: str, doc: dict) -> None:
         lines.append(",\n".join(rows))
         lines.append(" }" + ("," if i < len(doc) - 1 else ""))
     lines.append("}")
-    with open(tmp, "w") as f:
-        f.write("\n".join(line for line in lines if line) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(line for line in lines if line) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,10 @@ mapping is derived by swapping the slots and inverting the chain; nothing is sol
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from ckptmap.atomic import default_mode, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from ckptmap.errors import MappingError
 from ckptmap.mapping_record import swap_sides
 
@@ -261,30 +259,3 @@ class Mapping:
         from ckptmap.trees.jsonio import load_json_strict
 
         return cls.from_json(load_json_strict(path, MappingError), file=path)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to a temp file beside `path`, then rename: never a half-written file."""
-    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
-
-
-def default_mode(path: str, *, directory: bool = False) -> None:
-    """Give a temp file (0600 from mkstemp) or dir (0700) the mode a plain open() would: 0666 / 0777 less umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    default_mode(tmp)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

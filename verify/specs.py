@@ -67,8 +67,9 @@ def runners_for(src_spec: str, tgt_spec: str, device: str = "cpu", *, hf_layout:
 
 def tiny_dir() -> str:
     """Where tiny HF configs are written: $CKPTMAP_CACHE_DIR/tiny, else ~/.cache/ckptmap/tiny."""
-    base = os.environ.get("CKPTMAP_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "ckptmap")
-    return os.path.join(base, "tiny")
+    from ckptmap.atomic import cache_dir
+
+    return cache_dir("tiny")
 
 
 def tiny_specs(maxtext_model_name: str, *, directory: str | None = None, real: dict | None = None) -> tuple[str, str]:
