@@ -125,21 +125,16 @@ def attach_stored(tree, family: str, stored: dict, side: str):
     return attach(tree, stored.get(side, {}), source=f"{layouts_path(family)}#{side}")
 
 
-def _derived_case(family: str):
-    """A derived benchmark case as a BundledModel (its folder has the same files), or None."""
-    from ckptmap.benchmarks.cases import case_dir, is_derived
-
-    if not is_derived(family):
-        return None
-    folder = case_dir(family)
+def case_model(family: str, folder: str) -> "bundled.BundledModel":
+    """A folder laid out like a bundled family (config.json + trees), e.g. a derived benchmark case
+    (benchmarks/data/derived/<name>, stored as `derived/<name>`), as a BundledModel."""
     with open(os.path.join(folder, "config.json")) as f:
         return bundled.BundledModel(family, folder, json.load(f))
 
 
-def build(family: str) -> tuple[dict, list[str], list[str]]:
-    """(layouts by side, problems, notes) for one bundled family, or a derived benchmark case (`derived/<name>`,
-    ckptmap.benchmarks.derived)."""
-    b = _derived_case(family) or bundled.find(family)
+def build(family: str, folder: str | None = None) -> tuple[dict, list[str], list[str]]:
+    """(layouts by side, problems, notes) for one bundled family, or a case in `folder` laid out like one."""
+    b = case_model(family, folder) if folder else bundled.find(family)
     out: dict[str, dict] = {}
     problems: list[str] = []
     from ckptmap.trees import read_tree
@@ -174,14 +169,18 @@ def write(path: str, doc: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ckptmap.code_reading", description=__doc__.split("\n\n")[0])
-    ap.add_argument("families", nargs="*", help="bundled families, or derived benchmark cases `derived/<name>` "
-                    "(default: all bundled)")
+    ap.add_argument("families", nargs="*", help="bundled families (default: all)")
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--case-dir", default=None,
+                    help="with one FAMILY: the folder holding its config.json and trees (a derived benchmark case: "
+                         "--case-dir benchmarks/data/derived/NAME derived/NAME)")
     args = ap.parse_args(argv)
+    if args.case_dir and len(args.families) != 1:
+        ap.error("--case-dir takes exactly one FAMILY (the name its layouts are stored under)")
     problems: list[str] = []
     for family in args.families or bundled.families():
         t0 = time.perf_counter()
-        doc, bad, notes = build(family)
+        doc, bad, notes = build(family, args.case_dir)
         problems += bad
         for note in notes:
             print(f"  note: {note}", flush=True)
