@@ -10,7 +10,6 @@ input of the LM head.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -18,10 +17,50 @@ import numpy as np
 
 from ckptmap.errors import CkptmapError
 from ckptmap.runner import Forward
+# the one HF model helper, shared with the tree reader and the code-layout tracer
+from ckptmap.trees.hf_models import (_config_path, _text_config, causal_lm_config, checkpoint_names,  # noqa: F401
+                                     config_value, declared_transposes, rename_into)
 
 
 class VerifyError(CkptmapError):
     """A model could not be built or run for verification."""
+
+
+_MULTIMODAL_LM_MAPPINGS = ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING", "MODEL_FOR_MULTIMODAL_LM_MAPPING")
+
+
+def runner_model(config) -> tuple[Any, type, tuple[str, ...]]:
+    """(the config to build, the model class verify's HF runner builds, the sub-config keys that lead from
+    `config` to the built part: () when the runner builds `config` itself). In order:
+
+    1. the text part's causal LM, where a composite has one (Gemma 3 / 4, Qwen3.5): verify's forward pass reads
+       token ids only, so the vision or audio towers are not built (the gemma4 fixture's vision tower alone has
+       570M parameters); their tensors are then absent from the runner and verify reports them as not checked;
+    2. the config's own causal LM (a plain decoder);
+    3. where neither exists (Qwen3-VL, Qwen3-Omni: the text decoder has no LM head class of its own), the model
+       nearest the text config on the path down to it that transformers builds as an image-text or multimodal LM:
+       Qwen3-VL's whole composite, Qwen3-Omni's thinker (not the talker and code2wav around it), run on text
+       tokens only.
+    """
+    from transformers.models.auto import modeling_auto
+
+    causal = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING
+    text = _text_config(config)
+    path = _config_path(config, text)
+    keys = tuple(k for k, _ in path[1:])
+    if text is not config and causal.get(type(text), None) is not None:
+        return text, causal[type(text)], keys or ("text_config",)
+    if causal.get(type(config), None) is not None:
+        return config, causal[type(config)], ()
+    for depth in range(len(path) - 2, -1, -1) if len(path) > 1 else [0]:
+        sub = path[depth][1] if path else config
+        for name in _MULTIMODAL_LM_MAPPINGS:
+            cls = getattr(modeling_auto, name).get(type(sub), None)
+            if cls is not None:
+                return sub, cls, keys[:depth]
+    raise VerifyError(f"cannot build a causal LM for {config.model_type}: transformers has no causal-LM, "
+                      f"image-text-to-text or multimodal-LM class for {type(config).__name__} or its text part "
+                      f"{type(text).__name__}")
 
 
 def _torch():
@@ -75,114 +114,6 @@ def hf_config(spec: Any, *, file: str | None = None):
         raise VerifyError(f"bad {model_type} config: {str(e).splitlines()[-1].strip()}", file=file) from None
 
 
-def config_value(config, key: str, default=None):
-    """`config.key`, or `default`. A heterogeneous config (transformers' per-layer configs, e.g. Gemma 4's
-    `head_dim` and `num_key_value_heads`) refuses plain reads of its per-layer attributes; this reads the global
-    value it was given, as transformers' own serialisation does."""
-    raw = getattr(type(config), "_getattr_without_heterogeneous_validation", None)
-    if raw is not None:
-        return raw(config, key, default)
-    return getattr(config, key, default)
-
-
-def _text_config(config):
-    sub = getattr(config, "get_text_config", None)
-    return sub() if callable(sub) else config
-
-
-def causal_lm_config(config):
-    """(the config to build the causal LM from, True when that is the text part of a composite config).
-
-    A composite (multimodal) config nests its decoder under `text_config`. Where transformers' causal-LM class for
-    the composite is the text model's own (Qwen3.5-MoE: `Qwen3_5MoeForCausalLM`, which reads `vocab_size` and the
-    rest off the config it is given), or there is none for the composite but one for the text part, the causal LM is
-    built from the text config. Where the composite has a class of its own (Gemma3ForConditionalGeneration), the
-    whole model is built."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    text = _text_config(config)
-    if text is config:
-        return config, False
-    whole = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
-    part = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(text), None)
-    if part is not None and (whole is None or whole is part):
-        return text, True
-    return config, False
-
-
-_MULTIMODAL_LM_MAPPINGS = ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING", "MODEL_FOR_MULTIMODAL_LM_MAPPING")
-
-
-def _config_path(config, target) -> list[tuple[str, Any]]:
-    """The chain of (key, config) from `config` down to `target` through each config's sub-configs
-    (`[("", omni), ("thinker_config", thinker), ("text_config", text)]`); [] when target is not nested in it."""
-    if config is target:
-        return [("", config)]
-    for key in getattr(config, "sub_configs", None) or {}:
-        sub = getattr(config, key, None)
-        if sub is None or not hasattr(sub, "to_dict"):
-            continue
-        path = _config_path(sub, target)
-        if path:
-            return [("", config), (key, path[0][1]), *path[1:]]
-    return []
-
-
-def runner_model(config) -> tuple[Any, type, tuple[str, ...]]:
-    """(the config to build, the model class verify's HF runner builds, the sub-config keys that lead from
-    `config` to the built part: () when the runner builds `config` itself). In order:
-
-    1. the text part's causal LM, where a composite has one (Gemma 3 / 4, Qwen3.5): verify's forward pass reads
-       token ids only, so the vision or audio towers are not built (the gemma4 fixture's vision tower alone has
-       570M parameters); their tensors are then absent from the runner and verify reports them as not checked;
-    2. the config's own causal LM (a plain decoder);
-    3. where neither exists (Qwen3-VL, Qwen3-Omni: the text decoder has no LM head class of its own), the model
-       nearest the text config on the path down to it that transformers builds as an image-text or multimodal LM:
-       Qwen3-VL's whole composite, Qwen3-Omni's thinker (not the talker and code2wav around it), run on text
-       tokens only.
-    """
-    from transformers.models.auto import modeling_auto
-
-    causal = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING
-    text = _text_config(config)
-    path = _config_path(config, text)
-    keys = tuple(k for k, _ in path[1:])
-    if text is not config and causal.get(type(text), None) is not None:
-        return text, causal[type(text)], keys or ("text_config",)
-    if causal.get(type(config), None) is not None:
-        return config, causal[type(config)], ()
-    for depth in range(len(path) - 2, -1, -1) if len(path) > 1 else [0]:
-        sub = path[depth][1] if path else config
-        for name in _MULTIMODAL_LM_MAPPINGS:
-            cls = getattr(modeling_auto, name).get(type(sub), None)
-            if cls is not None:
-                return sub, cls, keys[:depth]
-    raise VerifyError(f"cannot build a causal LM for {config.model_type}: transformers has no causal-LM, "
-                      f"image-text-to-text or multimodal-LM class for {type(config).__name__} or its text part "
-                      f"{type(text).__name__}")
-
-
-def rename_into(names: list[str], known: set[str]) -> dict[str, str] | None:
-    """name -> the name `known` gives the same tensor, where `known` nests the same modules one level deeper
-    (`model.layers.0...` -> `model.language_model.layers.0...`, `lm_head.weight` stays): per top-level module of
-    `names`, the one prefix that puts every name of it into `known` (the module's own name first, then the
-    shortest). None when some module has no such prefix."""
-    by_top: dict[str, list[str]] = {}
-    for n in names:
-        by_top.setdefault(n.split(".", 1)[0], []).append(n)
-    out: dict[str, str] = {}
-    for top, group in by_top.items():
-        tail = max(group, key=len)[len(top):]  # the longest name pins the prefix
-        prefixes = {k[:len(k) - len(tail)] for k in known if k.endswith(tail)}
-        for q in sorted(prefixes, key=lambda q: (q != top, len(q), q)):
-            if all(q + n[len(top):] in known for n in group):
-                out.update({n: q + n[len(top):] for n in group})
-                break
-        else:
-            return None
-    return out if len(set(out.values())) == len(out) else None
-
-
 def _decoder_layers(model, n_layers: int):
     """The ModuleList of decoder blocks: the shortest-named `*layers` list of length n_layers outside vision or
     audio towers."""
@@ -219,31 +150,6 @@ def _first_tensor(x):
 
 
 LAYOUTS = ("saved", "memory")
-
-
-@contextlib.contextmanager
-def declared_transposes():
-    """Apply every transpose a transformers checkpoint conversion declares. `Transpose(check_dims=True)` (Qwen3-VL-MoE's
-    fused experts: checkpoints hold [experts, in, out], the modules [experts, out, in]) transposes only when the
-    shapes differ, so a square expert tensor (tiny configs: hidden == 2 * moe_intermediate) is loaded untransposed,
-    and saving never transposes back. Inside this block the conversion is applied as declared, both ways: the
-    runner's checkpoint names and layouts are the ones real checkpoints hold."""
-    from transformers import core_model_loading as cml
-
-    original = cml.Transpose.convert
-
-    def convert(self, *args, **kwargs):
-        checked, self.check_dims = self.check_dims, False
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            self.check_dims = checked
-
-    cml.Transpose.convert = convert
-    try:
-        yield
-    finally:
-        cml.Transpose.convert = original
 
 
 class HFRunner:
@@ -288,6 +194,10 @@ class HFRunner:
         # Where checkpoint names are the module's own names, one model is reused and loaded in place;
         # otherwise (fused experts, renamed keys) transformers' loader converts on every load.
         module_state = model.state_dict()
+        # integer tensors (index tables such as DeepSeek-V4's hash-routing `tid2eid` buffer): verify fills them
+        # with valid indices, not random floats
+        integer = {n: str(module_state[n].dtype).replace("torch.", "") for n in shapes
+                   if n in module_state and not (module_state[n].is_floating_point() or module_state[n].is_complex())}
         self._in_place = all(n in module_state and tuple(module_state[n].shape) == v for n, v in shapes.items())
         self._model = model.to(self.device).eval() if self._in_place else None
         # external name (what param_shapes and forward speak) -> the built model's name
@@ -298,20 +208,11 @@ class HFRunner:
                 self._internal = {renamed[n]: n for n in shapes}
                 shapes = {renamed[n]: v for n, v in shapes.items()}
                 aliases = {renamed[a]: renamed[c] for a, c in aliases.items()}
+                integer = {renamed[n]: d for n, d in integer.items()}
         self._shapes, self.aliases = shapes, aliases
+        self._integer = integer
 
-    @staticmethod
-    def _checkpoint_names(model, layout: str = "saved") -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-        from transformers.core_model_loading import revert_weight_conversion
-
-        state = dict(model.state_dict())
-        if layout == "saved":
-            with declared_transposes():
-                state = revert_weight_conversion(model, state)
-        tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
-        shapes = {n: tuple(int(d) for d in t.shape) for n, t in state.items() if n not in tied}
-        aliases = {a: c for a, c in tied.items() if c in shapes}
-        return shapes, aliases
+    _checkpoint_names = staticmethod(checkpoint_names)
 
     def _composite_names(self, layout: str) -> set[str]:
         """The parameter names of the whole composite model (built once on the meta device: no weight memory), or
@@ -350,6 +251,10 @@ class HFRunner:
         """Checkpoint name -> shape, tied duplicates left out (they are in `aliases`)."""
         return dict(self._shapes)
 
+    def integer_params(self) -> dict[str, str]:
+        """Name -> dtype of the integer tensors among `param_shapes` (index tables, e.g. `...gate.tid2eid`)."""
+        return dict(self._integer)
+
     def dims(self) -> dict[str, int]:
         """Config numbers under ckptmap's canonical names (ARCHITECTURE.md, Dims). On a heterogeneous config
         (Gemma 4: head_dim, num_key_value_heads per layer) these are the config's global values; the per-layer
@@ -382,7 +287,7 @@ class HFRunner:
                               f"(first: {missing[0]})", key=missing[0])
         state = {}
         for name, shape in self._shapes.items():
-            arr = np.asarray(params[name], dtype=np.float32)
+            arr = np.asarray(params[name], dtype=np.int64 if name in self._integer else np.float32)
             if tuple(arr.shape) != shape:
                 raise VerifyError(f"shape {tuple(arr.shape)}, the HF model expects {shape}", key=name)
             state[self._internal[name]] = torch.from_numpy(np.ascontiguousarray(arr))

@@ -669,24 +669,23 @@ def _checkpoint_name_map(model, config, text_part_only: bool) -> dict[str, str]:
     """module parameter name -> the checkpoint name the `hf:` reader gives it (where that is one tensor of the same
     shape; otherwise the module name stays)."""
     from ckptmap.trees.hf import _saved_name, build_meta_model, quiet_transformers
-    from ckptmap.verify import hf_runner
+    from ckptmap.trees.hf_models import checkpoint_names, rename_into
 
-    shapes, _aliases = hf_runner.HFRunner._checkpoint_names(model)
+    shapes, _aliases = checkpoint_names(model)
     mod_shapes = {n: tuple(int(d) for d in p.shape) for n, p in model.named_parameters()}
     names: dict[str, str] = {}
     for n, p in model.named_parameters():
         with quiet_transformers():
             saved = _saved_name(model, n, p)
         names[n] = saved if shapes.get(saved) == mod_shapes[n] else n
-    rename_into = getattr(hf_runner, "rename_into", None)
-    if text_part_only and rename_into is not None:
+    if text_part_only:
         from ckptmap.errors import TreeError
 
         try:
             meta = build_meta_model(config, file="")
         except TreeError:
             return names
-        outer_shapes, outer_aliases = hf_runner.HFRunner._checkpoint_names(meta)
+        outer_shapes, outer_aliases = checkpoint_names(meta)
         renamed = rename_into(sorted(set(shapes) | set(_aliases)), set(outer_shapes) | set(outer_aliases))
         if renamed:
             # the prefix each top-level module took, for module-only names (fused experts) as well
@@ -743,11 +742,10 @@ def _fused_layouts_hf(config: Any, *, max_params: int, label: str, seq: int = 8)
     import torch
 
     from ckptmap.trees.hf import quiet_transformers
-    from ckptmap.verify import hf_runner
+    from ckptmap.trees.hf_models import causal_lm_config
 
     cfg = _config_object(config, label)
-    causal = getattr(hf_runner, "causal_lm_config", None)
-    build_cfg, text_only = causal(cfg) if causal is not None else (cfg, False)
+    build_cfg, text_only = causal_lm_config(cfg)
 
     # shapes first (meta device, no weight memory): refuse a model too large to trace
     failures, chosen = [], None
