@@ -228,6 +228,28 @@ def _same_tensors(a: str, b: str) -> bool:
     return sorted(x) == sorted(y) and all(x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes() for k in x)
 
 
+def markdown(results: list[dict]) -> str:
+    """Two tables: KL per consumer check, then seconds and peak RSS per step."""
+    checks = ["maxtext load_params_from_path", "maxtext from_pretrained", "hf from_pretrained (round trip)",
+              "maxtext-written -> hf from_pretrained"]
+    lines = ["| model | scan | dtype | HF class | " + " | ".join(checks) + " | HF->MT->HF bit-exact | pass |",
+             "|---" * (len(checks) + 6) + "|"]
+    for r in results:
+        kl = [f"{r['kl'][c]:.1e}" if c in r["kl"] else "-" for c in checks]
+        lines.append(f"| {r['model']} | {int(r['scan'])} | {r['dtype']} | {r['hf_class']} | " + " | ".join(kl)
+                     + f" | {r['bit_exact_back']} | {'PASS' if r['passed'] else 'FAIL: ' + r['error'][:80]} |")
+    steps = [s["name"] for s in results[0]["steps"]] if results else []
+    lines += ["", "| model | scan | dtype | " + " | ".join(steps) + " |", "|---" * (len(steps) + 3) + "|"]
+    for r in results:
+        cells = []
+        for name in steps:
+            s = next((x for x in r["steps"] if x["name"] == name), None)
+            cells.append("-" if s is None else (f"{s['seconds']:.1f} s" + (f", {s['peak_rss_mb']:.0f} MB"
+                                                                             if s["peak_rss_mb"] else "")))
+        lines.append(f"| {r['model']} | {int(r['scan'])} | {r['dtype']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     p = argparse.ArgumentParser(prog="python -m ckptmap.benchmarks.consumers", description=__doc__.splitlines()[0])
@@ -236,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--out", default=None)
     p.add_argument("--show-commands", action="store_true", help="print each ckptmap command as it runs")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the ckptmap commands in this process (one MaxText worker for all; no memory measured)")
     args = p.parse_args(argv)
     global SHOW_COMMANDS
     SHOW_COMMANDS = args.show_commands
@@ -244,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models:
         for scan in scans:
             with tempfile.TemporaryDirectory(prefix="ckptmap-consumer-") as work:
-                r = run_case(model, scan, work, args.dtype)
+                r = run_case(model, scan, work, args.dtype, in_process=args.in_process)
             results.append(r.to_json())
             kl = ", ".join(f"{k} {v:.2e}" for k, v in r.kl.items())
             print(f"{model} scan={int(scan)} {args.dtype}: {'PASS' if r.passed else 'FAIL'}  {kl}  {r.error}",
@@ -252,9 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             for s in r.steps:
                 print(f"    {s.name:45s} {s.seconds:7.2f} s  {s.peak_rss_mb:8.0f} MB  {'ok' if s.ok else s.detail}")
     if args.out:
-        from ckptmap.mapping import write_json_atomic
+        from ckptmap.atomic import write_json_atomic, write_text_atomic
 
         write_json_atomic(args.out, results)
+        write_text_atomic(os.path.splitext(args.out)[0] + ".md", markdown(results))
     return 0 if all(r["passed"] for r in results) else 1
 
 
