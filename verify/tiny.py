@@ -727,6 +727,30 @@ def hf_config_from_maxtext(model_name: str, catalog: dict | None = None) -> tupl
     return built, notes
 
 
+def reconcile_llama31_rope(tiny_hf: dict, real_maxtext: dict, model_name: str) -> list[str]:
+    """Give the HF side the llama3.1 RoPE scaling exactly where MaxText's attention applies it (by model name or
+    rope_type, unless rope_use_scale is off), and drop a `llama3` scaling MaxText does not apply. MaxText's paired
+    HF config can disagree (llama3.1-405b's has plain RoPE); the note names it. Changes tiny_hf in place."""
+    key = "rope_parameters" if "rope_parameters" in tiny_hf or "rope_scaling" not in tiny_hf else "rope_scaling"
+    rp = tiny_hf.get(key)
+    if isinstance(rp, dict) and any(isinstance(v, dict) for v in rp.values()):
+        return []  # per-layer-type RoPE: not a llama family
+    rp = dict(rp) if isinstance(rp, dict) else {}
+    kind = str(real_maxtext.get("rope_type", "default")).lower()
+    scaled = (model_name.startswith("llama3.1") or kind.startswith("llama3.1")) \
+        and real_maxtext.get("rope_use_scale", True) is not False
+    have = rp.get("rope_type", rp.get("type", "default"))
+    theta = rp.get("rope_theta", tiny_hf.get("rope_theta", real_maxtext.get("rope_max_timescale", 10000)))
+    if scaled and any(rp.get(k) != v for k, v in MAXTEXT_LLAMA31_ROPE.items()):
+        tiny_hf[key] = {**{k: v for k, v in rp.items() if k == "partial_rotary_factor"}, **MAXTEXT_LLAMA31_ROPE,
+                        "rope_theta": theta}
+        return [f"RoPE: MaxText applies its llama3.1 scaling here; the HF config had {have} (set to MaxText's)"]
+    if not scaled and have == "llama3" and not kind.startswith("yarn"):
+        tiny_hf[key] = {"rope_type": "default", "rope_theta": theta}
+        return ["RoPE: MaxText applies no llama3.1 scaling here; the HF config's llama3 scaling dropped"]
+    return []
+
+
 def real_or_derived_configs(model_name: str) -> dict:
     """`real_configs(model_name)`, or for a MaxText model that ships only a yml, the same dict with the HF config
     derived from it (hf_config_from_maxtext; "derived_notes" says how)."""
@@ -757,6 +781,7 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
     notes = list(real.get("derived_notes", [])) + notes
     notes += reconcile_rope(hf_cfg, real["maxtext"])
+    notes += reconcile_llama31_rope(hf_cfg, real["maxtext"], maxtext_model)
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
     real_text = real["hf"].get("text_config") if isinstance(real["hf"].get("text_config"), dict) else real["hf"]
     rotary, rotary_notes = tiny_rotary(hf_cfg, real_text, real["maxtext"])

@@ -1,0 +1,247 @@
+"""Every MaxText model with an HF counterpart: solve and verify its tiny pair (issue 11).
+
+    python -m ckptmap.benchmarks.maxtext_models --out results.json [--only MODEL ...] [--scan on|off|both]
+                                                 [--timeout 600] [--no-dedupe] [--plan-only]
+
+1. *Plan*: MaxText's model ymls are enumerated (`ckptmap.verify.tiny.maxtext_catalog`). A model has an HF
+   counterpart when MaxText pairs an HF config with it (`hf_model_configs.py`: "paired") or when one can be derived
+   from its yml (`verify.tiny.hf_config_from_maxtext`: "derived"; the HF config of a sibling with the same decoder
+   block, or the transformers model type named like the block). Others (gpt3, envy, qwen3-custom) are listed with
+   the reason. Each model's tiny pair is derived (`derive_tiny`); models whose tiny pairs are the same (qwen3-4b,
+   qwen3-4b-base, ...) are run once and the others point at it (`same_as`), unless --no-dedupe. The plan runs in
+   the MaxText venv (one process; it reads MaxText's configs in-process).
+2. *Run*: `ckptmap solve MODEL --tiny --verify [--no-scan]` per model and scan setting, each in its own process
+   with a timeout; the row records the HF class, the structural solve (targets mapped / unmapped), the verify
+   verdict, max KL, top-1 agreement, seconds, and for a failure the lines that say why (the error, the first
+   divergence, the config differences verify names).
+
+The JSON is rewritten after every run, so a sweep stopped half-way keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from ckptmap.mapping import write_json_atomic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------------------- plan
+
+def _size_keys() -> set[str]:
+    from ckptmap.verify.tiny import MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS
+
+    return set(MAXTEXT_TO_HF_KEYS) | set(MAXTEXT_TO_HF_LISTS) | {"vocab_size"}
+
+
+def plan_in_process(only: list[str] | None = None) -> list[dict]:
+    """One row per MaxText model yml: its HF counterpart, HF model type and class name, tiny pair, and a dedupe
+    key (the tiny HF config, the tiny MaxText overrides and the yml's non-size keys)."""
+    from ckptmap.verify.real_configs import real_configs
+    from ckptmap.verify.tiny import derive_tiny, hf_config_from_maxtext, maxtext_catalog
+
+    catalog = maxtext_catalog()
+    sizes = _size_keys()
+    rows = []
+    for name in sorted(catalog["models"]):
+        if only and name not in only:
+            continue
+        yml = catalog["models"][name]
+        row = {"model": name, "decoder_block": yml.get("decoder_block")}
+        try:
+            if name in catalog["hf_models"]:
+                real = real_configs(name)
+                row["hf"] = "paired"
+            else:
+                hf, notes = hf_config_from_maxtext(name, catalog)
+                real = None
+                row["hf"] = "derived"
+                row["derived_from"] = notes[0]
+            pair = derive_tiny(name, real)
+        except Exception as e:  # no HF counterpart (or no tiny pair): say why
+            row["hf"] = None
+            row["reason"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            rows.append(row)
+            continue
+        row["model_type"] = pair.hf_config.get("model_type")
+        archs = (real or {}).get("hf", {}).get("architectures") if real else None
+        row["hf_architecture"] = archs[0] if isinstance(archs, list) and archs else None
+        row["tiny_notes"] = pair.notes
+        row["tiny_hf_config"] = pair.hf_config
+        row["maxtext_overrides"] = pair.maxtext_overrides
+        rest = {k: v for k, v in yml.items() if k not in sizes}
+        row["dedupe_key"] = json.dumps([pair.hf_config, sorted(pair.maxtext_overrides), rest], sort_keys=True,
+                                       default=str)
+        rows.append(row)
+    return rows
+
+
+def plan(only: list[str] | None = None) -> list[dict]:
+    """plan_in_process, run in the MaxText venv unless MaxText imports here."""
+    try:
+        import maxtext  # noqa: F401
+        return plan_in_process(only)
+    except ImportError:
+        pass
+    from ckptmap.verify.real_configs import maxtext_python
+
+    python = maxtext_python()
+    if python is None:
+        raise SystemExit("the plan needs the MaxText venv (.venv-maxtext)")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu")
+    cmd = [python, "-m", "ckptmap.benchmarks.maxtext_models", "--plan-json"] + (["--only", *only] if only else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"plan failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def hf_class(model_type: str | None) -> str | None:
+    """transformers' causal-LM class for a model type (what verify runs)."""
+    if not model_type:
+        return None
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    except ImportError:
+        return None
+
+
+def dedupe(rows: list[dict]) -> None:
+    """Rows whose tiny pairs are the same point at the first such row (`same_as`)."""
+    first: dict[str, str] = {}
+    for row in rows:
+        key = row.get("dedupe_key")
+        if key is None:
+            continue
+        if key in first:
+            row["same_as"] = first[key]
+        else:
+            first[key] = row["model"]
+
+
+# ------------------------------------------------------------------------------------------------------------ run
+
+_RULES = re.compile(r"(\d+) rules, (\d+) target tensors mapped, (\d+) unmapped, (\d+) sources unused")
+_VERIFY = re.compile(r"verify: (PASS|FAIL)\s+max KL (\S+) \(threshold (\S+), (\w+)\).*?top-1 agreement ([\d.]+)%")
+_WHY = ("first divergence", "config differences", "    - ", "broken:", "note:", "error", "Error", "not checked")
+
+
+def _float(s: str) -> float | None:
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def parse_solve_output(text: str) -> dict:
+    """The numbers `ckptmap solve --verify` prints: rules / mapped / unmapped, verdict, max KL, top-1."""
+    out: dict = {}
+    m = _RULES.search(text)
+    if m:
+        out.update(rules=int(m.group(1)), mapped=int(m.group(2)), unmapped=int(m.group(3)),
+                   unused_sources=int(m.group(4)))
+        out["structural_ok"] = out["unmapped"] == 0
+    m = _VERIFY.search(text)
+    if m:
+        out.update(verify=m.group(1), kl_max=_float(m.group(2)), kl_threshold=_float(m.group(3)),
+                   dtype=m.group(4), top1=float(m.group(5)) / 100)
+    else:
+        v = re.search(r"verify: (PASS|FAIL)\s+(.*)", text)
+        if v:
+            out.update(verify=v.group(1), verify_error=v.group(2).strip()[:300])
+    return out
+
+
+def _why(text: str) -> list[str]:
+    lines = [ln.strip() for ln in text.splitlines() if any(w in ln for w in _WHY) and "[transformers]" not in ln]
+    return lines[:8]
+
+
+def run_one(model: str, scan: bool, timeout: int, out_dir: str) -> dict:
+    """`ckptmap solve MODEL --tiny --verify [--no-scan]` in its own process; a row of what it printed."""
+    mapping = os.path.join(out_dir, f"{model}.scan{int(scan)}.mapping.json")
+    cmd = [sys.executable, "-m", "ckptmap.cli", "solve", model, "--tiny", "--verify", "--allow-partial",
+           "--out", mapping] + ([] if scan else ["--no-scan"])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    t0 = time.time()
+    row: dict = {"model": model, "scan": scan, "command": f"ckptmap solve {model} --tiny --verify"
+                 + ("" if scan else " --no-scan")}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+        text = proc.stdout + "\n" + proc.stderr
+        row["rc"] = proc.returncode
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        row["rc"] = None
+        row["timed_out"] = True
+    row["seconds"] = round(time.time() - t0, 1)
+    row.update(parse_solve_output(text))
+    row["passed"] = row.get("verify") == "PASS" and row.get("structural_ok", False)
+    if not row["passed"]:
+        row["why"] = _why(text) or [ln for ln in text.strip().splitlines()[-3:]]
+    return row
+
+
+def _cli_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ckptmap.cli") is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ckptmap.benchmarks.maxtext_models", description=__doc__.split("\n")[0])
+    p.add_argument("--out", help="results JSON (rewritten after every run)")
+    p.add_argument("--only", nargs="+", help="these MaxText models only")
+    p.add_argument("--scan", choices=("on", "off", "both"), default="on")
+    p.add_argument("--timeout", type=int, default=600, help="seconds per run (default 600)")
+    p.add_argument("--no-dedupe", action="store_true", help="run models whose tiny pair repeats another's too")
+    p.add_argument("--plan-only", action="store_true", help="write the plan (counterparts, tiny pairs), run nothing")
+    p.add_argument("--plan-json", action="store_true", help=argparse.SUPPRESS)  # the MaxText venv's half
+    args = p.parse_args(argv)
+    if args.plan_json:
+        print(json.dumps(plan_in_process(args.only), default=str))
+        return 0
+    if not args.out:
+        p.error("--out is required")
+    rows = plan(args.only)
+    if not args.no_dedupe:
+        dedupe(rows)
+    for row in rows:
+        row["hf_class"] = hf_class(row.get("model_type")) or row.get("hf_architecture")
+    result = {"format": "ckptmap.maxtext_models", "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "machine": os.environ.get("CKPTMAP_MACHINE", ""), "timeout_s": args.timeout, "models": rows,
+              "runs": []}
+    write_json_atomic(args.out, result)
+    if args.plan_only:
+        return 0
+    scans = {"on": [True], "off": [False], "both": [True, False]}[args.scan]
+    out_dir = os.path.splitext(args.out)[0] + ".mappings"
+    os.makedirs(out_dir, exist_ok=True)
+    todo = [r for r in rows if r.get("hf") and not r.get("same_as")]
+    todo.sort(key=lambda r: r["hf"] != "derived")  # the models MaxText ships no HF mapping for first
+    for i, row in enumerate(todo):
+        for scan in scans:
+            run = run_one(row["model"], scan, args.timeout, out_dir)
+            result["runs"].append(run)
+            write_json_atomic(args.out, result)
+            kl = run.get("kl_max")
+            print(f"[{i + 1}/{len(todo)}] {row['model']:28s} scan{int(scan)} "
+                  f"{'PASS' if run['passed'] else 'FAIL':4s} "
+                  f"mapped {run.get('mapped', '-')}/{run.get('unmapped', '-')} unmapped  "
+                  f"KL {kl if kl is not None else '-'}  {run['seconds']}s", flush=True)
+    result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    write_json_atomic(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
