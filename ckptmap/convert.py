@@ -158,7 +158,12 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     mapping_record.check_record(mapping)
     mapping_record.check_shapes(mapping, file=output_path(output_path_))
     if reverse:
-        mapping = mapping.reversed()
+        try:
+            mapping = mapping.reversed()
+        except CkptmapError:
+            raise
+        except Exception as e:  # an op of an edited mapping whose inverse cannot be built
+            raise MappingError(f"the mapping cannot be reversed ({type(e).__name__}: {e})"[:300]) from None
         check_rules(mapping)
     kind = output_format(output_path_, fmt)
     _check_output(mapping, output_path_, kind, fmt, force)

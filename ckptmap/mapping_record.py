@@ -161,6 +161,12 @@ def shape_disagreement(mapping) -> tuple[str, str] | None:
     src, tgt = recorded_shapes(mapping, "source"), recorded_shapes(mapping, "target")
     if not src or not tgt:
         return None
+    for name in mapping.target_names():
+        if name not in tgt:
+            return name, "the mapping writes a tensor the mapping was not solved for (no recorded shape)"
+    for name in mapping.source_names():
+        if name not in src:
+            return name, "the mapping reads a tensor the mapping was not solved for (no recorded shape)"
     for rule in mapping.rules:
         if any(n not in src for n in rule.source_names()) or not rule.targets:
             continue
@@ -196,3 +202,81 @@ def check_shapes(mapping, *, file: str | None = None) -> None:
     found = shape_disagreement(mapping)
     if found:
         raise MappingError(f"{found[1]} (an edited mapping?); nothing was read or written", file=file, key=found[0])
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_keys(keys, where: str, file: str | None) -> None:
+    if isinstance(keys, str):
+        return
+    if not isinstance(keys, list) or not keys:
+        raise MappingError(f"{where}: \"keys\" must be a tensor name or a non-empty nested list of names, got "
+                           f"{keys!r:.80}", file=file)
+    for k in keys:
+        _check_keys(k, where, file)
+
+
+def _check_slot(slot, where: str, file: str | None) -> None:
+    if not isinstance(slot, dict):
+        raise MappingError(f"{where}: a slot must be an object with \"key\" or \"keys\", got {slot!r:.80}", file=file)
+    if "keys" in slot:
+        _check_keys(slot["keys"], where, file)
+    elif not isinstance(slot.get("key"), str):
+        raise MappingError(f"{where}: a slot needs a tensor name in \"key\" (or \"keys\"), got "
+                           f"{slot.get('key')!r:.80}", file=file)
+    axes = slot.get("axes", [])
+    if not isinstance(axes, list) or not all(_is_int(a) and a >= 0 for a in axes):
+        raise MappingError(f"{where}: \"axes\" must be a list of non-negative integers, got {axes!r:.80}",
+                           file=file, key=slot.get("key") if isinstance(slot.get("key"), str) else None)
+
+
+def check_document(doc, file: str | None = None) -> None:
+    """Raise MappingError (naming the file and the rule) unless `doc` has the mapping JSON's structure: an object
+    whose `rules` is a list of objects with slot lists, a chain object (rebuilt here, so that a damaged op is named
+    too), an integer grid; `meta` an object, `unmapped_targets` a list of names, `unused_sources` name -> reason.
+    Meant for Mapping.from_json, so that a damaged or hand-edited file is one line, never a traceback."""
+    if not isinstance(doc, dict):
+        raise MappingError(f"not a ckptmap mapping (a JSON {type(doc).__name__}, not an object)", file=file)
+    rules = doc.get("rules", [])
+    if not isinstance(rules, list):
+        raise MappingError("\"rules\" must be a list", file=file)
+    for i, rule in enumerate(rules):
+        where = f"rule {i}"
+        if not isinstance(rule, dict):
+            raise MappingError(f"{where} must be an object, got {rule!r:.80}", file=file)
+        for field in ("sources", "targets", "chain"):
+            if field not in rule:
+                raise MappingError(f"a rule lacks the field {field!r} ({where})", file=file)
+        for field in ("sources", "targets"):
+            if not isinstance(rule[field], list):
+                raise MappingError(f"{where}: {field!r} must be a list of slots", file=file)
+            for slot in rule[field]:
+                _check_slot(slot, where, file)
+        grid = rule.get("grid", [])
+        if not isinstance(grid, list) or not all(_is_int(n) and n >= 0 for n in grid):
+            raise MappingError(f"{where}: \"grid\" must be a list of non-negative integers, got {grid!r:.80}",
+                               file=file)
+        score = rule.get("score", 0.0)
+        if not isinstance(score, (int, float)) or isinstance(score, bool):
+            raise MappingError(f"{where}: \"score\" must be a number, got {score!r:.80}", file=file)
+        if not isinstance(rule.get("explain", {}), dict):
+            raise MappingError(f"{where}: \"explain\" must be an object", file=file)
+        from ckptmap.transforms import op_from_json
+
+        try:
+            op_from_json(rule["chain"])
+        except MappingError as e:
+            raise MappingError(f"{where}: {e.message}", file=file) from None
+        except Exception as e:  # an op's constructor tripping over a field of the wrong type
+            raise MappingError(f"{where}: the chain cannot be built ({type(e).__name__}: {e})"[:300],
+                               file=file) from None
+    if not isinstance(doc.get("meta", {}), dict):
+        raise MappingError("\"meta\" must be an object", file=file)
+    unmapped = doc.get("unmapped_targets", [])
+    if not isinstance(unmapped, list) or not all(isinstance(n, str) for n in unmapped):
+        raise MappingError("\"unmapped_targets\" must be a list of tensor names", file=file)
+    unused = doc.get("unused_sources", {})
+    if not isinstance(unused, dict) or not all(isinstance(v, str) for v in unused.values()):
+        raise MappingError("\"unused_sources\" must be an object name -> reason", file=file)
