@@ -21,6 +21,7 @@ KL_BAR = 1e-6  # float32, both directions (measured ~1e-13 on untied models)
     ("llama3.1-8b", False, "float32"),
     ("llama3.1-8b", True, "float32"),
     ("mixtral-8x7b", True, "float32"),   # MoE: stacked experts
+    ("deepseek3-671b", False, "float32"),  # MLA, and the router bias of MaxText's MoEBiasVar collection
     ("qwen3-8b", False, "bfloat16"),     # a bf16 checkpoint, kept bf16 end to end
 ])
 def test_round_trip_through_the_real_consumers(tmp_path, model, scan, dtype):
