@@ -107,8 +107,10 @@ def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> tuple[int, int]:
     try:
         for i in range(0, flat.size, chunk):
             part = flat[i:i + chunk]
-            nan += int(np.count_nonzero(np.isnan(part)))
-            inf += int(np.count_nonzero(np.isinf(part)))
+            bad = part.size - int(np.count_nonzero(np.isfinite(part)))  # one pass in the usual all-finite case
+            if bad:
+                n = int(np.count_nonzero(np.isnan(part)))
+                nan, inf = nan + n, inf + bad - n
     except TypeError:  # a dtype without isnan
         return 0, 0
     return nan, inf

@@ -357,6 +357,39 @@ def test_fuzz_orbax_metadata(base, orbax_base, data):
     check("Orbax metadata (trees)", ["trees", f"orbax:{case}"], None)
 
 
+# ----------------------------------------------------------------------------------------------------- subprocess
+
+@pytest.mark.parametrize("case", ["truncated safetensors", "damaged npz", "damaged mapping", "damaged tree"])
+def test_a_few_cases_through_the_console_script(base, tmp_path, case):
+    """The same guarantees in a real process (the console script, its own interpreter): exit 2, one line."""
+    import subprocess
+    import sys
+
+    ckptmap = os.path.join(os.path.dirname(sys.executable), "ckptmap")
+    out = str(tmp_path / "out.npz")
+    mapping, src = base / "mapping.json", tmp_path / "in.safetensors"
+    if case == "truncated safetensors":
+        src.write_bytes(ST[: len(ST) * 2 // 3])
+    elif case == "damaged npz":
+        src = tmp_path / "in.npz"
+        src.write_bytes(corrupt(NPZ, [("xor", len(NPZ) - 100, 0x55)], NPZ_HOT))
+    elif case == "damaged mapping":
+        src.write_bytes(ST)
+        mapping = tmp_path / "m.json"
+        mapping.write_bytes(MAPPING_JSON.replace(b'"perm"', b'"prem"', 1))
+    else:
+        tree = tmp_path / "tree.json"
+        tree.write_bytes(TREE_JSON.replace(b"[", b"[-", 1))
+    argv = ["trees", str(tree)] if case == "damaged tree" else _convert(mapping, src, out)
+    proc = subprocess.run([ckptmap, *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    STATS["console script"]["cases"] += 1
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not os.path.lexists(out) and leftovers(str(tmp_path)) == []
+    STATS["console script"]["exit 2"] += 1
+
+
 def test_fuzz_summary(capsys):
     """Print the counts (run after the cases above: pytest keeps file order)."""
     with capsys.disabled():
