@@ -191,10 +191,23 @@ def run_one(model: str, scan: bool, timeout: int, out_dir: str) -> dict:
     return row
 
 
-def _cli_available() -> bool:
-    import importlib.util
+def order(rows: list[dict]) -> list[dict]:
+    """The models to run, most telling first (a sweep under a time budget runs these): the models MaxText ships
+    no HF config for, then the first model of each decoder block, then the rest; repeats of another's tiny pair
+    are not run."""
+    todo = [r for r in rows if r.get("hf") and not r.get("same_as")]
+    seen: set = set()
 
-    return importlib.util.find_spec("ckptmap.cli") is not None
+    def tier(r: dict) -> int:
+        if r["hf"] == "derived":
+            return 0
+        if r.get("decoder_block") not in seen:
+            seen.add(r.get("decoder_block"))
+            return 1
+        return 2
+
+    tiers = [(tier(r), i) for i, r in enumerate(todo)]
+    return [todo[i] for _, i in sorted(tiers)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scan", choices=("on", "off", "both"), default="on")
     p.add_argument("--timeout", type=int, default=600, help="seconds per run (default 600)")
     p.add_argument("--no-dedupe", action="store_true", help="run models whose tiny pair repeats another's too")
+    p.add_argument("--budget", type=float, default=0, help="stop starting runs after this many seconds (0: none)")
+    p.add_argument("--resume", action="store_true", help="keep the runs an earlier --out file already has")
     p.add_argument("--plan-only", action="store_true", help="write the plan (counterparts, tiny pairs), run nothing")
     p.add_argument("--plan-json", action="store_true", help=argparse.SUPPRESS)  # the MaxText venv's half
     args = p.parse_args(argv)
@@ -220,16 +235,28 @@ def main(argv: list[str] | None = None) -> int:
     result = {"format": "ckptmap.maxtext_models", "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "machine": os.environ.get("CKPTMAP_MACHINE", ""), "timeout_s": args.timeout, "models": rows,
               "runs": []}
+    if args.resume and os.path.exists(args.out):
+        os.replace(args.out, args.out + ".prev")
     write_json_atomic(args.out, result)
     if args.plan_only:
         return 0
     scans = {"on": [True], "off": [False], "both": [True, False]}[args.scan]
     out_dir = os.path.splitext(args.out)[0] + ".mappings"
     os.makedirs(out_dir, exist_ok=True)
-    todo = [r for r in rows if r.get("hf") and not r.get("same_as")]
-    todo.sort(key=lambda r: r["hf"] != "derived")  # the models MaxText ships no HF mapping for first
+    todo = order(rows)
+    done = {}
+    if args.resume and os.path.exists(args.out + ".prev"):
+        with open(args.out + ".prev") as f:
+            done = {(r["model"], r["scan"]): r for r in json.load(f).get("runs", [])}
+    t_start = time.time()
     for i, row in enumerate(todo):
         for scan in scans:
+            if (row["model"], scan) in done:
+                result["runs"].append(done[(row["model"], scan)])
+                continue
+            if args.budget and time.time() - t_start > args.budget:
+                result["runs"].append({"model": row["model"], "scan": scan, "not_run": "sweep time budget spent"})
+                continue
             run = run_one(row["model"], scan, args.timeout, out_dir)
             result["runs"].append(run)
             write_json_atomic(args.out, result)
