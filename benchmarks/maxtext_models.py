@@ -30,9 +30,6 @@ import time
 
 from ckptmap.mapping import write_json_atomic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 # ----------------------------------------------------------------------------------------------------------- plan
 
 def _size_keys() -> set[str]:
@@ -176,7 +173,8 @@ def run_one(model: str, scan: bool, timeout: int, out_dir: str) -> dict:
     row: dict = {"model": model, "scan": scan, "command": f"ckptmap solve {model} --tiny --verify"
                  + ("" if scan else " --no-scan")}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+        # cwd: the output folder, where no folder named like a package (`maxtext`) shadows an import
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=out_dir)
         text = proc.stdout + "\n" + proc.stderr
         row["rc"] = proc.returncode
     except subprocess.TimeoutExpired as e:
