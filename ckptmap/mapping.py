@@ -239,6 +239,9 @@ class Mapping:
 
     @classmethod
     def from_json(cls, d: dict, *, file: str | None = None) -> "Mapping":
+        from ckptmap.mapping_record import check_document
+
+        check_document(d, file)  # every field of the JSON document has its type, before any is read
         if d.get("format") != "ckptmap.mapping":
             raise MappingError("not a ckptmap mapping (missing \"format\": \"ckptmap.mapping\")", file=file)
         if d.get("version") != FORMAT_VERSION:

@@ -158,9 +158,8 @@ def test_a_shard_named_by_the_index_but_missing_is_a_named_error(tmp_path):
     path = str(tmp_path / "out")
     cio.write_all(path, {"a": np.zeros(4, np.float32), "b": np.zeros(4, np.float32)}, max_shard_bytes=16)
     os.unlink(os.path.join(path, "model-00002-of-00002.safetensors"))
-    with cio.open_reader(path) as r:
-        with pytest.raises(CkptmapError, match="shard named by the index is missing") as e:
-            r.read("b")
+    with pytest.raises(CkptmapError, match="shard named by the index is missing") as e:
+        cio.open_reader(path)  # checked when the directory is opened, before any tensor is read
     assert e.value.key == "b"
 
 

@@ -11,7 +11,7 @@ import pytest
 from ckptmap.apply import apply_to_dict
 from ckptmap.errors import CkptmapError
 from ckptmap.export import export_maxtext_module, hf_to_maxtext, is_scanned, maxtext_single_axis
-from ckptmap.export_templates import config_ints, count_expression, fit_template, render_template
+from ckptmap.export.templates import config_ints, count_expression, fit_template, render_template
 from ckptmap.mapping import Mapping, Rule, Slot
 from ckptmap.transforms import Chain, Transpose
 from test_convert_cases import fixture, fused_qkv_mapping, gpt_oss_experts_mapping, llama_mapping, mixtral_mapping, seeded
@@ -197,7 +197,7 @@ def test_a_cast_to_bfloat16_imports_ml_dtypes_in_the_module(tmp_path):
 
 
 def test_skipped_layers_are_listed_from_the_configs_layer_types():
-    from ckptmap.export_templates import sequence_expression
+    from ckptmap.export.templates import sequence_expression
 
     cfg, _, _ = fixture("qwen3-next")
     expr = sequence_expression([0, 1, 2, 4, 5, 6], cfg["hf_config"])

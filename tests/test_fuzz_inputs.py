@@ -242,19 +242,6 @@ def test_fuzz_tree_json(base, ops):
 MAPPING_JSON = json.dumps(sealed_llama().to_json(), indent=1).encode()
 
 
-def _mapping_validated() -> bool:
-    """Whether Mapping.from_json checks the document's structure (mapping_record.check_document) first."""
-    try:
-        Mapping.from_json({"format": "ckptmap.mapping", "version": 1, "rules": [7]})
-    except TypeError:
-        return False
-    except Exception:
-        return True
-    return True
-
-
-needs_validation = pytest.mark.xfail(not _mapping_validated(), strict=True,
-                                     reason="Mapping.from_json must call mapping_record.check_document")
 
 
 @settings(FUZZ, max_examples=300)
@@ -314,7 +301,6 @@ def mapping_edits(draw):
     return doc
 
 
-@needs_validation
 @settings(FUZZ, max_examples=500)
 @given(doc=mapping_edits(), reverse=st.booleans())
 def test_fuzz_mapping_edits(base, doc, reverse):
