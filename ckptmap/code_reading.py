@@ -87,22 +87,14 @@ def hf_layouts(config: dict, tree=None, notes: list[str] | None = None, *, max_p
 
 
 def layouts_for_spec(spec: str, tree, notes: list[str]) -> dict:
-    """Code layouts for a tree read from a SPEC: an HF config (hf: or a config .json) or a MaxText model; {} for
-    checkpoints and tree files, whose code is not known (a tree file may carry them beside it)."""
-    from ckptmap.trees import hf_config
+    """Code layouts for a tree read from a SPEC, by the framework adapter that owns it: an HF config (hf: or a
+    config .json) or a MaxText model; {} for checkpoints and tree files, whose code is not known (a tree file may
+    carry them beside it)."""
+    from ckptmap import frameworks
     from ckptmap.trees.spec import parse_spec
 
     parsed = parse_spec(spec)
-    if parsed.kind == "hf_type":
-        config = hf_config.config_for_model_type(parsed.target, parsed.overrides, parsed.text)[0]
-        return hf_layouts(config, tree, notes)
-    if parsed.kind == "hf_config" or (parsed.kind == "json" and tree.meta.get("hf")):
-        return hf_layouts(hf_config.config_for_file(parsed.target, parsed.overrides)[0], tree, notes)
-    if parsed.kind == "maxtext":
-        from ckptmap.trees import maxtext_spec_args
-
-        return {n: v for n, v in maxtext_layouts(parsed.target, *maxtext_spec_args(parsed)).items() if n in tree}
-    return {}
+    return frameworks.for_kind(parsed.kind).code_layouts(parsed, tree, notes)
 
 
 def _with_dims(tree, dims: dict):

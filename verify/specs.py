@@ -15,41 +15,20 @@ import shlex
 
 from ckptmap.mapping import write_json_atomic
 from ckptmap.trees.spec import parse_spec
-from ckptmap.verify.hf_runner import HFRunner, VerifyError
+from ckptmap.verify.hf_runner import VerifyError
 from ckptmap.verify.tiny import derive_tiny
 
 
-def _hf_config(spec):
-    from ckptmap.trees import hf_config
-
-    if spec.kind == "hf_type":
-        config, _ = hf_config.config_for_model_type(spec.target, spec.overrides, spec.text)
-    else:
-        config, _, _ = hf_config.config_for_file(spec.target, spec.overrides)
-    return config
-
-
 def runner_for(spec_text: str, device: str = "cpu", *, hf_layout: str = "saved"):
-    """A ModelRunner for one SPEC (HF or MaxText), tagged with `.spec` for reports. `hf_layout`: the names an HF
-    runner takes, "saved" (checkpoint names) or "memory" (the module's own; see HFRunner)."""
+    """A ModelRunner for one SPEC (by the framework adapter that owns it), tagged with `.spec` for reports.
+    `hf_layout`: the names an HF runner takes, "saved" (checkpoint names) or "memory" (the module's own)."""
+    from ckptmap import frameworks
+
     spec = parse_spec(spec_text)
-    if spec.kind in ("hf_type", "hf_config"):
-        runner = HFRunner(_hf_config(spec), device=device, layout=hf_layout)
-    elif spec.kind == "json":
-        from ckptmap.trees import hf_config
-        from ckptmap.trees.jsonio import load_json_strict
-
-        if not hf_config.looks_like_config(load_json_strict(spec.target)):
-            raise VerifyError("a parameter tree has no forward pass to verify; give hf:CONFIG.json or "
-                              "maxtext:MODEL", file=spec.target)
-        runner = HFRunner(_hf_config(parse_spec(f"hf:{spec_text}")), device=device, layout=hf_layout)
-    elif spec.kind == "maxtext":
-        from ckptmap.verify.maxtext_runner import MaxTextRunner
-
-        runner = MaxTextRunner(spec.target, list(spec.raw_overrides), device=device)
-    else:
-        raise VerifyError(f"a {spec.kind} SPEC has no forward pass to verify; give hf:CONFIG.json, hf:MODEL_TYPE "
-                          "or maxtext:MODEL", file=spec_text)
+    try:
+        runner = frameworks.for_kind(spec.kind).runner(spec, device, hf_layout)
+    except frameworks.NoRunner as e:
+        raise VerifyError(e.message, file=e.file) from None
     runner.spec = spec.text
     return runner
 

@@ -88,18 +88,20 @@ def parse_spec(spec: str) -> TreeSpec:
     head, rest = tokens[0], tokens[1:]
     raw, parsed = parse_overrides(rest, spec)
     prefix, colon, target = head.partition(":")
-    if colon and prefix in ("hf", "maxtext", "orbax"):
+    adapter = _adapter_for_prefix(prefix) if colon else None
+    if adapter is not None:
         if not target:
             raise TreeError(f"nothing after '{prefix}:'", file=spec)
-        if prefix == "maxtext":
-            return TreeSpec("maxtext", target, raw, parsed, text)
-        if prefix == "orbax":
-            if rest:
-                raise TreeError("orbax: takes no key=value overrides", file=spec)
-            return TreeSpec("orbax", target, (), {}, text)
-        looks_like_path = target.endswith(".json") or os.sep in target or os.path.exists(target)
-        return TreeSpec("hf_config" if looks_like_path else "hf_type", target, raw, parsed, text)
+        return adapter.parse(prefix, target, rest, raw, parsed, text)
     kind = _path_kind(head)
     if rest and kind not in ("hf_config", "json"):
         raise TreeError(f"key=value overrides only apply to configs (hf:, maxtext:), not a {kind} path", file=spec)
     return TreeSpec(kind, head, raw, parsed, text)
+
+
+def _adapter_for_prefix(prefix: str):
+    """The framework adapter owning a SPEC prefix (ckptmap.frameworks; imported here because the adapters import
+    this module's TreeSpec)."""
+    from ckptmap import frameworks
+
+    return frameworks.for_prefix(prefix)

@@ -1,0 +1,66 @@
+"""Frameworks as adapters: each framework ckptmap speaks is one module that registers one `Adapter`.
+
+An adapter supplies its SPEC prefix (`hf:`, `maxtext:`) and the SPEC kinds it owns, its tree reader, its runner
+for verify, its code-layout tracer, its storage convention, and (where it has one) an exporter. The core asks
+the registry, never "which framework is this?":
+
+    adapter = frameworks.for_kind(spec.kind)      # the kinds parse_spec gives
+    tree = adapter.read_tree(spec, layout)
+    runner = adapter.runner(spec, device, layout)  # verify
+    layouts = adapter.code_layouts(spec, tree, notes)
+
+Adding a framework: write `ckptmap/frameworks/<name>.py` with an `Adapter(...)` and add its module name to
+`ADAPTER_MODULES` below (ARCHITECTURE.md, "Adding a framework").
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ckptmap.frameworks.base import Adapter, NoRunner
+
+__all__ = ["Adapter", "NoRunner", "register", "adapters", "for_kind", "for_prefix", "ADAPTER_MODULES"]
+
+# The one registry line per framework (imported lazily: an adapter's heavy imports happen only when it is used).
+ADAPTER_MODULES = ("ckptmap.frameworks.hf", "ckptmap.frameworks.maxtext", "ckptmap.frameworks.files")
+
+_REGISTRY: dict[str, Adapter] = {}
+_loaded = False
+
+
+def register(adapter: Adapter) -> Adapter:
+    """Add an adapter (its module calls this at import); a second adapter with the same name or prefix is an error."""
+    for other in _REGISTRY.values():
+        if other.name == adapter.name:
+            raise ValueError(f"a framework adapter named {adapter.name!r} is registered already")
+        clash = set(other.prefixes) & set(adapter.prefixes) or set(other.kinds) & set(adapter.kinds)
+        if clash:
+            raise ValueError(f"adapters {other.name!r} and {adapter.name!r} both claim {sorted(clash)}")
+    _REGISTRY[adapter.name] = adapter
+    return adapter
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in ADAPTER_MODULES:
+            importlib.import_module(module)
+
+
+def adapters() -> list[Adapter]:
+    _load()
+    return list(_REGISTRY.values())
+
+
+def for_prefix(prefix: str) -> Adapter | None:
+    """The adapter whose SPEC prefix is `prefix` (`hf`, `maxtext`, `orbax`), or None."""
+    return next((a for a in adapters() if prefix in a.prefixes), None)
+
+
+def for_kind(kind: str) -> Adapter:
+    """The adapter that owns a parsed SPEC's kind (KeyError when none does)."""
+    for a in adapters():
+        if kind in a.kinds:
+            return a
+    raise KeyError(f"no framework adapter reads SPEC kind {kind!r}")

@@ -1,0 +1,52 @@
+"""MaxText: `maxtext:MODEL_NAME [k=v ...]`, through the MaxText worker (Python >= 3.12)."""
+
+from __future__ import annotations
+
+from ckptmap.errors import TreeError
+from ckptmap.frameworks import register
+from ckptmap.frameworks.base import Adapter
+from ckptmap.trees.spec import TreeSpec
+
+
+def parse(prefix: str, target: str, rest: list[str], raw: tuple, parsed: dict, text: str) -> TreeSpec:
+    return TreeSpec("maxtext", target, raw, parsed, text)
+
+
+def spec_args(spec: TreeSpec) -> tuple[list[str], bool | None]:
+    """(overrides without scan_layers, scan_layers or None) of a `maxtext:MODEL key=value ...` spec."""
+    overrides = [tok for tok in spec.raw_overrides if not tok.startswith("scan_layers=")]
+    scan = spec.overrides.get("scan_layers")
+    if isinstance(scan, str):
+        scan = scan.lower() in ("1", "true", "yes")
+    return overrides, None if scan is None else bool(scan)
+
+
+def read_tree(spec: TreeSpec, layout: str = "saved"):
+    try:
+        from ckptmap.maxtext import read_maxtext_tree
+    except ImportError as e:
+        raise TreeError(f"the MaxText reader is not available ({e})", file=spec.text) from None
+    return read_maxtext_tree(spec.target, *spec_args(spec))
+
+
+def runner(spec: TreeSpec, device: str, layout: str):
+    from ckptmap.verify.maxtext_runner import MaxTextRunner
+
+    return MaxTextRunner(spec.target, list(spec.raw_overrides), device=device)
+
+
+def code_layouts(spec: TreeSpec, tree, notes: list[str]) -> dict:
+    from ckptmap.code_reading import maxtext_layouts
+
+    return {n: v for n, v in maxtext_layouts(spec.target, *spec_args(spec)).items() if n in tree}
+
+
+def export(*args, **kwargs):
+    from ckptmap.export import export_maxtext_module
+
+    return export_maxtext_module(*args, **kwargs)
+
+
+ADAPTER = register(Adapter(name="maxtext", prefixes=("maxtext",), kinds=("maxtext",), parse=parse,
+                           read_tree=read_tree, runner=runner, code_layouts=code_layouts, storage="flax",
+                           naming="-", export=export))
