@@ -1,6 +1,6 @@
 """The `ckptmap` command line: trees, solve, convert, verify, bench.
 
-Each subcommand lives in its own module (`ckptmap/cmd_<name>.py`) exposing `add_parser(subparsers)` and
+Each subcommand lives in its own module (`ckptmap/cli/<name>.py`) exposing `add_parser(subparsers)` and
 `run(args) -> int`. A CkptmapError is printed as one line and exits 2; nothing prints a traceback.
 """
 
@@ -21,9 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"ckptmap.cmd_{name}")
+            module = importlib.import_module(f"ckptmap.cli.{name}")
         except ModuleNotFoundError as e:
-            if e.name != f"ckptmap.cmd_{name}":
+            if e.name != f"ckptmap.cli.{name}":
                 raise
             continue
         module.add_parser(sub)
