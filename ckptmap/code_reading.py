@@ -11,7 +11,7 @@ Storing them for the bundled families:
     .venv/bin/python -m ckptmap.code_reading [FAMILY ...] [--out DIR]
 
 For each family (ckptmap/data/maxtext_tiny/<family>/config.json): the HF side by tracing transformers' forward pass
-at the family's `hf_config` (ckptmap.trees.code_layout_torch), the MaxText side by tracing MaxText's jaxpr at the
+at the family's `hf_config` (ckptmap.tracing.hf_layouts), the MaxText side by tracing MaxText's jaxpr at the
 family's overrides, unscanned and scanned (ckptmap.maxtext.code_layout, in the MaxText worker). Writes
 `<DIR>/<family>.json` = {"hf": {...}, "scan0": {...}, "scan1": {...}} (see ckptmap.trees.code_layouts), each
 through a temp file and a rename. A side that cannot be traced is left out and reported (exit 1).
@@ -49,7 +49,7 @@ def load(family: str, out_dir: str = DEFAULT_OUT) -> dict | None:
 def hf_layouts(config: dict, tree=None, notes: list[str] | None = None, *, max_params: int | None = None) -> dict:
     """Layouts of the HF model `config` builds, keyed by checkpoint name; only those that fit `tree` (when
     given). A model too large to run on the CPU is traced as its tiny twin and the layouts are transferred."""
-    from ckptmap.trees.code_layout_torch import ModelTooLarge, fused_layouts_hf
+    from ckptmap.tracing.hf_layouts import ModelTooLarge, fused_layouts_hf
     from ckptmap.trees.code_layouts import check_layout, transfer
 
     notes = notes if notes is not None else []

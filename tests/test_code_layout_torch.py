@@ -1,4 +1,4 @@
-"""Fused-parameter layouts read off the forward code by a traced CPU forward pass (ckptmap.trees.code_layout_torch).
+"""Fused-parameter layouts read off the forward code by a traced CPU forward pass (ckptmap.tracing.hf_layouts).
 
 Sizes are picked so that no two candidate readings give the same numbers (hidden 40, 2I 48, Dk 8, Dv 12, ...).
 """
@@ -14,12 +14,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from ckptmap.errors import CkptmapError
-from ckptmap.trees.code_layout_torch import (
-    CodeLayoutError,
-    fused_layouts_from_module,
-    fused_layouts_hf,
-    main,
-)
+from ckptmap.tracing.hf_layouts import CodeLayoutError, fused_layouts_hf, main
+from ckptmap.tracing.torch_dataflow import fused_layouts_from_module
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DATA = os.path.join(os.path.dirname(__file__), "data", "maxtext_tiny")

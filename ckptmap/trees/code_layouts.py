@@ -1,7 +1,7 @@
 """Fused-axis layouts read off a model's code, kept beside its tree.
 
 Shapes cannot tell how a fused tensor's axis is cut: gpt-oss' gate_up_proj is interleaved, Mixtral's is
-contiguous, Qwen3-Next's in_proj_qkvz is grouped per key head. The tracers (`ckptmap.trees.code_layout_torch` for
+contiguous, Qwen3-Next's in_proj_qkvz is grouped per key head. The tracers (`ckptmap.tracing.hf_layouts` for
 transformers, `ckptmap.maxtext.code_layout` for MaxText) run the model's forward pass and record how the code cuts
 each parameter's output axis. One layout:
 
