@@ -71,10 +71,13 @@ class Op:
     Subclasses are frozen dataclasses registered under a JSON name (`op_name`). `n_in` is the number of arrays
     the op consumes (None: any number, each handled alike). `is_value_op` marks ops that change values rather
     than layout (RoPE permutation, scale, offset, cast): shape search never proposes them, verify does.
+    `elementwise` marks ops that act on each element alone and keep every shape (identity, scale, offset, cast):
+    they commute with any slicing or stacking, which export relies on.
     """
 
     op_name: ClassVar[str] = ""
     is_value_op: ClassVar[bool] = False
+    elementwise: ClassVar[bool] = False
     n_in: ClassVar[int | None] = 1
 
     # --- the interface (overridden by each op) ---

@@ -90,6 +90,8 @@ class Scale(_PerArray):
     `round_dtype` records that value was rounded to that dtype before use (Gemma3's bf16 sqrt(hidden)).
     """
 
+    elementwise = True
+
     expr: str
     value: float
     round_dtype: Optional[str] = None
@@ -127,6 +129,8 @@ class Scale(_PerArray):
 class Offset(_PerArray):
     """x -> x + value (in float32): the RMSNorm `1 + w` convention is Offset(1.0)."""
 
+    elementwise = True
+
     value: float
 
     def _one(self, x: np.ndarray) -> np.ndarray:
@@ -150,6 +154,8 @@ class Offset(_PerArray):
 @dataclass(frozen=True)
 class Cast(_PerArray):
     """x (from_dtype) -> x.astype(dtype). Names like `float32`, `bfloat16`."""
+
+    elementwise = True
 
     dtype: str
     from_dtype: str

@@ -14,10 +14,11 @@ from ckptmap.export.plan import RulePlan, _flat_ops
 def _reshape_from_target(steps: list, i: int, shape_arg: str) -> str | None:
     """For a reshape followed only by transposes and value ops, its out shape written in terms of the hook's
     `target_shape`, so that the hook serves every model size, not only the one it was solved on."""
+    from ckptmap.transforms import Transpose
+
     perm: list[int] | None = None
     for step in steps[i + 1:]:
-        kind = type(step).__name__
-        if kind == "Transpose":
+        if isinstance(step, Transpose):
             p = list(step.perm)
             perm = p if perm is None else [perm[k] for k in p]
         elif not getattr(step, "is_value_op", False):
@@ -34,12 +35,14 @@ def _reshape_from_target(steps: list, i: int, shape_arg: str) -> str | None:
 def op_body(op, n_in: int, shape_arg: str | None = None) -> tuple[list[str], list[str]]:
     """(statements, output expressions) computing `op` on args x (one input) or x0, x1, ... step by step.
     With `shape_arg` (one input, one output), a trailing reshape reads its shape from that argument."""
+    from ckptmap.transforms import Reshape
+
     names = ["x"] if n_in == 1 else [f"x{i}" for i in range(n_in)]
     lines: list[str] = []
     steps = _flat_ops(op)
     for i, step in enumerate(steps):
         shaped = (_reshape_from_target(steps, i, shape_arg)
-                  if shape_arg and n_in == 1 and type(step).__name__ == "Reshape" and len(names) == 1 else None)
+                  if shape_arg and n_in == 1 and isinstance(step, Reshape) and len(names) == 1 else None)
         if shaped is not None:
             lines.append(f"x = {names[0]}.reshape({shaped})")
             names = ["x"]

@@ -58,9 +58,6 @@ def is_scanned(mapping: Mapping) -> bool:
 
 # ------------------------------------------------------------------------------------------------ normal form
 
-_ELEMENTWISE = ("scale", "offset", "cast", "identity")
-
-
 def lift_stacked_sources(rule: Rule) -> Rule:
     """The same rule with its source stack as a grid dim, when that is exactly equivalent.
 
@@ -72,22 +69,21 @@ def lift_stacked_sources(rule: Rule) -> Rule:
     unchanged (and exported with its n names as a tuple)."""
     ops = _flat_ops(rule.chain)
     n = len(rule.sources)
-    if n < 2 or not ops or getattr(ops[0], "op_name", "") != "stack" or ops[0].n != n or ops[0].axis < 0:
+    from ckptmap.transforms import Chain, Stack, Transpose
+
+    if n < 2 or not ops or not isinstance(ops[0], Stack) or ops[0].n != n or ops[0].axis < 0:
         return rule
     d = len(rule.grid)
     if any(s.axes or (s.is_per_cell and s.depth != d) or (not s.is_per_cell and d) for s in rule.sources):
         return rule
-    from ckptmap.transforms import Chain, Transpose
-
     b, rest = ops[0].axis, []
     for op in ops[1:]:
-        kind = getattr(op, "op_name", "")
-        if kind == "transpose":
+        if isinstance(op, Transpose):
             if b >= len(op.perm):
                 return rule
             rest.append(Transpose(tuple(x - (x > b) for x in op.perm if x != b)))
             b = list(op.perm).index(b)
-        elif kind in _ELEMENTWISE:
+        elif op.elementwise:
             rest.append(op)
         else:
             return rule
