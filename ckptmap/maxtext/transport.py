@@ -329,13 +329,17 @@ class WorkerBackend:
     def describe(self) -> dict:
         return self._call("describe")
 
-    def init(self, seed: int) -> dict[str, np.ndarray]:
+    def _arrays(self, op: str, **fields) -> dict[str, np.ndarray]:
+        """Call `op` with a scratch `out_dir` and return the arrays the worker wrote there."""
         d = self.worker.scratch()
         try:
-            result = self._call("init", seed=int(seed), out_dir=str(d / "out"))
+            result = self._call(op, out_dir=str(d / "out"), **fields)
             return protocol.load_arrays(result["arrays"], d / "out")
         finally:
             shutil.rmtree(d, ignore_errors=True)
+
+    def init(self, seed: int) -> dict[str, np.ndarray]:
+        return self._arrays("init", seed=int(seed))
 
     def forward(self, params, tokens, positions=None):
         d = self.worker.scratch()
@@ -369,12 +373,7 @@ class WorkerBackend:
             shutil.rmtree(d, ignore_errors=True)
 
     def load_checkpoint(self, path: str) -> dict[str, np.ndarray]:
-        d = self.worker.scratch()
-        try:
-            result = self._call("load_checkpoint", path=str(path), out_dir=str(d / "out"))
-            return protocol.load_arrays(result["arrays"], d / "out")
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
+        return self._arrays("load_checkpoint", path=str(path))
 
     def from_pretrained_logits(self, path: str, tokens) -> np.ndarray:
         d = self.worker.scratch()
