@@ -8,7 +8,6 @@ Runners implement ckptmap.runner.ModelRunner (see runners_for in specs.py to bui
 
 from __future__ import annotations
 
-import inspect
 import time
 
 import numpy as np
@@ -18,7 +17,7 @@ from ckptmap.mapping import Mapping
 from ckptmap.verify.config_diff import diff_runners
 from ckptmap.verify.evaluate import Evaluation, Evaluator
 from ckptmap.verify.localise import first_divergence, stage_targets
-from ckptmap.verify.metrics import activation_tolerance, kl_threshold as default_kl_threshold, long_range_positions
+from ckptmap.verify.metrics import LONG_RANGE_TOKENS, activation_tolerance, kl_threshold as default_kl_threshold
 from ckptmap.verify.report import VerifyReport
 from ckptmap.verify.search import Search
 
@@ -59,24 +58,38 @@ def _tied(runner) -> bool:
     return bool(getattr(runner, "aliases", None))
 
 
-def _takes_positions(runner) -> bool:
-    try:
-        return "positions" in inspect.signature(runner.forward).parameters
-    except (TypeError, ValueError):
-        return False
+def recurrent_layers(*runners) -> bool:
+    """Whether the models have gated-delta-net (linear attention) layers, whose scans set a higher float32 floor:
+    an HF config with `linear_attention` layer types, or a MaxText qwen3-next / qwen3.5 decoder."""
+    for runner in runners:
+        text = getattr(runner, "text_config", None)
+        types = getattr(text, "layer_types", None) if text is not None else None
+        if isinstance(types, (list, tuple)) and any("linear" in str(t) for t in types):
+            return True
+        find = getattr(runner, "function_config", None)
+        if getattr(runner, "framework", "") == "maxtext" and callable(find):
+            try:
+                block = str(find().get("decoder_block", "")).split(".")[-1].lower()
+            except Exception:  # noqa: BLE001
+                block = ""
+            if block in ("qwen3_next", "qwen3_5"):
+                return True
+    return False
 
 
 class PassMark:
-    """The pass mark of one evaluation: the given threshold, else the dtype's, raised to the tied-cast mark where
-    MaxText's bf16 cast of a tied table stays in the logits (Evaluation.cast_kept)."""
+    """The pass mark of one evaluation: the given threshold, else the dtype's (the recurrent models' where they
+    have gated-delta-net layers; `long` for the long sequence), raised to the tied-cast mark where MaxText's bf16
+    cast of a tied table stays in the logits (Evaluation.cast_kept)."""
 
-    def __init__(self, dtype: str, explicit: float | None = None):
-        self.dtype, self.explicit = dtype, explicit
+    def __init__(self, dtype: str, explicit: float | None = None, *, recurrent: bool = False):
+        self.dtype, self.explicit, self.recurrent = dtype, explicit, recurrent
 
-    def __call__(self, evaluation: Evaluation | None = None) -> float:
+    def __call__(self, evaluation: Evaluation | None = None, *, long: bool = False) -> float:
         if self.explicit is not None:
             return self.explicit
-        return default_kl_threshold(self.dtype, tied_cast=bool(evaluation is not None and evaluation.cast_kept))
+        return default_kl_threshold(self.dtype, tied_cast=bool(evaluation is not None and evaluation.cast_kept),
+                                    recurrent=self.recurrent, long=long)
 
 
 def _cast_note(evaluation: Evaluation, ev: Evaluator) -> str:
@@ -102,31 +115,25 @@ def _cast_note(evaluation: Evaluation, ev: Evaluator) -> str:
     return f"tied embedding: MaxText casts the table to bf16 on the logits path; {floor}; {how}"
 
 
-def _long_range(ev: Evaluator, mapping: Mapping, mark: PassMark, src_runner, tgt_runner) -> dict | None:
-    """The mapping once more at long-range position ids (metrics.long_range_positions): RoPE scaling and theta act
-    as in a long context. None where a runner takes no positions."""
-    if not (_takes_positions(src_runner) and _takes_positions(tgt_runner)):
-        return None
-    seq = int(ev.tokens.shape[1])
-    positions = long_range_positions(seq)
-    stride = int(positions[0, 1] - positions[0, 0]) if seq > 1 else 1
+def _long_range(ev: Evaluator, mapping: Mapping, mark: PassMark) -> dict:
+    """The mapping once more on a long sequence (metrics.LONG_RANGE_TOKENS), where RoPE scaling and theta act on
+    long distances: {"tokens", "kl_max", "kl_mean", "top1_agreement", "max_abs_diff", "kl_threshold", "passed",
+    "first_divergence"?, "error"?}."""
+    out: dict = {"tokens": LONG_RANGE_TOKENS}
     try:
-        far = ev.with_positions(positions)
-        evaluation = far.evaluate(mapping)
+        evaluation = ev.at_length(LONG_RANGE_TOKENS).evaluate(mapping)
     except CkptmapError as e:
-        return {"positions": f"0, {stride}, ..., {int(positions.max())}", "error": e.one_line(), "passed": False}
-    threshold = mark(evaluation)
-    out = {"positions": f"0, {stride}, ..., {int(positions.max())}", "stride": stride,
-           "max_position": int(positions.max()), "kl_threshold": threshold, "error": evaluation.error}
-    if evaluation.ok:
-        s = evaluation.stats
-        out.update(kl_max=s.kl_max, kl_mean=s.kl_mean, top1_agreement=s.top1_agreement,
-                   max_abs_diff=s.max_abs_diff, passed=s.kl_max <= threshold)
-        first = first_divergence(evaluation.errors, activation_tolerance("float32"))
-        if first:
-            out["first_divergence"] = first
-    else:
-        out["passed"] = False
+        return {**out, "error": e.one_line(), "passed": False}
+    threshold = mark(evaluation, long=True)
+    out["kl_threshold"] = threshold
+    if not evaluation.ok:
+        return {**out, "error": evaluation.error, "passed": False}
+    s = evaluation.stats
+    out.update(kl_max=s.kl_max, kl_mean=s.kl_mean, top1_agreement=s.top1_agreement, max_abs_diff=s.max_abs_diff,
+               passed=s.kl_max <= threshold)
+    first = first_divergence(evaluation.errors, activation_tolerance("float32"))
+    if first:
+        out["first_divergence"] = first
     return out
 
 
@@ -156,17 +163,16 @@ def _report(ev: Evaluator, final: Evaluation, mapping: Mapping, *, dtype: str, m
     if getattr(ev, "unread_note", ""):
         report.notes.append(ev.unread_note)
     if passed and long_range:
-        report.long_range = _long_range(ev, mapping, mark, src_runner, tgt_runner)
+        report.long_range = lr = _long_range(ev, mapping, mark)
         report.forwards = ev.forwards
-        if report.long_range is not None and not report.long_range.get("passed"):
+        if not lr.get("passed"):
             report.passed = passed = False
-            lr = report.long_range
             what = (f"max KL {lr['kl_max']:.2e} > {lr['kl_threshold']:.0e}" if "kl_max" in lr
                     else lr.get("error") or "it could not run")
-            report.notes.append(f"passes at positions 0..{ev.tokens.shape[1] - 1} but fails at long-range positions "
-                                f"{lr['positions']}: {what} (RoPE scaling or theta acts there)")
-    report.config_diff = diff_runners(src_runner, tgt_runner, seq_len=int(ev.tokens.shape[1]),
-                                      max_position=(report.long_range or {}).get("max_position"))
+            report.notes.append(f"passes on {ev.tokens.shape[1]} tokens but fails on {lr['tokens']}: {what} (RoPE "
+                                f"scaling and theta act on long distances)")
+    seq = max(int(ev.tokens.shape[1]), int((report.long_range or {}).get("tokens") or 0))
+    report.config_diff = diff_runners(src_runner, tgt_runner, seq_len=seq)
     report.timings = {**ev.timings, "total_s": time.perf_counter() - t0}
     start = (getattr(tgt_runner, "timings", None) or {}).get("start_s")
     if start:
@@ -192,13 +198,13 @@ def verify_mapping(mapping: Mapping, src_runner, tgt_runner, *, seed: int = 0, s
                    dtype: str = "float32", kl_threshold: float | None = None, tolerance: float | None = None,
                    diagnose: bool = True, dims: dict | None = None, long_range: bool = True) -> VerifyReport:
     """Convert seeded random source weights through `mapping`, run both models, compare; when that passes, once
-    more at long-range positions (`long_range`; metrics.long_range_positions), where RoPE scaling acts.
+    more on a long sequence (`long_range`; metrics.LONG_RANGE_TOKENS), where RoPE scaling acts.
 
     On failure, names the first diverging stage and its parameters, and where the HF and MaxText configs
     disagree (config_diff); with `diagnose`, also tries the value-op and structural candidates of that stage and
     reports the parameters whose change repairs it (`broken`)."""
     t0 = time.perf_counter()
-    mark = PassMark(dtype, kl_threshold)
+    mark = PassMark(dtype, kl_threshold, recurrent=recurrent_layers(src_runner, tgt_runner))
     tol = tolerance if tolerance is not None else activation_tolerance(dtype)
     ev = Evaluator(src_runner, tgt_runner, seed=seed, seq_len=seq_len)
     final = ev.evaluate(mapping)
@@ -222,13 +228,13 @@ def search_and_verify(solved, src_runner, tgt_runner, *, seed: int = 0, seq_len:
                       kl_threshold: float | None = None, tolerance: float | None = None, max_steps: int = 40,
                       dims: dict | None = None, priors=None, long_range: bool = True) -> tuple[Mapping, VerifyReport]:
     """Finish a structural mapping (a SolveResult, or a Mapping) with the value ops the forward passes select,
-    then verify it (and, when that passes, once more at long-range positions: `long_range`). Returns the final
+    then verify it (and, when that passes, once more on a long sequence: `long_range`). Returns the final
     Mapping (value ops appended to the rules' chains) and the report.
     `priors` (ckptmap.llm_hints.Priors): their value ops are tried first, and kept only if the mapping then passes."""
     t0 = time.perf_counter()
     mapping = solved.mapping if hasattr(solved, "mapping") else solved
     alternatives = dict(getattr(solved, "alternatives", None) or {})
-    mark = PassMark(dtype, kl_threshold)
+    mark = PassMark(dtype, kl_threshold, recurrent=recurrent_layers(src_runner, tgt_runner))
     tol = tolerance if tolerance is not None else activation_tolerance(dtype)
     ev = Evaluator(src_runner, tgt_runner, seed=seed, seq_len=seq_len)
     search = Search(mapping, ev, alternatives=alternatives, dims=merged_dims(mapping, src_runner, tgt_runner, dims),

@@ -2,7 +2,7 @@
 
 A mapping moves weights; it cannot make two models compute the same function when their configs disagree on
 something outside the weights: the RoPE type, base (theta) and scaling, the rotary fraction, norm epsilon, soft-caps,
-the query scale, sliding windows, tied embeddings. When verify fails (or passes while such a setting differs, e.g.
+the query scale, sliding windows, the MLP activation, tied embeddings. When verify fails (or passes while such a setting differs, e.g.
 one only long contexts reach), the report names each disagreement:
 
     rope scaling (all layers): HF default, MaxText llama3 (factor 8, low 1, high 4, original 8192) -- applied by
@@ -122,8 +122,12 @@ def _hf_rope_dicts(cfg: dict) -> dict[str, dict]:
     rp = cfg.get("rope_parameters")
     out: dict[str, dict] = {}
     if isinstance(rp, dict) and rp and all(isinstance(v, dict) for v in rp.values()):
-        for layer_type, params in rp.items():
-            out[_kind_of_layer_type(layer_type)] = dict(params)
+        for label, params in rp.items():
+            if str(label).lower() == "main":  # DeepSeek-V4: keyed by rope labels, `main` for uncompressed layers
+                out.setdefault("global", dict(params))
+                out.setdefault("local", dict(params))
+            else:
+                out[_kind_of_layer_type(label)] = dict(params)
         return out
     if isinstance(rp, dict) and rp:
         params = dict(rp)
@@ -139,8 +143,15 @@ def _hf_rope_dicts(cfg: dict) -> dict[str, dict]:
     return out
 
 
+KINDS = ("global", "local", "compressed")
+
+
 def _kind_of_layer_type(layer_type: str) -> str:
+    """An HF layer type (or RoPE label) -> "local" (sliding, chunked), "compressed" (DeepSeek-V4's CSA / HCA) or
+    "global" (full attention)."""
     t = str(layer_type).lower()
+    if "compress" in t:
+        return "compressed"
     return "local" if ("sliding" in t or "local" in t or "chunk" in t) else "global"
 
 
@@ -149,7 +160,7 @@ def _hf_layer_kinds(cfg: dict) -> list[str]:
     types = cfg.get("layer_types")
     if isinstance(types, list) and types:
         kinds = {_kind_of_layer_type(t) for t in types if "linear" not in str(t) and "mamba" not in str(t)}
-        return sorted(kinds) or ["global"]
+        return [k for k in KINDS if k in kinds] or ["global"]
     return ["global"]
 
 
@@ -202,7 +213,7 @@ def hf_settings(hf_config: dict) -> dict[str, Setting]:
     kinds = _hf_layer_kinds(cfg)
     ropes = _hf_rope_dicts(cfg)
     for kind in kinds:
-        params = ropes.get(kind) or ropes.get("global") or {}
+        params = ropes.get(kind) or ropes.get("global") or ropes.get("local") or {}
         scaling, theta, fraction = _hf_rope(cfg, params)
         where = _where(kind, kinds)
         out[f"rope scaling ({where})"] = scaling
@@ -226,6 +237,10 @@ def hf_settings(hf_config: dict) -> dict[str, Setting]:
     if "local" in kinds or (cfg.get("use_sliding_window") and _num(cfg.get("sliding_window"))):
         window = _num(cfg.get("sliding_window"))
         out["sliding window"] = Setting(window or 0.0, _g(window) if window else "none")
+    act = _hf_activation(cfg)
+    if act is not None:
+        out["mlp activation"] = Setting(_HF_ACTIVATIONS.get(act[1], act[1]), _HF_ACTIVATIONS.get(act[1], act[1]),
+                                        f"{act[0]} {act[1]}")
     tied = cfg.get("tie_word_embeddings", hf_config.get("tie_word_embeddings"))
     if isinstance(tied, bool):
         out["tied embeddings"] = Setting(tied, "tied" if tied else "untied", "tie_word_embeddings")
@@ -240,7 +255,7 @@ def _cap(v) -> Setting:
 def _where(kind: str, kinds: list[str]) -> str:
     if len(kinds) == 1:
         return "all layers"
-    return "global layers" if kind == "global" else "local layers"
+    return f"{kind} layers"
 
 
 # ---- MaxText -----------------------------------------------------------------------------------------------------
@@ -256,6 +271,16 @@ def _maxtext_rope(mt: dict, kind: str) -> tuple[Setting, Setting | None, Setting
     block = decoder_block(mt)
     rope_type = str(mt.get("rope_type", "default") or "default").lower()
     theta = _num(mt.get("rope_max_timescale"))
+    if block == "deepseek4":
+        # attention_compressed.py: compressed_rope_max_timescale on CSA / HCA layers, rope_max_timescale on the
+        # sliding ones; the rotated part is qk_rope_head_dim of head_dim
+        key = "compressed_rope_max_timescale" if kind == "compressed" else "rope_max_timescale"
+        use = _num(mt.get(key)) or theta
+        rope, head = _num(mt.get("qk_rope_head_dim")), _num(mt.get("head_dim"))
+        frac = rope / head if rope and head else 1.0
+        return (_rope_setting("default", {}), Setting(use, _g(use), key),
+                Setting((frac, "truncated" if frac < 1 else ""), _fraction_text(frac, "truncated"),
+                        "qk_rope_head_dim / head_dim"))
     local_theta = _num(mt.get("local_rope_max_timescale")) or -1.0
     partial = _num(mt.get("partial_rotary_factor"))
     partial = 1.0 if partial is None else partial
@@ -323,7 +348,7 @@ def maxtext_settings(mt: dict) -> dict[str, Setting]:
     """Setting name -> Setting for MaxText config values (MaxTextSession.function_config()), for the attention
     kinds in `kinds` (the HF side's: global, local)."""
     out: dict[str, Setting] = {}
-    for kind in ("global", "local"):
+    for kind in KINDS:
         scaling, theta, fraction = _maxtext_rope(mt, kind)
         out[f"rope scaling ({kind})"] = scaling
         if theta is not None:
@@ -343,33 +368,88 @@ def maxtext_settings(mt: dict) -> dict[str, Setting]:
         out["query scale"] = q
     window = _num(mt.get("sliding_window_size")) or 0.0
     out["sliding window"] = Setting(window, _g(window) if window else "none", "sliding_window_size")
+    act = _maxtext_activation(mt)
+    if act is not None:
+        what = _MAXTEXT_ACTIVATIONS.get(act, act)
+        out["mlp activation"] = Setting(what, what, f"mlp_activations {act}"
+                                        + (" (jax.nn.gelu approximates by default)" if act == "gelu" else ""))
     if "logits_via_embedding" in mt:
         tied = bool(mt["logits_via_embedding"])
         out["tied embeddings"] = Setting(tied, "tied" if tied else "untied", "logits_via_embedding")
     return out
 
 
-# ---- the diff ----------------------------------------------------------------------------------------------------
-def diff_configs(hf_config: dict, maxtext_config: dict, *, seq_len: int | None = None,
-                 max_position: int | None = None) -> list[Disagreement]:
-    """Every setting the HF config and the MaxText config values give differently, in a fixed order.
+# ---- MLP activation ------------------------------------------------------------------------------------------------
+# HF ACT2FN names -> what they compute; "gelu" is the exact (erf) GELU there.
+_HF_ACTIVATIONS = {"gelu": "gelu (exact erf)", "gelu_pytorch_tanh": "gelu (tanh approximation)",
+                   "gelu_new": "gelu (tanh approximation)", "gelu_fast": "gelu (tanh approximation)",
+                   "gelu_python_tanh": "gelu (tanh approximation)", "silu": "silu", "swish": "silu", "relu": "relu",
+                   "sigmoid": "sigmoid"}
+# MaxText mlp_activations names (jax.nn functions) -> what they compute; jax.nn.gelu approximates by default.
+_MAXTEXT_ACTIVATIONS = {"gelu": "gelu (tanh approximation)", "silu": "silu", "swish": "silu", "relu": "relu",
+                        "sigmoid": "sigmoid"}
+# The HF name that computes each MaxText activation (for tiny pairs: reconcile_activation).
+_HF_NAME_FOR = {"gelu (tanh approximation)": "gelu_pytorch_tanh", "silu": "silu", "relu": "relu"}
+# Decoders whose MLP does not use mlp_activations as a plain gated activation (gpt-oss's clamped SwiGLU).
+_CUSTOM_MLP_DECODERS = ("gpt_oss",)
 
-    `seq_len`: the longest sequence verify runs (a sliding window at least that long cannot change its outputs);
-    `max_position`: the largest position id it runs (RoPE settings that act only beyond it still count: they
-    change the model, so they are reported, with `matters` True)."""
+
+def _hf_activation(cfg: dict) -> tuple[str, str] | None:
+    for key in ("hidden_activation", "hidden_act"):
+        name = cfg.get(key)
+        if isinstance(name, str) and name:
+            return key, name
+    return None
+
+
+def _maxtext_activation(mt: dict) -> str | None:
+    if decoder_block(mt) in _CUSTOM_MLP_DECODERS:
+        return None
+    acts = mt.get("mlp_activations")
+    if isinstance(acts, str):
+        acts = [a.strip(" '\"") for a in acts.strip("[]").split(",")]
+    if not acts:
+        acts = ["silu", "linear"]  # MaxText's base.yml
+    return str(acts[0])
+
+
+def reconcile_activation(tiny_hf: dict, real_maxtext: dict) -> list[str]:
+    """Make a tiny HF config's MLP activation the one MaxText computes (MaxText's paired gemma3-4b HF config says
+    "gelu", the exact GELU in transformers, while MaxText's jax.nn.gelu is the tanh approximation, as real Gemma 3
+    checkpoints say with "gelu_pytorch_tanh"). Changes tiny_hf in place; returns notes."""
+    found, mt_name = _hf_activation(tiny_hf), _maxtext_activation(real_maxtext)
+    if found is None or mt_name is None:
+        return []
+    key, name = found
+    want = _MAXTEXT_ACTIVATIONS.get(mt_name)
+    if want is None or _HF_ACTIVATIONS.get(name, name) == want or want not in _HF_NAME_FOR:
+        return []
+    tiny_hf[key] = _HF_NAME_FOR[want]
+    return [f"{key} {name} -> {tiny_hf[key]} (MaxText's {mt_name} computes the {want})"]
+
+
+# ---- the diff ----------------------------------------------------------------------------------------------------
+def diff_configs(hf_config: dict, maxtext_config: dict, *, seq_len: int | None = None) -> list[Disagreement]:
+    """Every setting the HF config and the MaxText config values give differently, in a fixed order, then the
+    known implementation differences these configs reach (`implementation_hazards`).
+
+    `seq_len`: the longest sequence verify runs (a sliding window at least that long cannot change its outputs)."""
     hf = hf_settings(hf_config)
     mt = maxtext_settings(maxtext_config)
     kinds = _hf_layer_kinds(_text_config(hf_config))
     out: list[Disagreement] = []
-    for kind in kinds:
-        where = _where(kind, kinds)
-        for what in ("rope scaling", "rope theta", "rotary fraction"):
+    for what in ("rope scaling", "rope theta", "rotary fraction"):
+        found = []
+        for kind in kinds:
+            where = _where(kind, kinds)
             a, b = hf.get(f"{what} ({where})"), mt.get(f"{what} ({kind})")
-            if a is None or b is None or _same(a.value, b.value):
-                continue
-            out.append(Disagreement(f"{what} ({where})", a.text, b.text, b.why))
+            if a is not None and b is not None and not _same(a.value, b.value):
+                found.append(Disagreement(f"{what} ({where})", a.text, b.text, b.why))
+        if len(kinds) > 1 and len(found) == len(kinds) and len({(d.hf, d.maxtext, d.why) for d in found}) == 1:
+            found = [Disagreement(f"{what} (all layers)", found[0].hf, found[0].maxtext, found[0].why)]
+        out.extend(found)
     for what in ("norm epsilon", "final logit soft-cap", "attention logit soft-cap", "query scale",
-                 "sliding window", "tied embeddings"):
+                 "sliding window", "mlp activation", "tied embeddings"):
         a, b = hf.get(what), mt.get(what)
         if a is None or b is None or _same(a.value, b.value):
             continue
@@ -378,14 +458,42 @@ def diff_configs(hf_config: dict, maxtext_config: dict, *, seq_len: int | None =
             # a window at least as long as the sequence masks nothing
             matters = min(x for x in (a.value or math.inf, b.value or math.inf)) < seq_len
         why = b.why
-        if what == "query scale":
+        if what in ("query scale", "mlp activation"):
             why = f"HF: {a.why}; MaxText: {b.why}"
         out.append(Disagreement(what, a.text, b.text, why, matters))
+    return out + implementation_hazards(_text_config(hf_config), maxtext_config, seq_len=seq_len)
+
+
+# Below this many indexer heads, DeepSeek-V3.2's indexer scores (a sum of ReLUs over heads) are often exactly 0
+# for several keys at random weights (each key with probability 2^-heads).
+INDEXER_TIE_HEADS = 8
+
+
+def implementation_hazards(hf: dict, mt: dict, *, seq_len: int | None = None) -> list[Disagreement]:
+    """Settings on which the configs agree but the two implementations differ, where these configs reach it.
+
+    - DeepSeek-V3.2's sparse-attention indexer: HF's torch.topk and MaxText's exact top-k
+      (`indexer_mask_exact_topk`: the first k of equal scores) break ties differently; with few indexer heads many
+      keys score exactly 0 (ReLU), so at a top-k below the sequence length the two models attend to different
+      keys. (The indexer top-k itself is compared too.)"""
+    out: list[Disagreement] = []
+    hf_topk, mt_topk = _num(hf.get("index_topk")), _num(mt.get("indexer_topk"))
+    if hf_topk is None or mt_topk is None or mt.get("use_indexer") is False:
+        return out
+    if hf_topk != mt_topk:
+        out.append(Disagreement("indexer top-k", _g(hf_topk), _g(mt_topk), "indexer_topk"))
+    heads = _num(hf.get("index_n_heads")) or _num(mt.get("indexer_n_heads"))
+    shortest = min(hf_topk, mt_topk)
+    if heads is not None and heads < INDEXER_TIE_HEADS and (seq_len is None or shortest < seq_len):
+        out.append(Disagreement(
+            "indexer ties", "torch.topk (ties in any order)",
+            "the first k of equal scores" if mt.get("indexer_mask_exact_topk", True) else "every tied score",
+            f"{_g(heads)} indexer heads: keys whose every head's ReLU is 0 score exactly 0, and the two pick "
+            f"different ones among them at top-{_g(shortest)}"))
     return out
 
 
-def diff_runners(src_runner, tgt_runner, *, seq_len: int | None = None,
-                 max_position: int | None = None) -> list[Disagreement]:
+def diff_runners(src_runner, tgt_runner, *, seq_len: int | None = None) -> list[Disagreement]:
     """diff_configs for a pair of runners where one is an HF runner (`.config`) and the other a MaxText runner
     (`.function_config()`); [] for any other pair (or when a side cannot say)."""
     hf = mt = None
@@ -402,7 +510,7 @@ def diff_runners(src_runner, tgt_runner, *, seq_len: int | None = None,
         return []
     if not mt_values:
         return []
-    return diff_configs(hf_runner_config_dict(hf), mt_values, seq_len=seq_len, max_position=max_position)
+    return diff_configs(hf_runner_config_dict(hf), mt_values, seq_len=seq_len)
 
 
 def hf_runner_config_dict(runner) -> dict:

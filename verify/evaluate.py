@@ -55,6 +55,21 @@ class Evaluation:
         return self.errors.get("logits", float("inf"))
 
 
+def index_ranges(runner) -> dict[str, int]:
+    """Integer tensors of the runner -> the range of valid values verify fills them from: expert ids [0, experts)
+    where the model has experts (hash-routing tables: `tid2eid`), else [0, the row length) (a permutation)."""
+    find = getattr(runner, "integer_params", None)
+    if not callable(find):
+        return {}
+    shapes = runner.param_shapes()
+    experts = int((runner.dims() if hasattr(runner, "dims") else {}).get("experts") or 0)
+    out = {}
+    for name in find():
+        shape = tuple(shapes.get(name, ()))
+        out[name] = experts if experts > 1 else (shape[-1] if shape else 1)
+    return out
+
+
 def _tied_head(runner):
     """The runner's tied head that casts its table to bf16 (MaxTextRunner.tied_head), or None."""
     find = getattr(runner, "tied_head", None)
@@ -66,7 +81,7 @@ def _tied_head(runner):
         return None
 
 
-def _uncast(head, params: dict[str, np.ndarray], fwd: Forward) -> tuple[np.ndarray, object | None, bool]:
+def uncast_logits(head, params: dict[str, np.ndarray], fwd: Forward) -> tuple[np.ndarray, object | None, bool]:
     """(the logits to compare, the cast's measured effect, whether a cast off the bf16 grid remains in them)."""
     if head is None:
         return fwd.logits, None, False
@@ -102,7 +117,8 @@ class Evaluator:
         self.src_head, self.tgt_head = _tied_head(src_runner), _tied_head(tgt_runner)
         # tied tables from bf16-representable values: where the mapping copies them, MaxText's cast is exact
         grid = set(aliases.values()) | ({self.src_head.table} if self.src_head else set())
-        self.src_params = random_params(src_runner.param_shapes(), seed, aliases, scales, bf16_names=grid)
+        self.src_params = random_params(src_runner.param_shapes(), seed, aliases, scales, bf16_names=grid,
+                                        integer=index_ranges(src_runner))
         vocabs = [v for v in (runner_vocab(src_runner), runner_vocab(tgt_runner)) if v]
         if not vocabs:
             raise VerifyError("neither model says its vocab size")
@@ -117,7 +133,7 @@ class Evaluator:
         t = time.perf_counter()
         self.reference = self._forward(self.src_runner, self.src_params)
         self.timings["source_forward_s"] += time.perf_counter() - t
-        self.reference_logits, self.source_cast, self.source_cast_kept = _uncast(
+        self.reference_logits, self.source_cast, self.source_cast_kept = uncast_logits(
             self.src_head, self.src_params, self.reference)
 
     def _forward(self, runner, params: dict[str, np.ndarray]) -> Forward:
@@ -125,13 +141,15 @@ class Evaluator:
             return runner.forward(params, self.tokens)
         return runner.forward(params, self.tokens, np.broadcast_to(self.positions, self.tokens.shape))
 
-    def with_positions(self, positions: np.ndarray) -> "Evaluator":
-        """The same weights and tokens, run at other position ids ([seq] or [batch, seq]; see long_range_positions):
-        one more source forward pass."""
+    def at_length(self, seq_len: int) -> "Evaluator":
+        """The same weights, run on `seq_len` other seeded tokens (positions 0..seq_len-1; a long context where RoPE
+        scaling acts): one more source forward pass. Counts and timings go to this evaluator."""
         other = copy.copy(self)
-        other.positions = np.asarray(positions, dtype=np.int32)
-        other.timings = self.timings  # one account of the time spent
+        vocabs = [v for v in (runner_vocab(self.src_runner), runner_vocab(self.tgt_runner)) if v]
+        other.tokens = random_tokens(min(vocabs), seq_len, self.tokens.shape[0], self.seed)
+        other.positions = None
         other._run_reference()
+        other.parent = self
         return other
 
     def _unread_sources(self, aliases: dict[str, str]) -> set[str]:
@@ -224,7 +242,9 @@ class Evaluator:
         finally:
             self.timings["target_forward_s"] += time.perf_counter() - t
             self.forwards += 1
-        logits, cast, kept = _uncast(self.tgt_head, params, fwd)
+            if getattr(self, "parent", None) is not None:
+                self.parent.forwards += 1
+        logits, cast, kept = uncast_logits(self.tgt_head, params, fwd)
         stats = compare_logits(self.reference_logits, logits)
         raw = compare_logits(self.reference.logits, fwd.logits)
         return Evaluation(stats=stats, errors=stage_errors(self.reference, fwd), forward=fwd, unchecked=unchecked,

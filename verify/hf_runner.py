@@ -196,8 +196,7 @@ class HFRunner:
         module_state = model.state_dict()
         # integer tensors (index tables such as DeepSeek-V4's hash-routing `tid2eid` buffer): verify fills them
         # with valid indices, not random floats
-        integer = {n: str(module_state[n].dtype).replace("torch.", "") for n in shapes
-                   if n in module_state and not (module_state[n].is_floating_point() or module_state[n].is_complex())}
+        integer = {n: d for n, d in self._integer_names(model, layout).items() if n in shapes}
         self._in_place = all(n in module_state and tuple(module_state[n].shape) == v for n, v in shapes.items())
         self._model = model.to(self.device).eval() if self._in_place else None
         # external name (what param_shapes and forward speak) -> the built model's name
@@ -213,6 +212,18 @@ class HFRunner:
         self._integer = integer
 
     _checkpoint_names = staticmethod(checkpoint_names)
+
+    @staticmethod
+    def _integer_names(model, layout: str = "saved") -> dict[str, str]:
+        """Checkpoint name -> dtype of the model's integer tensors (buffers such as `tid2eid`)."""
+        from transformers.core_model_loading import revert_weight_conversion
+
+        state = dict(model.state_dict())
+        if layout == "saved":
+            with declared_transposes():
+                state = revert_weight_conversion(model, state)
+        return {n: str(t.dtype).replace("torch.", "") for n, t in state.items()
+                if hasattr(t, "is_floating_point") and not (t.is_floating_point() or t.is_complex())}
 
     def _composite_names(self, layout: str) -> set[str]:
         """The parameter names of the whole composite model (built once on the meta device: no weight memory), or

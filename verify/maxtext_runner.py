@@ -64,6 +64,11 @@ class MaxTextRunner:
         return TiedHead(table=tables[0], normalize=bool(cfg.get("normalize_embedding_logits", True)),
                         soft_cap=float(cfg.get("final_logits_soft_cap") or 0.0))
 
+    def integer_params(self) -> dict[str, str]:
+        """Name -> dtype of the integer variables (index tables such as the hash-routing `...-tid2eid`)."""
+        return {n: self.tree[n].dtype for n in self.tree.names()
+                if str(self.tree[n].dtype).startswith(("int", "uint"))}
+
     def function_config(self) -> dict:
         """MaxText's config values that change the function beyond the weights (see ckptmap.verify.config_diff)."""
         return self.session.function_config()

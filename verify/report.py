@@ -51,7 +51,7 @@ class VerifyReport:
     # where the HF and MaxText configs disagree on what the models compute (config_diff.Disagreement), named
     # whether verify passes or not
     config_diff: list = field(default_factory=list)
-    # the final check at long-range position ids (api._long_range): positions, kl_max, passed, ...; None: not run
+    # the final check on a long sequence (api._long_range): tokens, kl_max, passed, ...; None: not run
     long_range: dict | None = None
     # MaxText's bf16 cast of a tied table: the logits as the models gave them, and the cast's measured effect
     raw_logits: LogitStats | None = None
@@ -59,7 +59,7 @@ class VerifyReport:
 
     @property
     def kl_max(self) -> float:
-        """The largest per-token KL verify measured: at positions 0..seq-1 and, where it ran, at long range."""
+        """The largest per-token KL verify measured: on the search's sequence and, where it ran, the long one."""
         kl = self.logits.kl_max if self.logits else float("inf")
         far = (self.long_range or {}).get("kl_max")
         return max(kl, float(far)) if isinstance(far, (int, float)) else kl
@@ -134,12 +134,12 @@ class VerifyReport:
         lr = self.long_range
         if lr:
             if "kl_max" in lr:
-                lines.append(f"  long-range positions {lr['positions']}: {'pass' if lr.get('passed') else 'FAIL'}  "
+                lines.append(f"  long sequence ({lr['tokens']} tokens): {'pass' if lr.get('passed') else 'FAIL'}  "
                              f"max KL {_fmt(lr['kl_max'])} (threshold {_fmt(lr.get('kl_threshold'))})  top-1 "
                              f"{100 * lr.get('top1_agreement', 0):.1f}%"
                              + (f"  first divergence {lr['first_divergence']}" if lr.get("first_divergence") else ""))
             else:
-                lines.append(f"  long-range positions {lr['positions']}: FAIL  {lr.get('error', '')}")
+                lines.append(f"  long sequence ({lr.get('tokens')} tokens): FAIL  {lr.get('error', '')}")
         t = self.timings
         lines.append(f"  {self.forwards} target forward passes, seed {self.seed}; "
                      + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))

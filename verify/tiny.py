@@ -781,6 +781,9 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
     notes = list(real.get("derived_notes", [])) + notes
     notes += reconcile_rope(hf_cfg, real["maxtext"])
+    from ckptmap.verify.config_diff import reconcile_activation  # the activation MaxText computes (gemma3's gelu)
+
+    notes += reconcile_activation(hf_cfg, real["maxtext"])
     notes += reconcile_llama31_rope(hf_cfg, real["maxtext"], maxtext_model)
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
     real_text = real["hf"].get("text_config") if isinstance(real["hf"].get("text_config"), dict) else real["hf"]

@@ -58,14 +58,38 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0, scale: float
     return (unit / np.sqrt(fan_in)).astype(np.float32)
 
 
+def random_index_table(name: str, shape: tuple[int, ...], high: int, seed: int = 0) -> np.ndarray:
+    """A seeded integer index table (int64): each row along the last axis holds distinct values in [0, high) (a
+    seeded choice without replacement; with repeats only where the row is longer than `high`). DeepSeek-V4's
+    hash routing `tid2eid` [vocab, top_k] maps each token to top_k distinct experts this way."""
+    shape = tuple(int(d) for d in shape)
+    if not shape:
+        return np.zeros((), dtype=np.int64)
+    digest = sum(ord(c) * (i + 1) for i, c in enumerate(name)) % (2 ** 31)
+    rng = np.random.default_rng([seed, digest, high, *shape])
+    k = shape[-1]
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    high = max(1, int(high))
+    if k <= high:
+        out = np.stack([rng.permutation(high)[:k] for _ in range(rows)])
+    else:
+        out = rng.integers(0, high, size=(rows, k))
+    return out.reshape(shape).astype(np.int64)
+
+
 def random_params(shapes: dict[str, tuple[int, ...]], seed: int = 0, aliases: dict[str, str] | None = None,
-                  scales: dict[str, float] | None = None, bf16_names=()) -> dict[str, np.ndarray]:
+                  scales: dict[str, float] | None = None, bf16_names=(),
+                  integer: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """name -> seeded random float32 array for every name in `shapes`; each alias (a tied name) gets the very
     array of the name it is tied to. `scales`: name -> std to use for matrices (see random_tensor).
     `bf16_names`: tensors drawn from bfloat16-representable values (a tied table MaxText casts to bf16 on the
-    logits path: the cast of such a table is exact; see ckptmap.verify.tied_cast)."""
+    logits path: the cast of such a table is exact; see ckptmap.verify.tied_cast).
+    `integer`: name -> the range [0, high) of an integer index table: valid indices, distinct along each row
+    (random_index_table), not random floats."""
     scales = scales or {}
-    params = {name: random_tensor(name, shape, seed, scales.get(name)) for name, shape in shapes.items()}
+    integer = integer or {}
+    params = {name: (random_index_table(name, shape, integer[name], seed) if name in integer
+                     else random_tensor(name, shape, seed, scales.get(name))) for name, shape in shapes.items()}
     if bf16_names:
         from ckptmap.verify.tied_cast import round_to_bf16
 

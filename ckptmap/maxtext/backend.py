@@ -36,8 +36,8 @@ FUNCTION_KEYS = (
     "beta_fast", "beta_slow", "mscale", "rope_interleave", "rope_truncate", "rope_attention_scaling",
     "partial_rotary_factor", "use_mrope", "mrope_section", "qk_rope_head_dim", "compressed_rope_max_timescale",
     "normalization_layer_epsilon", "final_logits_soft_cap", "attn_logits_soft_cap", "sliding_window_size",
-    "logits_via_embedding", "normalize_embedding_logits", "use_qk_norm", "use_multimodal", "indexer_topk",
-    "indexer_n_heads", "indexer_head_dim",
+    "logits_via_embedding", "normalize_embedding_logits", "use_qk_norm", "use_multimodal", "use_indexer",
+    "indexer_topk", "indexer_n_heads", "indexer_head_dim", "indexer_mask_exact_topk", "mlp_activations",
 )
 
 
