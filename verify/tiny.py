@@ -546,6 +546,7 @@ MAXTEXT_TO_HF_SETTINGS: dict[str, tuple[str, ...]] = {
     "interleave_moe_layer_step": ("interleave_moe_layer_step",),
     "routed_scaling_factor": ("routed_scaling_factor",),
     "vocab_size": ("vocab_size",),
+    "compressed_rope_max_timescale": ("compress_rope_theta",),
 }
 # Windows MaxText turns off with 0 (base.yml): off there means None on the HF side.
 MAXTEXT_WINDOWS: dict[str, str] = {"sliding_window_size": "sliding_window", "chunk_attn_window_size":
@@ -701,9 +702,21 @@ def hf_config_from_maxtext(model_name: str, catalog: dict | None = None) -> tupl
             claimed.add(hf_key)
             if cfg.get(hf_key) != v:
                 cfg[hf_key] = v
+    for k, v in yml.items():
+        # a yml key spelled as the HF config spells it (use_qk_norm, norm_topk_prob, ...) names the same quantity
+        if k in cfg and k not in claimed and k != "model_type" and isinstance(v, (bool, int, float)) \
+                and isinstance(cfg[k], (bool, int, float)) and isinstance(v, bool) == isinstance(cfg[k], bool):
+            cfg[k] = v
     for mt_key, hf_key in MAXTEXT_WINDOWS.items():
         if hf_key in cfg and not (_num(merged, mt_key) or 0) > 0:
             cfg[hf_key] = None
+    kept_lists = set()
+    for mt_key, hf_keys in MAXTEXT_TO_HF_LISTS.items():
+        if isinstance(yml.get(mt_key), list):
+            for k in hf_keys:
+                if k in cfg:
+                    cfg[k] = list(yml[mt_key])
+                    kept_lists.add(k)
     rope_key = "rope_parameters" if "rope_parameters" in cfg or "rope_scaling" not in cfg else "rope_scaling"
     template_rope = cfg.get(rope_key) if isinstance(cfg.get(rope_key), dict) else None
     if template_rope and any(isinstance(v, dict) for v in template_rope.values()):
@@ -716,7 +729,8 @@ def hf_config_from_maxtext(model_name: str, catalog: dict | None = None) -> tupl
     # them from the counts and intervals just set
     if n_template:
         for k, v in list(cfg.items()):
-            if isinstance(v, list) and (len(v) == n_template or k in _index_lists(template, int(n_template))):
+            if k not in kept_lists and isinstance(v, list) \
+                    and (len(v) == n_template or k in _index_lists(template, int(n_template))):
                 cfg.pop(k)
     from transformers import AutoConfig
 
@@ -724,6 +738,12 @@ def hf_config_from_maxtext(model_name: str, catalog: dict | None = None) -> tupl
     built = AutoConfig.for_model(model_type, **cfg).to_dict()
     for k in ("architectures", "transformers_version", "id2label", "label2id", "_name_or_path", "dtype"):
         built.pop(k, None)
+    respelled = {k: v for k, v in cfg.items() if k not in built}
+    if respelled:
+        # the class re-expressed keys set here in its own spelling (DeepSeek-V4's compress_ratios / num_hash_layers
+        # -> layer_types / mlp_layer_types, a flat rope dict -> per-layer-type ones): keep the spelling the paired
+        # configs use, as set here
+        built = {**cfg, "model_type": model_type}
     return built, notes
 
 
