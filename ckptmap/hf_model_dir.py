@@ -38,14 +38,14 @@ def model_dir_files(hf_config: dict, dtype: str | None = None) -> dict[str, str]
     return files
 
 
-def _generation_config(cfg: dict) -> str | None:
-    try:  # transformers is heavy: imported only when a model directory is written
-        from transformers import AutoConfig, GenerationConfig
-    except ImportError:
-        return None
-    try:
-        config = AutoConfig.for_model(**cfg)
-        generation = GenerationConfig.from_model_config(config)
-    except (ValueError, KeyError, TypeError):
-        return None
-    return generation.to_json_string(use_diff=True)
+GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def _generation_config(cfg: dict) -> str:
+    """What `GenerationConfig.from_model_config` keeps of a model config: its special token ids (from the config,
+    else its text part), marked as derived from the model config. Written here without importing transformers
+    (seconds per conversion)."""
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+    out = {k: cfg[k] if cfg.get(k) is not None else text.get(k) for k in GENERATION_KEYS}
+    out = {k: v for k, v in out.items() if v is not None}
+    return json.dumps({"_from_model_config": True, **out}, indent=2, sort_keys=True) + "\n"

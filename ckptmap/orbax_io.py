@@ -39,7 +39,19 @@ def import_orbax(path: str):
         import orbax.checkpoint as ocp
     except ImportError:
         raise OrbaxError("Orbax checkpoints need the orbax-checkpoint package", file=path) from None
+    _quiet_absl()
     return ocp
+
+
+def _quiet_absl() -> None:
+    """Orbax logs through absl at WARNING for ordinary cases (a step dir without _CHECKPOINT_METADATA inside items/);
+    a conversion prints its own errors, so absl is kept to ERROR unless the user set a verbosity."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    if absl_logging.get_verbosity() == absl_logging.WARNING:
+        absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 # ----------------------------------------------------------------------------------------------------- locate
