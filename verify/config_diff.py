@@ -2,8 +2,8 @@
 
 A mapping moves weights; it cannot make two models compute the same function when their configs disagree on
 something outside the weights: the RoPE type, base (theta) and scaling, the rotary fraction, norm epsilon, soft-caps,
-the query scale, sliding windows, the MLP activation, tied embeddings. When verify fails (or passes while such a setting differs, e.g.
-one only long contexts reach), the report names each disagreement:
+the query scale, sliding windows, the MLP activation, tied embeddings. When verify fails (or passes while such a
+setting differs, e.g. one only long contexts reach), the report names each disagreement:
 
     rope scaling (all layers): HF default, MaxText llama3 (factor 8, low 1, high 4, original 8192) -- applied by
     model name llama3.1
