@@ -208,6 +208,62 @@ def order(rows: list[dict]) -> list[dict]:
     return [todo[i] for _, i in sorted(tiers)]
 
 
+def _fmt_kl(v) -> str:
+    return "-" if v is None else f"{v:.1e}"
+
+
+def _short(text: str) -> str:
+    """A failure line without the spec it repeats (`maxtext:MODEL k=v ...:`, `parameter 'x': x:`)."""
+    text = re.sub(r"maxtext:\S+(?: [\w.]+=\S+)*:\s*", "", text)
+    text = re.sub(r"parameter '([^']*)': \1: ", "", text)
+    text = re.sub(r"\s*\[type=value_error.*", "", text)
+    return text.replace("|", "/").strip()
+
+
+def markdown(results: list[dict]) -> str:
+    """The RESULTS.md table: one row per MaxText model (scan settings side by side), from one or more sweep JSONs
+    (later files add runs; a model's first plan row wins)."""
+    models: dict[str, dict] = {}
+    runs: dict[tuple[str, bool], dict] = {}
+    for res in results:
+        for row in res.get("models", []):
+            models.setdefault(row["model"], row)
+        for run in res.get("runs", []):
+            if "not_run" not in run or (run["model"], run["scan"]) not in runs:
+                runs[(run["model"], run["scan"])] = run
+
+    def cell(model: str, scan: bool) -> str:
+        run = runs.get((model, scan))
+        if run is None or "not_run" in run:
+            return "not run"
+        solved = "ok" if run.get("structural_ok") else (f"{run.get('unmapped')} unmapped" if "unmapped" in run
+                                                        else "no solve")
+        verdict = "PASS" if run.get("passed") else ("timeout" if run.get("timed_out") else "FAIL")
+        return f"{solved} / {verdict} / {_fmt_kl(run.get('kl_max'))} / {run.get('seconds', '-')}"
+
+    lines = ["| MaxText model | HF class | HF config | scan1: solve / verify / max KL / s | "
+             "scan0: solve / verify / max KL / s | why (failures) |", "|---|---|---|---|---|---|"]
+    for name in sorted(models):
+        row = models[name]
+        if not row.get("hf"):
+            lines.append(f"| {name} | - | none | - | - | no HF counterpart: {_short(row.get('reason', ''))[:160]} |")
+            continue
+        src = "paired" if row["hf"] == "paired" else "derived from yml"
+        if row.get("same_as"):
+            lines.append(f"| {name} | {row.get('hf_class') or row.get('model_type')} | {src} | "
+                         f"same tiny pair as {row['same_as']} | | |")
+            continue
+        why = []
+        for scan in (True, False):
+            run = runs.get((name, scan))
+            if run and not run.get("passed") and "not_run" not in run:
+                why += [w for w in run.get("why", []) if w not in why][:2]
+        text = "; ".join(_short(w)[:220] for w in why)
+        lines.append(f"| {name} | {row.get('hf_class') or row.get('model_type')} | {src} | {cell(name, True)} | "
+                     f"{cell(name, False)} | {text} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ckptmap.benchmarks.maxtext_models", description=__doc__.split("\n")[0])
     p.add_argument("--out", help="results JSON (rewritten after every run)")
@@ -219,7 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="keep the runs an earlier --out file already has")
     p.add_argument("--plan-only", action="store_true", help="write the plan (counterparts, tiny pairs), run nothing")
     p.add_argument("--plan-json", action="store_true", help=argparse.SUPPRESS)  # the MaxText venv's half
+    p.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="print the markdown table of sweep results")
     args = p.parse_args(argv)
+    if args.table:
+        results = []
+        for path in args.table:
+            with open(path) as f:
+                results.append(json.load(f))
+        print(markdown(results))
+        return 0
     if args.plan_json:
         print(json.dumps(plan_in_process(args.only), default=str))
         return 0

@@ -192,8 +192,11 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
         if _num(real, key):
             cfg[key] = _round_to(real[key] * scale, 8, 16)
     if _num(real, "query_pre_attn_scalar"):
-        cfg["query_pre_attn_scalar"] = (HEAD_DIM if real["query_pre_attn_scalar"] == real_head_dim
-                                        else _round_to(real["query_pre_attn_scalar"] * scale, 1, 4))
+        # the real scalar is head_dim (gemma2/3 small) or hidden / heads (gemma3-27b, MaxText: emb_dim // heads)
+        qpas = real["query_pre_attn_scalar"]
+        cfg["query_pre_attn_scalar"] = (HEAD_DIM if qpas == real_head_dim
+                                        else t_hidden // t_heads if qpas == hidden // heads
+                                        else _round_to(qpas * scale, 1, 4))
     for key, tiny in (("linear_key_head_dim", HEAD_DIM), ("linear_value_head_dim", HEAD_DIM)):
         if _num(real, key):
             cfg[key] = tiny
@@ -747,6 +750,36 @@ def hf_config_from_maxtext(model_name: str, catalog: dict | None = None) -> tupl
     return built, notes
 
 
+# Keys of a per-layer override (transformers' `per_layer_config`) -> the config key naming the same quantity for the
+# full-attention (global) layers.
+PER_LAYER_TO_GLOBAL = {"head_dim": "global_head_dim", "num_key_value_heads": "num_global_key_value_heads"}
+
+
+def unspell_per_layer_config(hf: dict) -> list[str]:
+    """transformers spells Gemma 4's global-layer sizes as `per_layer_config` ({"05": {"head_dim": 512}, ...}, keyed
+    by real layer indices); MaxText and the tiny derivation name them `global_head_dim` /
+    `num_global_key_value_heads`. Where the overrides are the same on exactly the full-attention layers, put them
+    back as those keys (the config class spells them again for the tiny layer count). Changes hf in place."""
+    plc = hf.get("per_layer_config")
+    if not isinstance(plc, dict) or not plc:
+        return []
+    try:
+        layers = sorted(int(k) for k in plc)
+    except (TypeError, ValueError):
+        return []
+    values = list(plc.values())
+    if any(v != values[0] for v in values) or not isinstance(values[0], dict) \
+            or any(k not in PER_LAYER_TO_GLOBAL for k in values[0]):
+        return []
+    types = hf.get("layer_types")
+    if isinstance(types, list) and layers != [i for i, t in enumerate(types) if t == "full_attention"]:
+        return []
+    for k, v in values[0].items():
+        hf[PER_LAYER_TO_GLOBAL[k]] = v
+    hf.pop("per_layer_config")
+    return [f"per_layer_config of the full-attention layers read as {', '.join(PER_LAYER_TO_GLOBAL[k] for k in values[0])}"]
+
+
 def reconcile_llama31_rope(tiny_hf: dict, real_maxtext: dict, model_name: str) -> list[str]:
     """Give the HF side the llama3.1 RoPE scaling exactly where MaxText's attention applies it (by model name or
     rope_type, unless rope_use_scale is off), and drop a `llama3` scaling MaxText does not apply. MaxText's paired
@@ -798,8 +831,11 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     if real is None:
         real = real_or_derived_configs(maxtext_model)
     maxtext_model = real.get("model_name") or maxtext_model  # a family name (`qwen3.5`) -> MaxText's name
+    real = dict(real, hf=copy.deepcopy(real["hf"]))
+    spelled = unspell_per_layer_config(real["hf"].get("text_config") if isinstance(real["hf"].get("text_config"),
+                                                                                   dict) else real["hf"])
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
-    notes = list(real.get("derived_notes", [])) + notes
+    notes = list(real.get("derived_notes", [])) + spelled + notes
     notes += reconcile_rope(hf_cfg, real["maxtext"])
     from ckptmap.verify.config_diff import reconcile_activation  # the activation MaxText computes (gemma3's gelu)
 
