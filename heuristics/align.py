@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from ckptmap.heuristics.names import name_similarity
 from ckptmap.heuristics.structure import Slot, TreeStructure
+from ckptmap.heuristics.weights import WEIGHTS
 
 _SEP = re.compile(r"[./\\-]")
 END = "\x00end"
@@ -43,7 +44,7 @@ def slot_distance(a: Slot, b: Slot) -> float:
     ca, cb = Counter(sa), Counter(sb)
     common = sum((ca & cb).values())
     multiset = 1.0 - common / max(len(sa), len(sb), 1)
-    return total + 0.5 * multiset
+    return total + WEIGHTS.align_multiset * multiset
 
 
 def stack_groups(struct: TreeStructure) -> list[list[str]]:
@@ -194,13 +195,13 @@ def align(src: TreeStructure, tgt: TreeStructure) -> Alignment:
             count_gap = abs(len(ss) - len(ts)) / max(len(ss), len(ts))
             sig = sum(min(slot_distance(a, b) for b in ts) for a in ss[:4]) / min(len(ss), 4)
             name = name_similarity(sg[0], tg[0])
-            candidates.append((count_gap + sig - 0.2 * name, i, j))
+            candidates.append((count_gap + sig - WEIGHTS.align_name * name, i, j))
     candidates.sort()
     used_s, used_t = set(), set()
     pairs: list[tuple[Slot, Slot]] = []
     notes: list[str] = []
     for cost, i, j in candidates:
-        if i in used_s or j in used_t or cost > 1.5:
+        if i in used_s or j in used_t or cost > WEIGHTS.align_max_cost:
             continue
         used_s.add(i)
         used_t.add(j)

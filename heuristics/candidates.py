@@ -19,20 +19,23 @@ from ckptmap.heuristics.layout import has_transpose, layout_score
 from ckptmap.heuristics.names import concepts, name_similarity, part_rank, split_subwords
 from ckptmap.heuristics.regroup import agrees_with_code, code_splits, grouped_chains, roles_held
 from ckptmap.heuristics.structure import Unit
+from ckptmap.heuristics.weights import WEIGHTS
 from ckptmap.transforms.base import numel
 
-W_NAME = 3.0
-W_LAYOUT = 0.6
-W_COST = 0.25
-W_PRIOR = 1.0
-W_ORDINAL = 0.8
-W_EXPERT_STACK = 0.3
-W_CODE = 1.5  # per edge: the chain cuts a fused axis as the model's code does (or not)
-MIN_PART_SIMILARITY = 0.3
-BASE = 1.0
+# Score weights: one documented object (heuristics.weights); the short names below are read from it.
+W_NAME = WEIGHTS.name
+W_LAYOUT = WEIGHTS.layout
+W_COST = WEIGHTS.cost
+W_PRIOR = WEIGHTS.prior
+W_ORDINAL = WEIGHTS.ordinal
+W_EXPERT_STACK = WEIGHTS.expert_stack
+W_CODE = WEIGHTS.code
+MIN_PART_SIMILARITY = WEIGHTS.min_part_similarity
+BASE = WEIGHTS.base
+W_UNNAMED_SPLIT = WEIGHTS.unnamed_split
+# Search limits (how many alternatives are generated, not how they score).
 MAX_CHAINS = 6
 MAX_GROUP_PARTNERS = 6
-W_UNNAMED_SPLIT = 0.5  # per edge: a split whose fused name does not name its parts is weaker evidence
 MAX_FAMILY = 4
 
 
@@ -129,7 +132,7 @@ def ordinal_term(s: Operand, t: Operand, s_rank: int | None, t_rank: int | None)
     n = min(len(ns), len(nt))
     if n and ns[-n:] == nt[-n:]:
         # The same numbers, read from the end; agreeing on more of them is stronger evidence.
-        return W_ORDINAL * (1.0 + 0.1 * (n - 1))
+        return W_ORDINAL * (1.0 + WEIGHTS.ordinal_per_number * (n - 1))
     if s_rank is not None and t_rank is not None:
         return W_ORDINAL / 2 if s_rank == t_rank else -W_ORDINAL / 2
     return 0.0
@@ -147,7 +150,8 @@ def raw_overlap(a: str, b: str) -> float:
 def _score(ctx: Context, srcs: list[Operand], tgts: list[Operand], chain, extra_name: float | None = None,
            ordinal: float = 0.0):
     if extra_name is None:
-        sims = [name_similarity(s.local, t.local) + 0.5 * raw_overlap(s.local, t.local) for s in srcs for t in tgts]
+        sims = [name_similarity(s.local, t.local) + WEIGHTS.raw_overlap * raw_overlap(s.local, t.local)
+                for s in srcs for t in tgts]
         name = sum(sims) / len(sims)
     else:
         name = extra_name
@@ -261,7 +265,7 @@ def _fused_candidates(ctx: Context, k: int, fused: Operand, idx: tuple[int, ...]
             score, parts_score = _score(ctx, parts, [fused], chain)
             score *= len(idx)
         if named:
-            score = score + _code_term(code, len(idx), parts_score) + 0.1
+            score = score + _code_term(code, len(idx), parts_score) + WEIGHTS.named_split_bonus
         else:
             score += _code_term(code, len(idx), parts_score) - W_UNNAMED_SPLIT * len(idx)
             parts_score["unnamed_split"] = -W_UNNAMED_SPLIT

@@ -9,6 +9,7 @@ Raw parameters (no `.weight` leaf: fused expert tensors, sinks, A_log) carry no 
 from __future__ import annotations
 
 from ckptmap.heuristics.names import concepts
+from ckptmap.heuristics.weights import WEIGHTS
 
 
 def guess_layout(names: list[str]) -> str:
@@ -60,12 +61,12 @@ def layout_score(chain, src_name: str, src_shape: tuple[int, ...], src_layout: s
         n = len(src_shape)
         canonical = tuple(range(2, n)) + (1, 0) if src_layout == "torch" else (n - 1, n - 2) + tuple(range(n - 2))
         if _transposes(chain) == [canonical]:
-            return 1.5
+            return WEIGHTS.conv_canonical
     if len(src_shape) < 2 or (len(src_shape) == 2 and ("embed" in cs or "pos_embed" in cs)):
-        return 0.5 if not has_transpose(chain) else -0.5
+        return WEIGHTS.vector_keep if not has_transpose(chain) else -WEIGHTS.vector_keep
     transposes = has_transpose(chain)
     if src_layout == tgt_layout:
-        return -0.5 if transposes else 0.5
+        return -WEIGHTS.same_layout if transposes else WEIGHTS.same_layout
     if leaf in ("weight", "kernel") and {src_layout, tgt_layout} == {"torch", "flax"}:
-        return 1.0 if transposes else -1.0
+        return WEIGHTS.cross_layout if transposes else -WEIGHTS.cross_layout
     return 0.0

@@ -15,6 +15,7 @@ import re
 from functools import lru_cache
 
 from rapidfuzz import fuzz
+from ckptmap.heuristics.weights import WEIGHTS
 
 # Whole-token synonyms: a token (lower case) -> the concepts it stands for. Checked before sub-word splitting.
 WHOLE_TOKEN = {
@@ -71,7 +72,7 @@ SUBWORD = {
 # the norm before the feed-forward (MaxText's post_self_attention_layer_norm, HF's ffn_norm). Compared as
 # equivalent, a little below an exact match, so that models with both (sandwich norms) keep their exact pairs.
 EQUIVALENT_CONCEPTS = ((frozenset({"post", "attention"}), frozenset({"pre", "ffn"})),)
-EQUIVALENCE_DISCOUNT = 0.9
+EQUIVALENCE_DISCOUNT = WEIGHTS.equivalence_discount  # heuristics.weights
 
 # Words naming the parts of one packed tensor, in the order implementations pack them: a prior for the order of
 # the parts when nothing else says it (a packed tensor whose name does not list its parts; the hyper-connection
@@ -174,9 +175,9 @@ def _similarity(ca: tuple[str, ...], cb: tuple[str, ...]) -> float:
         ga, gb = sa & set(group), sb & set(group)
         if ga and gb and not (ga & gb) and not ({"wi"} & (ga | gb) and {"wi_0", "wi_1"} & (ga | gb)) \
                 and not ({"qkv"} & (ga | gb)):
-            penalty += 0.35
+            penalty += WEIGHTS.exclusive_penalty
     if _norm_kind(ca) != _norm_kind(cb):
-        penalty += 0.25
+        penalty += WEIGHTS.norm_mismatch_penalty
     fuzzy = fuzz.token_set_ratio(" ".join(ca), " ".join(cb)) / 100.0
-    score = 0.6 * jaccard + 0.4 * fuzzy - penalty
+    score = WEIGHTS.name_jaccard * jaccard + WEIGHTS.name_fuzzy * fuzzy - penalty
     return max(0.0, min(1.0, score))

@@ -1,6 +1,6 @@
 """The assignment model in OR-Tools CP-SAT: pick candidates so that every target is covered at most once
-(uncovered targets cost a penalty and are reported), every source is read at most once, and the total score
-is highest. Building the model, solving it and reading the solution back are kept apart.
+(a target left uncovered costs nothing here; the solver reports it, and may fill or share it afterwards),
+every source is read at most once, and the total score is highest. Building the model, solving it and reading the solution back are kept apart.
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-SCALE = 1000
-UNCOVERED_PENALTY = 0.0
+SCALE = 1000  # scores are floats; CP-SAT's objective is integer: milli-points
 
 
 @dataclass

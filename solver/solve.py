@@ -34,6 +34,7 @@ from ckptmap.solver.rules import build_rule
 from ckptmap.errors import SolveError
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.trees.model import ParamTree
+from ckptmap.heuristics.weights import WEIGHTS
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _calibrate_layout(ctx: Context, problems: list[Problem], notes: list[str]) -
         ctx.src_layout = ctx.tgt_layout
 
 
-FILL_MIN_COVERED = 0.75  # a layer template's targets the sources explain before its unexplained norms are filled
+FILL_MIN_COVERED = WEIGHTS.fill_min_covered  # heuristics.weights
 
 
 def _neutral_norm(op: Operand) -> bool:
@@ -329,7 +330,7 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
             if "norm" in concepts(prob.tgt_ops[j].local):
                 continue  # a norm is never tied to another module's norm: one without a source stays unmapped
             best = max((c for c in prob.candidates if c.targets == (j,)), key=lambda c: c.score, default=None)
-            if best is None or best.parts.get("name", 0) < 0.3:
+            if best is None or best.parts.get("name", 0) < WEIGHTS.shared_source_min_name:
                 continue
             rule = add_extra(prob, best, "shared_source")
             if rule is not None:
