@@ -138,7 +138,9 @@ def save_tiny_hf(config: dict, out: str, dtype: str, seed: int = 0) -> str:
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
     with torch.no_grad():  # norms and biases too, so that a misplaced one shows in the logits
         for p in model.parameters():
-            p.normal_(0.0, 0.5 if p.ndim == 1 else 0.08)
+            # bf16-representable values: MaxText casts a tied embedding table to bf16 for the logits, and that
+            # cast must not be mistaken for the mapping (verify draws its weights the same way)
+            p.copy_(torch.randn(p.shape).mul_(0.5 if p.ndim == 1 else 0.08).to(torch.bfloat16).to(p.dtype))
     if dtype == "bfloat16":
         model = model.to(torch.bfloat16)
     model.save_pretrained(out)
