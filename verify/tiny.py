@@ -48,7 +48,7 @@ MAXTEXT_TO_HF_KEYS: dict[str, tuple[str, ...]] = {
     "base_num_decoder_layers": ("num_hidden_layers",),
     "first_num_dense_layers": ("first_k_dense_replace",),
     "num_experts": ("num_local_experts", "n_routed_experts", "num_experts"),
-    "num_experts_per_tok": ("num_experts_per_tok",),
+    "num_experts_per_tok": ("num_experts_per_tok", "top_k_experts", "experts_per_token"),
     "shared_experts": ("n_shared_experts",),
     "n_routing_groups": ("n_group",),
     "topk_routing_group": ("topk_group",),
@@ -215,8 +215,9 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
             cfg[key] = 4
             if _num(real, "num_experts_per_tok"):
                 cfg["num_experts_per_tok"] = min(real["num_experts_per_tok"], 2)
-            if _num(real, "experts_per_token"):
-                cfg["experts_per_token"] = min(real["experts_per_token"], 2)
+            for k in ("experts_per_token", "top_k_experts"):  # gpt-oss's and Gemma 4's spellings
+                if _num(real, k):
+                    cfg[k] = min(real[k], 2)
     if _num(real, "n_shared_experts"):
         cfg["n_shared_experts"] = 1
     if _num(real, "n_group") and real["n_group"] > 1:
