@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -96,8 +97,6 @@ def run_cli(name: str, args: list[str], env: dict | None = None, *, in_process: 
 
     cmd = [sys.executable, "-m", "ckptmap.cli", *args]
     if SHOW_COMMANDS:
-        import shlex
-
         print("$ ckptmap " + " ".join(shlex.quote(a) for a in args), flush=True)
     t0 = time.perf_counter()
     with tempfile.TemporaryFile() as err:
@@ -177,7 +176,7 @@ def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32", *, in
             if not step.ok:
                 res.error = f"{name}: {step.detail}"
                 return res
-        mt_name, *overrides = tgt_spec[len("maxtext:"):].split()
+        mt_name, *overrides = shlex.split(tgt_spec[len("maxtext:"):])
         mt = session(mt_name, overrides)
         vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))
         tokens = _tokens(vocab)
