@@ -75,12 +75,13 @@ def _tree_specs(args) -> tuple[str, str, object]:
 
 
 def _real_specs(model: str, scan: bool) -> tuple[str, str]:
-    """The full-size pair of a MaxText model: the HF config MaxText's conversion pairs with it (read on the meta
-    device, no weights) and the real MaxText model (`jax.eval_shape` in the worker)."""
-    from ckptmap.mapping import write_json_atomic
-    from ckptmap.verify.real_configs import real_configs
+    """The full-size pair of a MaxText model: the HF config MaxText's conversion pairs with it, or for a model that
+    ships only a yml (llama4) one derived from it (read on the meta device, no weights), and the real MaxText model
+    (`jax.eval_shape` in the worker)."""
+    from ckptmap.atomic import write_json_atomic
+    from ckptmap.verify.tiny import real_or_derived_configs
 
-    real = real_configs(model)
+    real = real_or_derived_configs(model)
     model = real.get("model_name", model)  # a family name (qwen3.5) resolves to MaxText's model name
     from ckptmap.atomic import cache_dir
 
