@@ -109,6 +109,12 @@ def test_gemma2_fixture_is_inconsistent_and_agrees_once_query_pre_attn_scalar_do
 @pytest.mark.maxtext
 @pytest.mark.slow
 def test_gemma4_runs_at_the_fixture_config():
+    """It runs, and the mapping is MaxText's own conversion exactly. At the float32 mark of 1e-7 the fixture's
+    pair does not pass: MaxText's own conversion through both models gives the same KL (7.9e-5, measured), so the
+    case is reported as fixture-inconsistent, not as a wrong mapping (the old 1e-4 mark hid it)."""
     numbers, score = _run_verify("gemma4-small", 0)
-    assert numbers["passed"] and numbers["max_kl"] < 1e-4, numbers
     assert score.pct_exact == 100.0
+    assert numbers["max_kl"] < 1e-4, numbers
+    if not numbers["passed"]:
+        assert "fixture_inconsistent" in numbers, numbers
+        assert abs(numbers["reference_kl"] - numbers["max_kl"]) <= 1e-2 * numbers["max_kl"], numbers
