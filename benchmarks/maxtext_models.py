@@ -87,17 +87,14 @@ def plan(only: list[str] | None = None) -> list[dict]:
         return plan_in_process(only)
     except ImportError:
         pass
-    from ckptmap.verify.real_configs import maxtext_python
+    from ckptmap.verify.real_configs import ConfigError, last_line_in_maxtext_venv
 
-    python = maxtext_python()
-    if python is None:
-        raise SystemExit("the plan needs the MaxText venv (.venv-maxtext)")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu")
-    cmd = [python, "-m", "ckptmap.benchmarks.maxtext_models", "--plan-json"] + (["--only", *only] if only else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    if proc.returncode != 0:
-        raise SystemExit(f"plan failed: {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["ckptmap.benchmarks.maxtext_models", "--plan-json"] + (["--only", *only] if only else [])
+    try:
+        return json.loads(last_line_in_maxtext_venv(args, "the plan", timeout=1800))
+    except ConfigError as e:
+        stderr = getattr(e, "stderr", None)
+        raise SystemExit(f"plan failed: {stderr.strip()[-2000:]}" if stderr else e.one_line()) from None
 
 
 def hf_class(model_type: str | None) -> str | None:

@@ -88,6 +88,23 @@ def _read_in_process(model_name: str) -> dict:
             "hf": _json_safe(HF_MODEL_CONFIGS[key].to_dict())}
 
 
+def last_line_in_maxtext_venv(args: list[str], what: str, *, key: str | None = None, timeout: float = 300) -> str:
+    """Run `python -m ARGS` in the MaxText venv (offline, CPU) and return the last line it printed (a JSON
+    answer). Raises ConfigError "{what} needs the MaxText venv" when there is none, "{what} failed: <last stderr
+    line>" when it fails (the whole stderr on the error's `stderr`)."""
+    python = maxtext_python()
+    if python is None:
+        raise ConfigError(f"{what} needs the MaxText venv (.venv-maxtext); none found", key=key)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([python, "-m", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        error = ConfigError(f"{what} failed: {last}", key=key)
+        error.stderr = proc.stderr
+        raise error
+    return proc.stdout.strip().splitlines()[-1]
+
+
 @functools.lru_cache(maxsize=64)
 def _real_configs_json(model_name: str) -> str:
     try:
@@ -95,17 +112,8 @@ def _real_configs_json(model_name: str) -> str:
         return json.dumps(_read_in_process(model_name))
     except ImportError:
         pass
-    python = maxtext_python()
-    if python is None:
-        raise ConfigError("reading MaxText's configs needs the MaxText venv (.venv-maxtext); none found",
-                          key=model_name)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([python, "-m", "ckptmap.verify.real_configs", model_name], capture_output=True,
-                          text=True, env=env, timeout=300)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError(f"reading MaxText's configs failed: {last}", key=model_name)
-    return proc.stdout.strip().splitlines()[-1]
+    return last_line_in_maxtext_venv(["ckptmap.verify.real_configs", model_name], "reading MaxText's configs",
+                                     key=model_name)
 
 
 def real_configs(model_name: str) -> dict:

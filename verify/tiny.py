@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import functools
 import math
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -580,25 +579,15 @@ def maxtext_catalog() -> dict:
 @functools.lru_cache(maxsize=1)
 def _catalog_json() -> str:
     import json
-    import subprocess
 
     try:
         import maxtext  # noqa: F401
         return json.dumps(_read_catalog())
     except ImportError:
         pass
-    from ckptmap.verify.real_configs import ConfigError, maxtext_python
+    from ckptmap.verify.real_configs import last_line_in_maxtext_venv
 
-    python = maxtext_python()
-    if python is None:
-        raise ConfigError("reading MaxText's model configs needs the MaxText venv (.venv-maxtext); none found")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([python, "-m", "ckptmap.verify.tiny", "catalog"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ConfigError(f"reading MaxText's model configs failed: {last}")
-    return proc.stdout.strip().splitlines()[-1]
+    return last_line_in_maxtext_venv(["ckptmap.verify.tiny", "catalog"], "reading MaxText's model configs")
 
 
 def _read_catalog() -> dict:
