@@ -57,7 +57,7 @@ lock:
 	rm -rf .venv-lock .venv-lock-mt
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/pip install -q torch==2.13.0
-	.venv-lock/bin/pip install -q '.[test,plot]'
+	.venv-lock/bin/pip install -q '.[test,plot,keras,scale]'
 	.venv-lock/bin/pip freeze --exclude ckptmap > $(LOCK311)
 	$(PY312) -m venv .venv-lock-mt
 	.venv-lock-mt/bin/pip install -q -r requirements/maxtext-cpu.txt
@@ -69,7 +69,7 @@ test-latest:
 	rm -rf .venv-latest
 	$(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/pip install -q torch==2.13.0
-	.venv-latest/bin/pip install -q --upgrade -e '.[test,plot]'
+	.venv-latest/bin/pip install -q --upgrade -e '.[test,plot,keras,scale]'
 	.venv-latest/bin/pip list 2>/dev/null | grep -iE '^(transformers|torch|jax|orbax-checkpoint|numpy) '
 	.venv-latest/bin/python -m pytest -q -m "not maxtext and not slow" tests
 
