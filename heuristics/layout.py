@@ -9,6 +9,7 @@ Raw parameters (no `.weight` leaf: fused expert tensors, sinks, A_log) carry no 
 from __future__ import annotations
 
 from ckptmap.heuristics.names import concepts
+from ckptmap.transforms import Chain, Op
 from ckptmap.heuristics.weights import WEIGHTS
 
 
@@ -28,27 +29,16 @@ def guess_layout(names: list[str]) -> str:
     return "unknown"
 
 
-def has_transpose(chain) -> bool:
-    for op in getattr(chain, "ops", (chain,)):
-        name = type(op).__name__
-        if name == "Transpose":
-            return True
-        if name in ("Chain", "Parallel"):
-            inner = getattr(op, "ops", None) or getattr(op, "branches", ())
-            if any(has_transpose(o) for o in inner):
-                return True
-    return False
+def has_transpose(chain: Op) -> bool:
+    """Whether any step of `chain`, nested chains and parallel branches included, permutes axes."""
+    return chain.axis_perm is not None or any(has_transpose(o) for o in chain.sub_ops)
 
 
-def _transposes(chain) -> list[tuple[int, ...]] | None:
+def _transposes(chain: Op) -> list[tuple[int, ...]] | None:
     """The permutations of a chain made only of transposes (None if it holds any other op)."""
-    ops = getattr(chain, "ops", (chain,))
-    out = []
-    for op in ops:
-        if type(op).__name__ != "Transpose":
-            return None
-        out.append(tuple(op.perm))
-    return out
+    steps = chain.ops if isinstance(chain, Chain) else (chain,)
+    perms = [op.axis_perm for op in steps]
+    return None if any(p is None for p in perms) else [tuple(p) for p in perms]
 
 
 def layout_score(chain, src_name: str, src_shape: tuple[int, ...], src_layout: str, tgt_layout: str) -> float:

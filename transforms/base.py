@@ -72,12 +72,16 @@ class Op:
     the op consumes (None: any number, each handled alike). `is_value_op` marks ops that change values rather
     than layout (RoPE permutation, scale, offset, cast): shape search never proposes them, verify does.
     `elementwise` marks ops that act on each element alone and keep every shape (identity, scale, offset, cast):
-    they commute with any slicing or stacking, which export relies on.
+    they commute with any slicing or stacking, which export relies on. `value_slot` names the place a value op
+    takes in a target's finishing chain ("rope", "scale", "offset", "cast"; transforms.value_kinds orders them).
+    `axis_perm` is the axis permutation an op applies (a transpose), `sub_ops` the ops a combinator is built from:
+    the layout prior asks these instead of matching class names.
     """
 
     op_name: ClassVar[str] = ""
     is_value_op: ClassVar[bool] = False
     elementwise: ClassVar[bool] = False
+    value_slot: ClassVar[str | None] = None
     n_in: ClassVar[int | None] = 1
 
     # --- the interface (overridden by each op) ---
@@ -96,6 +100,16 @@ class Op:
     @property
     def cost(self) -> float:
         return 1.0
+
+    @property
+    def axis_perm(self) -> tuple[int, ...] | None:
+        """The permutation of its one input's axes this op applies; None for an op that is not a transpose."""
+        return None
+
+    @property
+    def sub_ops(self) -> tuple["Op", ...]:
+        """The ops this op is built from (a Chain's steps, a Parallel's branches); () for a primitive op."""
+        return ()
 
     def describe(self) -> str:
         parts = [f"{f.name}={_to_jsonable(getattr(self, f.name))}" for f in dataclasses.fields(self)]

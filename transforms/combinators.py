@@ -62,6 +62,10 @@ class Chain(Op):
         object.__setattr__(self, "prior", prior)
 
     @property
+    def sub_ops(self) -> tuple[Op, ...]:
+        return self.ops
+
+    @property
     def n_in(self) -> int | None:
         for op in self.ops:
             if op.n_in is not None:
@@ -121,6 +125,10 @@ class Parallel(Op):
         for b in self.branches:
             if not isinstance(b, Op):
                 raise TransformError(f"parallel: {b!r} is not an op")
+
+    @property
+    def sub_ops(self) -> tuple[Op, ...]:
+        return self.branches
 
     @property
     def n_in(self) -> int:

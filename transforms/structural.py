@@ -76,6 +76,10 @@ class Transpose(Op):
     def inverse(self) -> Op:
         return Transpose(tuple(int(i) for i in np.argsort(self.perm)))
 
+    @property
+    def axis_perm(self) -> tuple[int, ...]:
+        return self.perm
+
     def to_code(self, args: list[str]) -> list[str]:
         return [f"{paren(args[0])}.transpose{shape_text(self.perm)}"]
 

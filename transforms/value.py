@@ -46,6 +46,8 @@ class RopePermute(_PerArray):
     half: [x0 .. x_{d/2-1}, y0 .. y_{d/2-1}] (HF's rotate_half); interleaved: [x0, y0, x1, y1, ...] (MaxText).
     """
 
+    value_slot = "rope"
+
     mode: str
 
     def __post_init__(self):
@@ -91,6 +93,7 @@ class Scale(_PerArray):
     """
 
     elementwise = True
+    value_slot = "scale"
 
     expr: str
     value: float
@@ -130,6 +133,7 @@ class Offset(_PerArray):
     """x -> x + value (in float32): the RMSNorm `1 + w` convention is Offset(1.0)."""
 
     elementwise = True
+    value_slot = "offset"
 
     value: float
 
@@ -156,6 +160,7 @@ class Cast(_PerArray):
     """x (from_dtype) -> x.astype(dtype). Names like `float32`, `bfloat16`."""
 
     elementwise = True
+    value_slot = "cast"
 
     dtype: str
     from_dtype: str
