@@ -7,22 +7,15 @@ would change the key without changing the answer.
 
 from __future__ import annotations
 
+from ckptmap.transforms.value_kinds import VALUE_KINDS
 from ckptmap.trees.model import ParamTree
 from ckptmap.llm_hints.templates import TemplateGroup, compact_ranges, group_templates
 
 PROMPT_VERSION = 1
 
-# Value ops: changes of values that no shape can reveal. verify orders its search by these kinds.
-OP_KINDS: dict[str, str] = {
-    "rope_permute": "query/key rows reordered between the half-split (rotate_half) and the interleaved "
-                    "(pairwise) rotary layouts",
-    "scale_query": "the query projection multiplied by a constant, e.g. 1/sqrt(head_dim) folded into the weights",
-    "norm_offset": "a norm scale stored with a +1 offset on one side (the layer computes x * (1 + w))",
-    "embed_scale": "the embedding table multiplied by a constant, e.g. sqrt(hidden)",
-    "split_interleaved": "a fused tensor split in interleaved order (per head or per row pair) rather than in "
-                         "contiguous blocks",
-    "transpose_square": "a square matrix whose transpose has the same shape, so shapes cannot tell its layout",
-}
+# Value ops: changes of values that no shape can reveal, registered once in transforms.value_kinds (name -> the
+# text the prompt shows). verify orders its search by these kinds.
+OP_KINDS: dict[str, str] = {k.name: k.description for k in VALUE_KINDS.values()}
 
 CANONICAL_DIMS = ("hidden", "heads", "kv_heads", "head_dim", "mlp", "moe_mlp", "layers", "experts", "vocab")
 

@@ -17,7 +17,8 @@ from ckptmap.runner import Forward
 from ckptmap.transforms import Chain, Offset, RopePermute, Transpose
 from ckptmap.trees.model import parse_name
 from ckptmap.verify import HFRunner, compare_logits, search_and_verify, verify_mapping
-from ckptmap.verify.candidates import rope_on_axis, value_options
+from ckptmap.transforms.value_kinds import rope_on_axis
+from ckptmap.verify.candidates import value_options
 from ckptmap.verify.localise import layer_alignment, rule_layers, rules_in_stage, stage_errors
 from ckptmap.verify.search import layer_template
 from ckptmap.verify.weights import random_params, random_tokens

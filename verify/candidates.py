@@ -1,7 +1,8 @@
 """Candidate finishes for mapping rules: the value ops shapes cannot decide, and the structural choices the solver
 left open. Generated from general priors on names and shapes, never per model; verify's search scores them by KL.
 
-Priors (each only proposes; the forward pass decides):
+Priors (each only proposes; the forward pass decides). The value ops are the kinds registered in
+transforms.value_kinds; this module decides which roles a target has (`target_roles`):
 - a target that looks like a query or key projection may need a RoPE layout permutation on its head_dim axis;
 - a query projection may carry the attention scale (1/sqrt(head_dim), sqrt(head_dim), or through
   query_pre_attn_scalar);
@@ -17,29 +18,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from ckptmap.mapping import Rule
-from ckptmap.transforms import (Chain, Identity, Offset, Parallel, Reshape, RopePermute, Scale, Transpose,
-                                has_value_ops)
-from ckptmap.transforms.base import TransformError
-from ckptmap.transforms.value import ROPE_MODES
+from ckptmap.transforms import Chain, Identity, Parallel, Transpose, has_value_ops
+from ckptmap.transforms.value_kinds import VALUE_SLOTS, ValueOption, value_options_for_roles
 from ckptmap.trees.model import parse_name
 from ckptmap.verify.weights import tensor_role
 
 QUERY_WORDS = frozenset({"q", "query", "wq", "q_proj", "q_b_proj", "wq_b", "q_a_proj", "wq_a"})
 KEY_WORDS = frozenset({"k", "key", "wk", "k_proj"})
-
-
-@dataclass(frozen=True)
-class ValueOption:
-    """One value op for one target of a rule: `kind` is "rope", "scale" or "offset"; `key` groups equal choices
-    across rules (the same RoPE mode on q and k, the same norm offset everywhere)."""
-
-    kind: str
-    op: object
-    label: str
-    key: str
 
 
 @dataclass(frozen=True)
@@ -76,11 +62,10 @@ class RuleChoice:
         return ", ".join(parts) or "as given"
 
     def rule(self) -> Rule:
-        """The finished rule: the structural chain, then each target's value ops (rope before scale/offset)."""
+        """The finished rule: the structural chain, then each target's value ops in VALUE_SLOTS order."""
         per_target = []
         for j in range(len(self.structural.targets)):
-            ops = [opt.op for kind in ("rope", "scale", "offset")
-                   if (opt := self.value_of(j, kind)) is not None]
+            ops = [opt.op for kind in VALUE_SLOTS if (opt := self.value_of(j, kind)) is not None]
             per_target.append(Chain(tuple(ops)))
         if not any(c.ops for c in per_target):
             return self.structural
@@ -111,77 +96,27 @@ def _last_word(name: str) -> set[str]:
     return {*tail, *(p for w in tail for p in w.split("_") if p)}
 
 
-def rope_on_axis(shape: tuple[int, ...], axis: int, head_dim: int, mode: str):
-    """An op permuting the RoPE layout inside each head_dim block of `axis` of a `shape` array."""
-    n = shape[axis] // head_dim
-    if axis == len(shape) - 1 and n == 1:
-        return RopePermute(mode)
-    split = shape[:axis] + (n, head_dim) + shape[axis + 1:]
-    d_axis = axis + 1
-    perm = tuple(i for i in range(len(split)) if i != d_axis) + (d_axis,)
-    inv = tuple(int(i) for i in np.argsort(perm))
-    ops = [Reshape(tuple(shape), split)] if split != shape else []
-    ops += [Transpose(perm), RopePermute(mode), Transpose(inv)]
-    if split != shape:
-        ops.append(Reshape(split, tuple(shape)))
-    return Chain(tuple(ops))
-
-
-def _rope_axes(shape: tuple[int, ...], dims: dict) -> list[int]:
-    hd = dims.get("head_dim")
-    if not hd or hd % 2:
-        return []
-    exact = [a for a, d in enumerate(shape) if d == hd]
-    if exact:
-        return exact[-1:]
-    heads = {dims.get("heads"), dims.get("kv_heads")} - {None}
-    return [a for a, d in enumerate(shape) if any(d == h * hd for h in heads)]
-
-
-def _scale(expr: str, dims: dict, round_dtype: str | None = None):
-    try:
-        return Scale.from_expr(expr, dims, round_dtype)
-    except TransformError:
-        return None
+def target_roles(target: str, sources: list[str], cell_shape: tuple[int, ...]) -> set[str]:
+    """The roles ("query", "key", "norm", "embedding") a target's name, its sources' names and its shape suggest."""
+    role_words = _last_word(target) | set().union(*(_last_word(s) for s in sources)) if sources else _last_word(target)
+    role = tensor_role(target, cell_shape)
+    src_roles = {tensor_role(s, cell_shape) for s in sources}
+    roles = set()
+    if role_words & QUERY_WORDS:
+        roles.add("query")
+    if role_words & KEY_WORDS:
+        roles.add("key")
+    if role == "norm" or (len(cell_shape) == 1 and "norm" in src_roles):
+        roles.add("norm")
+    if role == "embedding" or "embedding" in src_roles:
+        roles.add("embedding")
+    return roles
 
 
 def value_options(target: str, sources: list[str], cell_shape: tuple[int, ...], dims: dict) -> dict[str, list[ValueOption]]:
-    """Kind -> value options (besides none) for one target of a rule, from the roles its names and shape suggest."""
-    role_words = _last_word(target) | set().union(*(_last_word(s) for s in sources)) if sources else _last_word(target)
-    out: dict[str, list[ValueOption]] = {}
-    is_query = bool(role_words & QUERY_WORDS)
-    is_key = bool(role_words & KEY_WORDS)
-    role = tensor_role(target, cell_shape)
-    src_roles = {tensor_role(s, cell_shape) for s in sources}
-    if (is_query or is_key) and len(cell_shape) >= 2:
-        opts = []
-        for axis in _rope_axes(cell_shape, dims):
-            for mode in ROPE_MODES:
-                opts.append(ValueOption("rope", rope_on_axis(cell_shape, axis, dims["head_dim"], mode),
-                                        f"rope {mode} on axis {axis}", f"rope:{mode}:{axis}"))
-        if opts:
-            out["rope"] = opts
-    if is_query and len(cell_shape) >= 2:
-        exprs = ["1/sqrt(head_dim)", "sqrt(head_dim)"]
-        qpas = dims.get("query_pre_attn_scalar")
-        if qpas and qpas != dims.get("head_dim"):
-            exprs += ["1/sqrt(query_pre_attn_scalar)", "sqrt(query_pre_attn_scalar)"]
-        opts = [ValueOption("scale", op, f"scale {e}", f"scale:{e}") for e in exprs if (op := _scale(e, dims))]
-        if opts:
-            out["scale"] = opts
-    if role == "norm" or (len(cell_shape) == 1 and "norm" in src_roles):
-        out["offset"] = [ValueOption("offset", Offset(v), f"offset {v:+g}", f"offset:{v:+g}") for v in (1.0, -1.0)]
-    if (role == "embedding" or "embedding" in src_roles) and len(cell_shape) == 2:
-        opts = []
-        for expr in ("sqrt(hidden)", "1/sqrt(hidden)"):
-            for rd in (None, "bfloat16"):
-                op = _scale(expr, dims, rd)
-                if op is not None:
-                    label = f"scale {expr}" + (" (bf16)" if rd else "")
-                    opts.append(ValueOption("scale", op, label, f"scale:{expr}:{rd}"))
-        if opts:
-            out["scale"] = opts
-    return out
+    """Slot -> value options (besides none) for one target of a rule: those of every registered value kind
+    (transforms.value_kinds) whose roles the target's names and shape suggest."""
+    return value_options_for_roles(target_roles(target, sources, cell_shape), cell_shape, dims)
 
 
 def structural_variants(rule: Rule, alternatives: list[Rule], target_shapes: list[tuple[int, ...]]) -> list[tuple[str, Rule]]:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ckptmap.mapping import Mapping, Rule
+from ckptmap.transforms.value_kinds import VALUE_KINDS, VALUE_SLOTS
 from ckptmap.verify.candidates import RuleChoice, RuleSpace, structural_variants, value_options
 from ckptmap.verify.evaluate import Evaluation, Evaluator
 from ckptmap.verify.localise import first_divergence, rules_in_stage
@@ -164,7 +165,7 @@ class Search:
                 continue
             mate = self.state[m]
             for j in range(len(mate.structural.targets)):
-                for kind in ("rope", "scale", "offset"):
+                for kind in VALUE_SLOTS:
                     mate = mate.with_value(j, kind, choice.value_of(j, kind))
             move[m] = mate
         return move
@@ -248,8 +249,6 @@ class Search:
     def _hinted_moves(self) -> list[tuple[str, dict[int, RuleChoice]]]:
         """The value ops the priors name for each target (confidence >= 0.5), applied to every rule at once; one
         move per RoPE mode since a hint does not say which way. The forward pass still decides."""
-        wanted_by_kind = {"rope_permute": ("rope", None), "scale_query": ("scale", "scale:1/sqrt(head_dim)"),
-                          "norm_offset": ("offset", "offset:+1"), "embed_scale": ("scale", "scale:sqrt(hidden):None")}
         moves = []
         for rope_mode in (0, 1):
             move: dict[int, RuleChoice] = {}
@@ -257,17 +256,17 @@ class Search:
                 for j, slot in enumerate(rule.targets):
                     options = self.space(i).options[j] if j < len(self.space(i).options) else {}
                     for hint, conf in self.priors.value_ops(slot.names()[0]):
-                        if conf < 0.5 or hint not in wanted_by_kind:
+                        kind = VALUE_KINDS.get(hint)
+                        if conf < 0.5 or kind is None or kind.slot is None:
                             continue
-                        kind, key = wanted_by_kind[hint]
-                        opts = options.get(kind, [])
-                        if kind == "rope":
+                        opts = options.get(kind.slot, [])
+                        if kind.hinted is None:  # a hint cannot say which variant (RoPE mode): one move per variant
                             modes = sorted({o.key.split(":")[1] for o in opts})
                             opts = [o for o in opts if modes and o.key.split(":")[1] == modes[rope_mode % len(modes)]]
                         else:
-                            opts = [o for o in opts if o.key == key]
+                            opts = [o for o in opts if o.key == kind.hinted]
                         if opts:
-                            move[i] = move.get(i, self.state[i]).with_value(j, kind, opts[0])
+                            move[i] = move.get(i, self.state[i]).with_value(j, kind.slot, opts[0])
             if move and move not in [m for _, m in moves]:
                 moves.append((f"LLM priors (rope mode {rope_mode + 1})", move))
         return moves
