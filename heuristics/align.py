@@ -10,15 +10,14 @@ signatures agree best with the source's is kept; ties keep the order of first ap
 from __future__ import annotations
 
 import itertools
-import re
 from collections import Counter
 from dataclasses import dataclass, replace
 
 from ckptmap.heuristics.names import name_similarity
 from ckptmap.heuristics.structure import Slot, TreeStructure
 from ckptmap.heuristics.weights import WEIGHTS
+from ckptmap.trees.model import name_tokens
 
-_SEP = re.compile(r"[./\\-]")
 END = "\x00end"
 MAX_ORDERINGS = 5040
 # A prior on sibling order when signatures cannot tell: words that usually name earlier layers of a cycle
@@ -133,7 +132,7 @@ def split_slot(slot: Slot, k: int) -> list[Slot] | None:
         return None
     counts: Counter = Counter()
     for loc in locals_:
-        words = {w for tok in _SEP.split(loc) for w in _subwords(tok)}
+        words = {w for tok in name_tokens(loc) for w in _subwords(tok)}
         counts.update(words)
     share = len(locals_) // k
     cands = [w for w, c in counts.items() if c == share and not w.isdigit()]
@@ -142,13 +141,13 @@ def split_slot(slot: Slot, k: int) -> list[Slot] | None:
         owner: dict[str, str] = {}
         ok = True
         for loc in locals_:
-            hits = [m for m in markers if m in {w for tok in _SEP.split(loc) for w in _subwords(tok)}]
+            hits = [m for m in markers if m in {w for tok in name_tokens(loc) for w in _subwords(tok)}]
             if len(hits) != 1:
                 ok = False
                 break
             m = hits[0]
             toks = []
-            for tok in _SEP.split(loc):
+            for tok in name_tokens(loc):
                 ws = _subwords(tok)
                 if m in ws:
                     ws = [w for w in ws if w != m]

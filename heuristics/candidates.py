@@ -21,6 +21,7 @@ from ckptmap.heuristics.regroup import agrees_with_code, code_splits, grouped_ch
 from ckptmap.heuristics.structure import Unit
 from ckptmap.heuristics.weights import WEIGHTS
 from ckptmap.transforms.base import numel
+from ckptmap.trees.model import name_tokens
 
 # Score weights: one documented object (heuristics.weights); the short names below are read from it.
 W_NAME = WEIGHTS.name
@@ -96,14 +97,13 @@ class Context:
 
 
 _DIGITS = re.compile(r"(\d+)$")
-_TOKSEP = re.compile(r"[./\-]")
 _LEAVES = {"weight", "kernel", "scale", "bias", "embedding", "w", "b"}
 
 
 def numbers(local: str) -> tuple[int, ...]:
     """The numbers written into a name: `layer_norm2` -> (2,), `merger_list.1.linear_fc1.weight` -> (1, 1)."""
     out = []
-    for tok in _TOKSEP.split(local):
+    for tok in name_tokens(local):
         m = _DIGITS.search(tok)
         if m and tok != "{e}":
             out.append(int(m.group(1)))
@@ -140,8 +140,8 @@ def ordinal_term(s: Operand, t: Operand, s_rank: int | None, t_rank: int | None)
 
 def raw_overlap(a: str, b: str) -> float:
     """Jaccard of literal lower-case tokens (digits kept), leaves ignored: exact spellings shared by both."""
-    ta = {t.lower() for t in _TOKSEP.split(a) if t and t.lower() not in _LEAVES}
-    tb = {t.lower() for t in _TOKSEP.split(b) if t and t.lower() not in _LEAVES}
+    ta = {t.lower() for t in name_tokens(a) if t and t.lower() not in _LEAVES}
+    tb = {t.lower() for t in name_tokens(b) if t and t.lower() not in _LEAVES}
     if not ta or not tb:
         return 0.0
     return len(ta & tb) / len(ta | tb)
@@ -275,7 +275,7 @@ def _fused_candidates(ctx: Context, k: int, fused: Operand, idx: tuple[int, ...]
 
 
 def _words(local: str) -> list[str]:
-    return [w for tok in _TOKSEP.split(local) if tok for w in split_subwords(tok)]
+    return [w for tok in name_tokens(local) if tok for w in split_subwords(tok)]
 
 
 def role_families(ops: list[Operand]) -> list[tuple[int, ...]]:
@@ -395,11 +395,11 @@ def _pad_compatible(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
 
 def _is_raw(local: str) -> bool:
     """A parameter without a framework leaf (`experts.gate_up_proj`, `sinks`): no layout convention applies."""
-    return _TOKSEP.split(local)[-1].lower() not in _LEAVES
+    return name_tokens(local)[-1].lower() not in _LEAVES
 
 
 def _module(local: str) -> str:
-    parts = _TOKSEP.split(local)
+    parts = name_tokens(local)
     return ".".join(parts[:-1])
 
 
@@ -445,7 +445,7 @@ def forced_transposes(cands: list[Candidate], src_ops: list[Operand]) -> tuple[i
     yes = no = 0
     for i, cs in by_source.items():
         op = src_ops[i]
-        leaf = _TOKSEP.split(op.local)[-1].lower()
+        leaf = name_tokens(op.local)[-1].lower()
         if op.stacked_experts or len(op.shape) != 2 or leaf not in ("weight", "kernel"):
             continue
         if {"embed", "pos_embed", "logits"} & set(concepts(op.local)):

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 from rapidfuzz import fuzz
 from ckptmap.heuristics.weights import WEIGHTS
+from ckptmap.trees.model import name_tokens
 
 # Whole-token synonyms: a token (lower case) -> the concepts it stands for. Checked before sub-word splitting.
 WHOLE_TOKEN = {
@@ -95,7 +96,6 @@ def part_rank(word: str) -> tuple[int, int] | None:
 
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_SEP = re.compile(r"[./\-]")
 
 
 def split_subwords(token: str) -> list[str]:
@@ -117,7 +117,7 @@ def concepts(local_name: str) -> tuple[str, ...]:
     `self_attention-query-kernel` -> (attention, query, weight).
     """
     out: list[str] = []
-    for tok in _SEP.split(local_name):
+    for tok in name_tokens(local_name):
         if not tok or tok.isdigit() or tok == "{i}":
             continue
         low = tok.lower()

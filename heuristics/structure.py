@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 from ckptmap.transforms.base import numel
 
-from ckptmap.trees.model import EXPERT_WORDS, LAYER_WORDS, ParamTree
+from ckptmap.trees.model import EXPERT_WORDS, LAYER_WORDS, ParamTree, name_separators, name_tokens
 
-_SEP = re.compile(r"[./\-]")
 _SCAN_WORD = re.compile(r"(layers?|blocks?)$", re.IGNORECASE)
 _PLURAL_LEVEL = re.compile(r"(layers|blocks|^h)$", re.IGNORECASE)
 
@@ -116,8 +115,8 @@ class _Parsed:
 
 
 def _parse(name: str) -> _Parsed:
-    tokens = [t for t in _SEP.split(name)]
-    seps = _SEP.findall(name)
+    tokens = name_tokens(name)
+    seps = name_separators(name)
     bases: list[str] = []
     index: list[int | None] = []
     for pos, tok in enumerate(tokens):
@@ -304,7 +303,7 @@ def _agree_across_collections(tree: ParamTree, groups: dict[str, list[str]], sca
     other sizes (a [layers, experts] bias where both axes look alike) takes the axes that give those sizes."""
     by_rest: dict[str, list[str]] = defaultdict(list)
     for prefix in groups:
-        rest = _SEP.split(prefix, maxsplit=1)
+        rest = name_tokens(prefix, maxsplit=1)
         if len(rest) == 2:
             by_rest[rest[1]].append(prefix)
     for prefixes in by_rest.values():

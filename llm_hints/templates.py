@@ -13,10 +13,9 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from ckptmap.trees.model import EXPERT_WORDS, LAYER_WORDS, ParamTree, parse_name
+from ckptmap.trees.model import EXPERT_WORDS, LAYER_WORDS, ParamTree, name_separators, parse_name
 
 PLACEHOLDER = "{i}"
-_SEPARATORS = re.compile(r"[./\-]")
 # Placeholders an answer may use for an index: `{i}`, `{layer}`, `<n>`, `*`.
 _ANSWER_PLACEHOLDER = re.compile(r"\{[^}]*\}|<[^>]*>|\*")
 _STACK_SUFFIXES = ("layers", "experts", "blocks", "encoderblock")
@@ -43,7 +42,7 @@ def hint_template(name: str) -> str:
             continue
         tok = tokens[it.pos]
         tokens[it.pos] = PLACEHOLDER if tok.isdigit() else f"{it.collection}_{PLACEHOLDER}"
-    seps = _SEPARATORS.findall(name)
+    seps = name_separators(name)
     out = tokens[0] if tokens else ""
     for sep, tok in zip(seps, tokens[1:]):
         out += sep + tok

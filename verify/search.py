@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.transforms.value_kinds import VALUE_KINDS, VALUE_SLOTS
+from ckptmap.trees.model import name_tokens
 from ckptmap.verify.candidates import RuleChoice, RuleSpace, structural_variants, value_options
 from ckptmap.verify.evaluate import Evaluation, Evaluator
 from ckptmap.verify.localise import first_divergence, rules_in_stage
@@ -93,7 +94,7 @@ def _template_key(rule: Rule) -> tuple:
 
 def _short(name: str) -> str:
     """A short display name: the last module tokens, layer index replaced."""
-    tokens = [t for t in re.split(r"[./-]", layer_template(name))
+    tokens = [t for t in name_tokens(layer_template(name))
               if t not in ("params", "model", "weight", "kernel", "decoder", "")]
     return ".".join(tokens[-3:]) or name
 

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ckptmap.trees.model import name_tokens
+
 _NUMBER = re.compile(r"(\d+)")
 _WORD_BEFORE = re.compile(r"([A-Za-z][A-Za-z_]*?)_*$")
 
@@ -63,11 +65,11 @@ def split_name(name: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
 
 def word_before(text: str) -> str:
     """The word a number follows: 'model.layers.' -> 'layers', 'params-decoder-layers_' -> 'layers'."""
-    tail = re.split(r"[.\-/]", text)[-1] if text else ""
+    tail = name_tokens(text)[-1] if text else ""
     m = _WORD_BEFORE.search(tail)
     if m and tail.endswith(m.group(0)):
         return m.group(1)
-    prev = re.split(r"[.\-/]", text.rstrip(".-/"))
+    prev = name_tokens(text.rstrip(".-/"))
     return prev[-1] if prev else ""
 
 

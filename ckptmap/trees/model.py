@@ -12,7 +12,8 @@ from typing import Iterable, Iterator, Mapping
 
 from ckptmap.errors import TreeError
 
-_SPLIT = re.compile(r"[./\-]")
+# The one name tokenizer: every module that cuts a parameter name into tokens uses name_tokens / name_separators.
+NAME_SEPARATORS = re.compile(r"[./\-]")
 _SUFFIX_INDEX = re.compile(r"^(?P<base>[A-Za-z][A-Za-z_]*?)_(?P<idx>\d+)$")
 LAYER_WORDS = frozenset({"layers", "layer", "h", "blocks", "block", "decoder_layers", "dense_layers",
                          "moe_layers", "transformer_blocks", "encoder_layers", "resblocks"})
@@ -68,9 +69,20 @@ class ParsedName:
         return tuple(out)
 
 
+def name_tokens(name: str, maxsplit: int = 0) -> list[str]:
+    """A name's tokens between `.`, `/` and `-`, empty ones kept (`a..b` -> [a, '', b]), so that
+    name_separators(name) join them back into `name`."""
+    return NAME_SEPARATORS.split(name, maxsplit)
+
+
+def name_separators(name: str) -> list[str]:
+    """The separators of `name` in order: one fewer than name_tokens(name)'s tokens."""
+    return NAME_SEPARATORS.findall(name)
+
+
 def parse_name(name: str) -> ParsedName:
     """Split a parameter name on `.`, `-`, `/` and find its layer / expert style indices."""
-    tokens = tuple(t for t in _SPLIT.split(name) if t != "")
+    tokens = tuple(t for t in name_tokens(name) if t != "")
     indices: list[IndexedToken] = []
     templ_tokens: list[str] = []
     for pos, tok in enumerate(tokens):
@@ -86,7 +98,7 @@ def parse_name(name: str) -> ParsedName:
             continue
         templ_tokens.append(tok)
     # Rebuild the template with the original separators.
-    seps = _SPLIT.findall(name)
+    seps = name_separators(name)
     template = templ_tokens[0] if templ_tokens else ""
     for sep, tok in zip(seps, templ_tokens[1:]):
         template += sep + tok
