@@ -22,7 +22,8 @@ from ckptmap.frameworks.base import Adapter, NoRunner
 __all__ = ["Adapter", "NoRunner", "register", "adapters", "for_kind", "for_prefix", "ADAPTER_MODULES"]
 
 # The one registry line per framework (imported lazily: an adapter's heavy imports happen only when it is used).
-ADAPTER_MODULES = ("ckptmap.frameworks.hf", "ckptmap.frameworks.maxtext", "ckptmap.frameworks.files")
+ADAPTER_MODULES = ("ckptmap.frameworks.hf", "ckptmap.frameworks.maxtext", "ckptmap.frameworks.files",
+                   "ckptmap.frameworks.kerashub")
 
 _REGISTRY: dict[str, Adapter] = {}
 _loaded = False
