@@ -13,6 +13,7 @@ from ckptmap.heuristics.candidates import Operand
 
 from ckptmap.errors import SolveError
 from ckptmap.mapping import Rule, Slot
+from ckptmap.transforms import Chain, Identity, Parallel
 
 
 def _nested(grid: tuple[int, ...]):
@@ -107,8 +108,6 @@ def build_rule(chain, src_ops: list[list[Operand]], tgt_ops: list[list[Operand]]
             sources.append(Slot.per_cell(keys))
 
     if any(n > 1 for n in branch_sizes):
-        from ckptmap.transforms import Chain, Identity, Parallel
-
         branches = [stack_factory(n) if n > 1 else Identity() for n in branch_sizes]
         pre = branches[0] if len(branches) == 1 else Parallel(tuple(branches))
         chain = Chain((pre, chain))

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ckptmap.heuristics.align import align
 from ckptmap.heuristics.candidates import (
@@ -33,6 +33,8 @@ from ckptmap.solver.rules import build_rule
 
 from ckptmap.errors import SolveError
 from ckptmap.mapping import Mapping, Rule
+from ckptmap.transforms import Fill, Stack, search_chains
+from ckptmap.trees.dims import merge_dims
 from ckptmap.trees.model import ParamTree
 from ckptmap.heuristics.weights import WEIGHTS
 
@@ -99,12 +101,6 @@ class SolveResult:
         return "\n".join(lines)
 
 
-def _search():
-    from ckptmap.transforms import search_chains
-
-    return search_chains
-
-
 def _template_key(slot: Slot) -> tuple:
     return (slot.root, slot.level_names, frozenset((u.local, u.shape) for u in slot.units))
 
@@ -142,8 +138,6 @@ def _problems(src: TreeStructure, tgt: TreeStructure, notes: list[str]) -> list[
 
 
 def _as_global(u):
-    from dataclasses import replace
-
     if not u.coord:
         return u
     return replace(u, local=u.tensor, root="", coord=())
@@ -261,15 +255,10 @@ def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 
 def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: TreeStructure, *, priors,
            k_alternatives: int, dims: dict | None, search) -> SolveResult:
     t0 = time.perf_counter()
-    from ckptmap.transforms import Fill, Stack
-
     notes: list[str] = []
     if dims is None:
-        dims = {}
-        for tree in (src, tgt):
-            for k, v in (tree.meta.get("dims") or {}).items():
-                dims.setdefault(k, v)
-    ctx = Context(search=search or _search(), dims=dims,
+        dims = merge_dims(src.meta.get("dims") or {}, tgt.meta.get("dims") or {})
+    ctx = Context(search=search or search_chains, dims=dims,
                   src_layout=guess_layout(src.names()), tgt_layout=guess_layout(tgt.names()),
                   prior=(priors.edge_bonus if priors is not None and not getattr(priors, "is_empty", False)
                          else None),
