@@ -25,9 +25,17 @@ import os
 import sys
 import time
 
-from ckptmap import bundled
+from ckptmap import bundled, frameworks
 from ckptmap.atomic import write_text_atomic
 from ckptmap.errors import CkptmapError
+from ckptmap.maxtext import session
+from ckptmap.maxtext.overrides import with_scan_layers
+from ckptmap.tracing.hf_layouts import ModelTooLarge, fused_layouts_hf
+from ckptmap.trees import hf, hf_config, read_tree
+from ckptmap.trees.code_layouts import attach, check_layout, transfer
+from ckptmap.trees.dims import dims_from_hf_config
+from ckptmap.trees.jsonio import load_json_strict
+from ckptmap.trees.spec import parse_spec
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "code_layouts")
 
@@ -41,17 +49,12 @@ def load(family: str, out_dir: str = DEFAULT_OUT) -> dict | None:
     path = layouts_path(family, out_dir)
     if not os.path.isfile(path):
         return None
-    from ckptmap.trees.jsonio import load_json_strict
-
     return load_json_strict(path)
 
 
 def hf_layouts(config: dict, tree=None, notes: list[str] | None = None, *, max_params: int | None = None) -> dict:
     """Layouts of the HF model `config` builds, keyed by checkpoint name; only those that fit `tree` (when
     given). A model too large to run on the CPU is traced as its tiny twin and the layouts are transferred."""
-    from ckptmap.tracing.hf_layouts import ModelTooLarge, fused_layouts_hf
-    from ckptmap.trees.code_layouts import check_layout, transfer
-
     notes = notes if notes is not None else []
     config = config.get("hf_config", config) if isinstance(config, dict) else config
     limit = {} if max_params is None else {"max_params": max_params}
@@ -60,8 +63,7 @@ def hf_layouts(config: dict, tree=None, notes: list[str] | None = None, *, max_p
     except ModelTooLarge:
         if tree is None:
             raise
-        from ckptmap.trees import hf, hf_config
-        from ckptmap.trees.dims import dims_from_hf_config
+        # lazy: the tiny twin is verify's; the readers' adapters load this module, and readers never import verify
         from ckptmap.verify.tiny import tiny_hf_config
 
         config_dict = config if isinstance(config, dict) else config.to_dict()
@@ -90,9 +92,6 @@ def layouts_for_spec(spec: str, tree, notes: list[str]) -> dict:
     """Code layouts for a tree read from a SPEC, by the framework adapter that owns it: an HF config (hf: or a
     config .json) or a MaxText model; {} for checkpoints and tree files, whose code is not known (a tree file may
     carry them beside it)."""
-    from ckptmap import frameworks
-    from ckptmap.trees.spec import parse_spec
-
     parsed = parse_spec(spec)
     return frameworks.for_kind(parsed.kind).code_layouts(parsed, tree, notes)
 
@@ -104,16 +103,11 @@ def _with_dims(tree, dims: dict):
 
 def maxtext_layouts(model_name: str, overrides: list[str], scan: bool | None) -> dict:
     """Layouts of MaxText's model `model_name` (the session the `maxtext:` tree reader uses for the same spec)."""
-    from ckptmap.maxtext import session
-    from ckptmap.maxtext.overrides import with_scan_layers
-
     return session(model_name, with_scan_layers(tuple(overrides), scan)).fused_layouts()
 
 
 def attach_stored(tree, family: str, stored: dict, side: str):
     """Attach side `side` ("hf", "scan0", "scan1") of a family's stored layouts (from load) to `tree`."""
-    from ckptmap.trees.code_layouts import attach
-
     return attach(tree, stored.get(side, {}), source=f"{layouts_path(family)}#{side}")
 
 
@@ -129,8 +123,6 @@ def build(family: str, folder: str | None = None) -> tuple[dict, list[str], list
     b = case_model(family, folder) if folder else bundled.find(family)
     out: dict[str, dict] = {}
     problems: list[str] = []
-    from ckptmap.trees import read_tree
-
     hf_tree = read_tree(b.hf_tree_path())
     notes: list[str] = []
     steps = [("hf", lambda: hf_layouts(b.config["hf_config"], hf_tree, notes))]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ckptmap.errors import CkptmapError
 from ckptmap.trees.jsonio import load_json_strict
@@ -14,8 +15,6 @@ from ckptmap.trees.jsonio import load_json_strict
 
 def load_hf_config(path: str) -> dict:
     """A config.json (or a directory holding one) -> dict; raises CkptmapError naming the file."""
-    import os
-
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
     cfg = load_json_strict(path, CkptmapError)

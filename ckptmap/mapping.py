@@ -24,7 +24,9 @@ from typing import Any, Iterator, Sequence
 
 from ckptmap.atomic import default_mode, write_json_atomic, write_text_atomic  # noqa: F401 - re-exported
 from ckptmap.errors import MappingError
-from ckptmap.mapping_record import swap_sides
+from ckptmap.mapping_record import check_document, swap_sides
+from ckptmap.transforms import op_from_json
+from ckptmap.trees.jsonio import load_json_strict
 
 FORMAT_VERSION = 1
 
@@ -157,8 +159,6 @@ class Rule:
 
     @classmethod
     def from_json(cls, d: dict) -> "Rule":
-        from ckptmap.transforms import op_from_json
-
         try:
             return cls(
                 sources=tuple(Slot.from_json(s) for s in d["sources"]),
@@ -239,8 +239,6 @@ class Mapping:
 
     @classmethod
     def from_json(cls, d: dict, *, file: str | None = None) -> "Mapping":
-        from ckptmap.mapping_record import check_document
-
         check_document(d, file)  # every field of the JSON document has its type, before any is read
         if d.get("format") != "ckptmap.mapping":
             raise MappingError("not a ckptmap mapping (missing \"format\": \"ckptmap.mapping\")", file=file)
@@ -259,6 +257,4 @@ class Mapping:
 
     @classmethod
     def load(cls, path: str) -> "Mapping":
-        from ckptmap.trees.jsonio import load_json_strict
-
         return cls.from_json(load_json_strict(path, MappingError), file=path)

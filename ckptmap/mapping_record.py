@@ -21,6 +21,7 @@ import json
 from importlib import metadata as _metadata
 
 from ckptmap.errors import MappingError
+from ckptmap.transforms import op_from_json
 
 SEAL_KEY = "seal"
 
@@ -263,8 +264,6 @@ def check_document(doc, file: str | None = None) -> None:
             raise MappingError(f"{where}: \"score\" must be a number, got {score!r:.80}", file=file)
         if not isinstance(rule.get("explain", {}), dict):
             raise MappingError(f"{where}: \"explain\" must be an object", file=file)
-        from ckptmap.transforms import op_from_json
-
         try:
             op_from_json(rule["chain"])
         except MappingError as e:

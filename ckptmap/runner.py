@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,8 +38,6 @@ def seeded_tensor(name: str, shape: tuple[int, ...], seed: int = 0, *, integer: 
     integer=True gives small integers in [-8, 8] (exact under transposes, splits and power-of-two scales: used for
     ground truth); otherwise values ~ N(0, 0.02) plus a per-tensor offset so norms and biases are non-constant.
     """
-    import zlib
-
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     if integer:
         return rng.integers(-8, 9, size=shape).astype(np.float32)

@@ -13,6 +13,8 @@ to one case.
 
 from __future__ import annotations
 
+import ast
+import inspect
 from dataclasses import dataclass, fields
 
 
@@ -85,8 +87,6 @@ class ScoreWeights:
 
     def reasons(self) -> dict[str, str]:
         """field -> its one-line reason (the docstring under it)."""
-        import ast
-        import inspect
 
         tree = ast.parse(inspect.getsource(type(self)))
         body = tree.body[0].body

@@ -13,35 +13,16 @@ import argparse
 import json
 import sys
 
-from ckptmap.errors import CkptmapError, TreeError
-from ckptmap.trees.model import ParamInfo, ParamTree
+from ckptmap.errors import CkptmapError
+from ckptmap.trees import read_tree
+from ckptmap.trees.model import ParamTree
 from ckptmap.llm_hints.cache import PACKAGED_DIR
 from ckptmap.llm_hints.hints import record_answer
 
 
 def read_spec(spec: str) -> ParamTree:
-    """A tree through ckptmap.trees.read_tree when the readers are installed; else a plain JSON file of
-    name -> shape or name -> {shape, dtype} (the fixtures' format)."""
-    try:
-        from ckptmap.trees import read_tree  # type: ignore[attr-defined]
-    except ImportError:
-        read_tree = None
-    if read_tree is not None:
-        return read_tree(spec)
-    try:
-        with open(spec) as f:
-            obj = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise TreeError(f"cannot read a name -> shape JSON file ({e})", file=spec) from None
-    if not isinstance(obj, dict):
-        raise TreeError("expected a JSON object of name -> shape", file=spec)
-    items = []
-    for name, v in obj.items():
-        shape, dtype = (v.get("shape"), v.get("dtype", "float32")) if isinstance(v, dict) else (v, "float32")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise TreeError(f"shape must be a list of non-negative ints, got {shape!r}", file=spec, key=name)
-        items.append(ParamInfo(name, tuple(shape), dtype))
-    return ParamTree.from_items(items, origin=spec, framework="json")
+    """The tree a SPEC names (ckptmap.trees.read_tree: a tree JSON, an HF config, a checkpoint, ...)."""
+    return read_tree(spec)
 
 
 def parse_dims(pairs: list[str]) -> dict[str, int]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLOSE = {"(": ")", "[": "]"}
 
@@ -68,8 +70,6 @@ def function_source(op, name: str, args: list[str]) -> str:
 
 def compile_op(op, args: list[str] | None = None):
     """A Python function (positional arrays -> tuple) built from `op.to_code`; used by tests and the exporter."""
-    import numpy as np
-
     n = op.n_in or 1
     args = args or [f"x{i}" for i in range(n)]
     namespace: dict = {"np": np}

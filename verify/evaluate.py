@@ -38,6 +38,8 @@ class Evaluation:
     raw_stats: LogitStats | None = None
     cast: object | None = None
     cast_kept: bool = False
+    # () -> the source model's own float32 round-off on these inputs (Evaluator.roundoff_floor), or None
+    roundoff: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -135,6 +137,31 @@ class Evaluator:
         self.timings["source_forward_s"] += time.perf_counter() - t
         self.reference_logits, self.source_cast, self.source_cast_kept = uncast_logits(
             self.src_head, self.src_params, self.reference)
+        self._roundoff: list[float | None] = []  # filled on first use (roundoff_floor)
+
+    def roundoff_floor(self) -> float | None:
+        """Max per-token KL of the source model's float32 logits against the same model computed in float64, on
+        this evaluator's weights and tokens: the model's own round-off, which no float32 target can be expected to
+        beat (a tiny random model that amplifies round-off layer by layer sets it high). None where the source
+        runner cannot run in float64 (`logits_float64`). One float64 source forward pass, on first call."""
+        if not self._roundoff:
+            run = getattr(self.src_runner, "logits_float64", None)
+            floor = None
+            if callable(run) and self.source_cast is None and not self.source_cast_kept:
+                t = time.perf_counter()
+                try:
+                    exact = run(self.src_params, self.tokens,
+                                None if self.positions is None else np.broadcast_to(self.positions, self.tokens.shape))
+                    floor = compare_logits(exact, self.reference.logits).kl_max
+                except Exception:  # noqa: BLE001 - a model without a float64 path keeps the fixed mark
+                    floor = None
+                self.timings["source_forward_s"] += time.perf_counter() - t
+            self._roundoff.append(floor)
+        return self._roundoff[0]
+
+    def measured_roundoff(self) -> float | None:
+        """roundoff_floor where a pass mark has already measured it, else None (measures nothing)."""
+        return self._roundoff[0] if self._roundoff else None
 
     def _forward(self, runner, params: dict[str, np.ndarray]) -> Forward:
         if self.positions is None:
@@ -248,7 +275,8 @@ class Evaluator:
         stats = compare_logits(self.reference_logits, logits)
         raw = compare_logits(self.reference.logits, fwd.logits)
         return Evaluation(stats=stats, errors=stage_errors(self.reference, fwd), forward=fwd, unchecked=unchecked,
-                          raw_stats=raw, cast=cast, cast_kept=kept or self.source_cast_kept)
+                          raw_stats=raw, cast=cast, cast_kept=kept or self.source_cast_kept,
+                          roundoff=self.roundoff_floor)
 
     def unchecked_read_by_target(self, mapping: Mapping, evaluation: Evaluation) -> float:
         """How much the target's logits move when every target `evaluation` did not check gets other values

@@ -438,5 +438,29 @@ class HFRunner:
         unread = {n for n, g in grads.items() if not bool(torch.any(g != 0))}
         return {ext for ext, internal in self._internal.items() if internal in unread}
 
+    def logits_float64(self, params: dict[str, np.ndarray], tokens: np.ndarray,
+                       positions: np.ndarray | None = None) -> np.ndarray:
+        """The logits [batch, seq, vocab] of the same model and inputs as `forward`, computed in float64 (a copy of
+        the loaded model; fused-expert kernels that take no float64 run their eager loop): the exact function the
+        float32 forward pass rounds, for measuring the model's own round-off."""
+        import copy
+
+        torch = _torch()
+        model = copy.deepcopy(self._load(params)).double()
+        if hasattr(model, "set_experts_implementation"):
+            try:
+                model.set_experts_implementation("eager")
+            except (ValueError, AttributeError):
+                pass
+        ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=self.device)
+        extra = {}
+        if positions is not None:
+            extra["position_ids"] = torch.as_tensor(np.array(positions, dtype=np.int64), dtype=torch.long,
+                                                    device=self.device)
+            extra["attention_mask"] = torch.ones_like(ids)
+        with torch.no_grad():
+            out = model(input_ids=ids, use_cache=False, **extra)
+        return out.logits.cpu().numpy().astype(np.float64)
+
     def close(self) -> None:
         pass

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from ckptmap.export.plan import RulePlan, _flat_ops
+from ckptmap.transforms import Reshape, Transpose
 
 
 # ------------------------------------------------------------------------------------------------ hook sources
@@ -14,8 +15,6 @@ from ckptmap.export.plan import RulePlan, _flat_ops
 def _reshape_from_target(steps: list, i: int, shape_arg: str) -> str | None:
     """For a reshape followed only by transposes and value ops, its out shape written in terms of the hook's
     `target_shape`, so that the hook serves every model size, not only the one it was solved on."""
-    from ckptmap.transforms import Transpose
-
     perm: list[int] | None = None
     for step in steps[i + 1:]:
         if isinstance(step, Transpose):
@@ -35,8 +34,6 @@ def _reshape_from_target(steps: list, i: int, shape_arg: str) -> str | None:
 def op_body(op, n_in: int, shape_arg: str | None = None) -> tuple[list[str], list[str]]:
     """(statements, output expressions) computing `op` on args x (one input) or x0, x1, ... step by step.
     With `shape_arg` (one input, one output), a trailing reshape reads its shape from that argument."""
-    from ckptmap.transforms import Reshape
-
     names = ["x"] if n_in == 1 else [f"x{i}" for i in range(n_in)]
     lines: list[str] = []
     steps = _flat_ops(op)

@@ -8,6 +8,8 @@ from typing import Any, Sequence
 from ckptmap.errors import MappingError
 from ckptmap.export.templates import (fields_of, fit_template)
 from ckptmap.mapping import Mapping, Rule, Slot
+from ckptmap.transforms import Chain, Stack, Transpose
+from ckptmap.trees.model import parse_name
 
 
 class ExportError(MappingError):
@@ -34,8 +36,6 @@ def hf_to_maxtext(mapping: Mapping) -> Mapping:
 
 
 def _layer_varies(hf_slot: Slot, cell_a: tuple, cell_b: tuple) -> bool:
-    from ckptmap.trees.model import parse_name
-
     return parse_name(hf_slot.name_at(cell_a)).layer_index != parse_name(hf_slot.name_at(cell_b)).layer_index
 
 
@@ -69,8 +69,6 @@ def lift_stacked_sources(rule: Rule) -> Rule:
     unchanged (and exported with its n names as a tuple)."""
     ops = _flat_ops(rule.chain)
     n = len(rule.sources)
-    from ckptmap.transforms import Chain, Stack, Transpose
-
     if n < 2 or not ops or not isinstance(ops[0], Stack) or ops[0].n != n or ops[0].axis < 0:
         return rule
     d = len(rule.grid)
@@ -225,8 +223,6 @@ def plan_rule(rule: Rule, index: int, *, scanned: bool, scan_axis: int,
 
 
 def _flat_ops(op) -> list:
-    from ckptmap.transforms import Chain
-
     if isinstance(op, Chain):
         return [o for sub in op.ops for o in _flat_ops(sub)]
     return [op]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import runpy
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -295,8 +297,6 @@ def render_module(branches: dict[bool, list[Block]], hooks: HookSet, model_name:
 
 
 def json_str(text: str) -> str:
-    import json
-
     return json.dumps(text)
 
 
@@ -343,7 +343,5 @@ def export_maxtext_module(mapping: Mapping | Sequence[Mapping], path: str | None
 
 def load_exported(path: str) -> dict[str, Any]:
     """Import an exported module from its file (tests, users): its namespace."""
-    import runpy
-
     return runpy.run_path(path)
 

@@ -8,10 +8,17 @@ CLI: `python -m ckptmap.tracing.hf_layouts CONFIG.json [key=value ...]` prints t
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
 from typing import Any
 
-from ckptmap.errors import CkptmapError
+from ckptmap.errors import CkptmapError, TreeError
+from ckptmap.trees.hf import _saved_name, build_meta_model, choose_model_class, quiet_transformers
+from ckptmap.trees.hf_config import build_config, config_for_file, reconcile, unwrap_config
+from ckptmap.trees.hf_models import causal_lm_config, checkpoint_names, rename_into
+from ckptmap.trees.spec import parse_overrides
 from ckptmap.tracing.torch_dataflow import (DEFAULT_MAX_PARAMS, CodeLayoutError, ModelTooLarge,  # noqa: F401
                                             fused_layouts_from_module)
 
@@ -24,8 +31,6 @@ def _config_object(config: Any, label: str):
     if not isinstance(config, dict):
         raise CodeLayoutError(f"expected an HF config (dict or PretrainedConfig), got {type(config).__name__}",
                               file=label)
-    from ckptmap.trees.hf_config import build_config, reconcile, unwrap_config
-
     cfg, _notes = reconcile(unwrap_config(config, label))
     return build_config(cfg, label)
 
@@ -40,9 +45,6 @@ def _label_of(config: Any) -> str:
 def _checkpoint_name_map(model, config, text_part_only: bool) -> dict[str, str]:
     """module parameter name -> the checkpoint name the `hf:` reader gives it (where that is one tensor of the same
     shape; otherwise the module name stays)."""
-    from ckptmap.trees.hf import _saved_name, build_meta_model, quiet_transformers
-    from ckptmap.trees.hf_models import checkpoint_names, rename_into
-
     shapes, _aliases = checkpoint_names(model)
     mod_shapes = {n: tuple(int(d) for d in p.shape) for n, p in model.named_parameters()}
     names: dict[str, str] = {}
@@ -51,8 +53,6 @@ def _checkpoint_name_map(model, config, text_part_only: bool) -> dict[str, str]:
             saved = _saved_name(model, n, p)
         names[n] = saved if shapes.get(saved) == mod_shapes[n] else n
     if text_part_only:
-        from ckptmap.errors import TreeError
-
         try:
             meta = build_meta_model(config, file="")
         except TreeError:
@@ -86,8 +86,6 @@ def _builders(cfg, build_cfg, text_only: bool):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ckptmap.trees.hf import choose_model_class
-
     kwargs = {"dtype": torch.float32, "attn_implementation": "eager", "experts_implementation": "eager"}
     yield (lambda: AutoModelForCausalLM.from_config(build_cfg, **kwargs)), text_only
     if build_cfg is cfg and not text_only:
@@ -112,9 +110,6 @@ def _forward_target(model):
 def _fused_layouts_hf(config: Any, *, max_params: int, label: str, seq: int = 8) -> dict[str, dict]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
-
-    from ckptmap.trees.hf import quiet_transformers
-    from ckptmap.trees.hf_models import causal_lm_config
 
     cfg = _config_object(config, label)
     build_cfg, text_only = causal_lm_config(cfg)
@@ -179,10 +174,6 @@ def fused_layouts_hf(config: dict | Any, *, max_params: int = DEFAULT_MAX_PARAMS
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    import sys
-
     ap = argparse.ArgumentParser(prog="python -m ckptmap.tracing.hf_layouts",
                                  description="Print the fused-parameter layouts an HF model's forward code shows.")
     ap.add_argument("config", help="an HF config.json (or a directory holding one, or a fixture wrapping one)")
@@ -190,9 +181,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-params", type=int, default=DEFAULT_MAX_PARAMS)
     ns = ap.parse_args(argv)
     try:
-        from ckptmap.trees.hf_config import config_for_file
-        from ckptmap.trees.spec import parse_overrides
-
         _raw, overrides = parse_overrides(ns.overrides, ns.config)
         cfg, _notes, path = config_for_file(ns.config, overrides)
         found = _fused_layouts_hf(cfg, max_params=ns.max_params, label=path)

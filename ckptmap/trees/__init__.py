@@ -6,8 +6,10 @@ SPEC forms (see ckptmap.trees.spec): `x.json`, `hf:CONFIG.json [k=v ...]`, `hf:M
 
 from __future__ import annotations
 
+from ckptmap.atomic import write_json_atomic
 from ckptmap.errors import TreeError
 from ckptmap.trees.dims import merge_dims
+from ckptmap.trees.json_tree import tree_document
 from ckptmap.trees.model import ParamInfo, ParamTree, ParsedName, parse_name
 from ckptmap.trees.spec import TreeSpec, parse_spec
 
@@ -17,7 +19,7 @@ __all__ = ["ParamInfo", "ParamTree", "ParsedName", "TreeSpec", "merge_dims", "pa
 
 def maxtext_spec_args(spec: TreeSpec) -> tuple[list[str], bool | None]:
     """(overrides without scan_layers, scan_layers or None) of a `maxtext:MODEL key=value ...` spec."""
-    from ckptmap.frameworks.maxtext import spec_args
+    from ckptmap.frameworks.maxtext import spec_args  # lazy: the adapters import this package (a cycle)
 
     return spec_args(spec)
 
@@ -25,7 +27,7 @@ def maxtext_spec_args(spec: TreeSpec) -> tuple[list[str], bool | None]:
 def read_tree(spec: str, *, hf_layout: str = "saved") -> ParamTree:
     """Read the tree a SPEC names. `hf_layout` ("saved" | "memory") picks HF checkpoint names or module names.
     The framework adapter that owns the SPEC's kind reads it (ckptmap.frameworks)."""
-    from ckptmap import frameworks  # the adapters import the readers of this package
+    from ckptmap import frameworks  # lazy: the adapters import the readers of this package (a cycle)
 
     parsed = parse_spec(spec)
     try:
@@ -37,7 +39,4 @@ def read_tree(spec: str, *, hf_layout: str = "saved") -> ParamTree:
 
 def write_tree(tree: ParamTree, path: str) -> None:
     """Write `tree` atomically as the ckptmap tree JSON document, which `read_tree(path)` reads back."""
-    from ckptmap.mapping import write_json_atomic
-    from ckptmap.trees.json_tree import tree_document
-
     write_json_atomic(path, tree_document(tree))

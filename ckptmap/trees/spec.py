@@ -102,6 +102,6 @@ def parse_spec(spec: str) -> TreeSpec:
 def _adapter_for_prefix(prefix: str):
     """The framework adapter owning a SPEC prefix (ckptmap.frameworks; imported here because the adapters import
     this module's TreeSpec)."""
-    from ckptmap import frameworks
+    from ckptmap import frameworks  # lazy: the adapters import this module's TreeSpec (a cycle)
 
     return frameworks.for_prefix(prefix)
