@@ -13,7 +13,7 @@ import sys
 
 from ckptmap.errors import CkptmapError
 
-COMMANDS = ("trees", "solve", "convert", "verify", "bench")
+COMMANDS = ("trees", "solve", "convert", "verify", "check", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

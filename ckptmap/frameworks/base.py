@@ -17,6 +17,11 @@ def _no_runner(spec, device: str, layout: str):
                    "maxtext:MODEL", file=spec.text or spec.target)
 
 
+def _no_checkpoint_model(spec, path: str, device: str, options: dict):
+    raise NoRunner(f"a {spec.kind} SPEC names no model to run a checkpoint in; give hf:CONFIG.json, hf:MODEL_TYPE or "
+                   "maxtext:MODEL", file=spec.text or spec.target)
+
+
 def _no_layouts(spec, tree, notes: list[str]) -> dict:
     return {}
 
@@ -31,6 +36,9 @@ class Adapter:
     (raises NoRunner where there is none). code_layouts(spec, tree, notes) -> {name: layout} read off its code.
     storage: the layout its matrices are stored in ("torch": [out, in]; "flax": [in, out]; "" when it varies).
     naming: its name joiner ("." or "-"). export: a writer of its own mapping-module form, or None.
+    checkpoint_model(spec, path, device, options) -> the model with a real checkpoint's weights, loaded by the
+    framework's own loader (`forward(tokens) -> Forward`, `describe()`, `close()`; options `hf_config`, `step`):
+    what `ckptmap check` runs (ckptmap.verify.checkpoint_models).
     """
 
     name: str
@@ -40,6 +48,7 @@ class Adapter:
     parse: Callable[..., Any] | None = None
     runner: Callable[[Any, str, str], Any] = _no_runner
     code_layouts: Callable[[Any, Any, list], dict] = _no_layouts
+    checkpoint_model: Callable[[Any, str, str, dict], Any] = _no_checkpoint_model
     storage: str = ""
     naming: str = ""
     export: Callable[..., Any] | None = None

@@ -41,6 +41,20 @@ def runner(spec: TreeSpec, device: str, layout: str):
     return HFRunner(config_of(spec), device=device, layout=layout)
 
 
+def checkpoint_model(spec: TreeSpec, path: str, device: str, options: dict):
+    """The checkpoint at `path` in transformers, configured by (first found) its own config.json, the HF config the
+    options give (`--hf-config`, or the mapping's record for its HF side), the config the SPEC names."""
+    import os
+
+    from ckptmap.verify.checkpoint_models import HFCheckpointModel
+
+    config = options.get("hf_config")
+    if config is None and spec is not None and spec.kind in ADAPTER.kinds and not os.path.isfile(
+            os.path.join(path, "config.json")):
+        config = config_of(spec)
+    return HFCheckpointModel(path, device, config=config, step=options.get("step"))
+
+
 def code_layouts(spec: TreeSpec, tree, notes: list[str]) -> dict:
     from ckptmap.code_reading import hf_layouts
 
@@ -48,5 +62,6 @@ def code_layouts(spec: TreeSpec, tree, notes: list[str]) -> dict:
 
 
 ADAPTER = register(Adapter(name="hf", prefixes=("hf",), kinds=("hf_config", "hf_type"), parse=parse,
-                           read_tree=read_tree, runner=runner, code_layouts=code_layouts, storage="torch",
+                           read_tree=read_tree, runner=runner, code_layouts=code_layouts,
+                           checkpoint_model=checkpoint_model, storage="torch",
                            naming="."))

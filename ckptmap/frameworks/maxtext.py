@@ -35,6 +35,13 @@ def runner(spec: TreeSpec, device: str, layout: str):
     return MaxTextRunner(spec.target, list(spec.raw_overrides), device=device)
 
 
+def checkpoint_model(spec: TreeSpec, path: str, device: str, options: dict):
+    """The Orbax checkpoint at `path` restored by MaxText's own loader into the model the SPEC names."""
+    from ckptmap.verify.checkpoint_models import MaxTextCheckpointModel
+
+    return MaxTextCheckpointModel(spec.target, list(spec.raw_overrides), path, device, step=options.get("step"))
+
+
 def code_layouts(spec: TreeSpec, tree, notes: list[str]) -> dict:
     from ckptmap.code_reading import maxtext_layouts
 
@@ -48,5 +55,6 @@ def export(*args, **kwargs):
 
 
 ADAPTER = register(Adapter(name="maxtext", prefixes=("maxtext",), kinds=("maxtext",), parse=parse,
-                           read_tree=read_tree, runner=runner, code_layouts=code_layouts, storage="flax",
+                           read_tree=read_tree, runner=runner, code_layouts=code_layouts,
+                           checkpoint_model=checkpoint_model, storage="flax",
                            naming="-", export=export))

@@ -7,6 +7,9 @@ The consumer side of a conversion: a checkpoint counts as loadable only when Max
   use: it builds the NNX model, loads the checkpoint into it, and this runs that model's own forward pass.
 - `save_like_maxtext`: MaxText's own conversion save (`save_weights_to_checkpoint`) of given arrays, so that a
   checkpoint written by MaxText itself can be converted back.
+- `forward_from_checkpoint`: `load_params_from_path` onto the model's own mesh (each variable sharded by its
+  logical axes over every device the mesh holds), then the model's forward pass with its activations, without the
+  weights leaving the worker (`ckptmap check`: real weights at full size).
 """
 
 from __future__ import annotations
@@ -25,26 +28,52 @@ def _nest(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
-def load_with_training_loader(model, path: str) -> dict[str, np.ndarray]:
-    """name -> array as `load_params_from_path(path, abstract params)` restores them."""
+def _restore(model, path: str, *, sharded: bool):
+    """`load_params_from_path(path, abstract params)` -> the restored tree. `sharded`: each variable placed by its
+    logical axes on the model's mesh (MaxText's own partitioning); else replicated (one device holds it whole)."""
+    import flax.linen as nn
     import jax
     from flax.linen import partitioning as nn_partitioning
-    from maxtext.checkpoint_conversion.utils.utils import param_key_parts_from_path
     from maxtext.common import checkpointing
     from maxtext.utils import max_utils, maxtext_utils
 
     config = model.config
-    replicated = jax.sharding.NamedSharding(model.mesh, jax.sharding.PartitionSpec())
     with model.mesh, nn_partitioning.axis_rules(config.logical_axis_rules):
-        abstract = max_utils.unbox_logicallypartioned(maxtext_utils.get_abstract_param(model.model, config))
-        # Orbax restores jax.Arrays onto a sharding; one CPU device holds every weight whole
-        abstract = jax.tree_util.tree_map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
-        restored = checkpointing.load_params_from_path(
+        boxed = maxtext_utils.get_abstract_param(model.model, config)
+        abstract = max_utils.unbox_logicallypartioned(boxed)
+        if sharded:
+            shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), model.mesh,
+                                                    config.logical_axis_rules)
+            abstract = jax.tree_util.tree_map(
+                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        else:
+            replicated = jax.sharding.NamedSharding(model.mesh, jax.sharding.PartitionSpec())
+            abstract = jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+        return checkpointing.load_params_from_path(
             path, abstract, config.checkpoint_storage_concurrent_gb, config.checkpoint_storage_use_ocdbt,
             config.checkpoint_storage_use_zarr3)
+
+
+def _named(restored) -> dict:
+    import jax
+    from maxtext.checkpoint_conversion.utils.utils import param_key_parts_from_path
+
     flat = jax.tree_util.tree_flatten_with_path(restored)[0]
-    return {"-".join(param_key_parts_from_path(p)): np.asarray(v) for p, v in flat}
+    return {"-".join(param_key_parts_from_path(p)): v for p, v in flat}
+
+
+def load_with_training_loader(model, path: str) -> dict[str, np.ndarray]:
+    """name -> array as `load_params_from_path(path, abstract params)` restores them."""
+    # Orbax restores jax.Arrays onto a sharding; one CPU device holds every weight whole
+    return {name: np.asarray(v) for name, v in _named(_restore(model, path, sharded=False)).items()}
+
+
+def forward_from_checkpoint(model, path: str, tokens: np.ndarray) -> tuple[np.ndarray, dict, list[str]]:
+    """(logits [batch, seq, vocab] float32, activations, notes) of the model with the weights
+    `load_params_from_path(path)` restores onto its mesh, on `tokens` at positions 0..seq-1 (see
+    MaxTextModel.forward). The weights stay jax.Arrays on the devices their sharding names."""
+    return model.forward(_named(_restore(model, path, sharded=True)), tokens)
 
 
 def logits_with_from_pretrained(model, path: str, tokens: np.ndarray) -> np.ndarray:

@@ -176,6 +176,18 @@ class MaxTextSession:
         `load_parameters_path=path`, on tokens [batch, seq] at positions 0..seq-1."""
         return self._ensure().from_pretrained_logits(str(path), np.asarray(tokens, dtype=np.int32))
 
+    def checkpoint_forward(self, path: str, tokens: np.ndarray) -> Forward:
+        """Logits and activations (as `forward`) of this model with the weights MaxText's training loader
+        (`load_params_from_path`) restores from `path` onto the model's own mesh, sharded by its logical axes over
+        the devices there; the weights never leave MaxText's process. Tokens [batch, seq] at positions 0..seq-1."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.dtype.kind not in "iu":
+            raise MaxTextError(f"tokens must be an integer array [batch, seq], got {tokens.dtype} {tokens.shape}",
+                               file=self.origin)
+        logits, activations, notes = self._ensure().checkpoint_forward(str(path), tokens.astype(np.int32))
+        self.notes = list(notes)
+        return Forward(logits=logits, activations=activations)
+
     def save_checkpoint(self, path: str, params: dict[str, np.ndarray]) -> None:
         """Write `params` at `path` with MaxText's own conversion save (a step dir `path/0/items`)."""
         self.check_params(params)

@@ -139,6 +139,12 @@ class LocalBackend:
 
         return self._guard("from_pretrained", checkpoints.logits_with_from_pretrained, self.model, path, tokens)
 
+    def checkpoint_forward(self, path: str, tokens):
+        from ckptmap.maxtext import checkpoints
+
+        return self._guard("load_params_from_path + forward", checkpoints.forward_from_checkpoint, self.model, path,
+                           tokens)
+
     def save_checkpoint(self, path: str, params) -> None:
         from ckptmap.maxtext import checkpoints
 
@@ -384,6 +390,19 @@ class WorkerBackend:
             return protocol.load_arrays(result["arrays"], d / "out")["logits"]
         finally:
             shutil.rmtree(d, ignore_errors=True)
+
+    def checkpoint_forward(self, path: str, tokens):
+        d = self.worker.scratch()
+        try:
+            token_file = protocol.save_arrays({"tokens": np.asarray(tokens)}, d / "tok")["tokens"]
+            result = self._call("checkpoint_forward", path=str(path), tokens=str(d / "tok" / token_file),
+                                out_dir=str(d / "out"))
+            arrays = protocol.load_arrays(result["arrays"], d / "out")
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        logits = arrays.pop("logits")
+        activations = {k[len("act:"):]: v for k, v in arrays.items() if k.startswith("act:")}
+        return logits, activations, list(result.get("notes", []))
 
     def save_checkpoint(self, path: str, params) -> None:
         d = self.worker.scratch()

@@ -2,7 +2,8 @@
 
 `build` (model_name, overrides) builds a model and answers its id; `describe`, `init`, `forward` (optional
 `positions`: a .npy file of position ids),
-`fused_layouts`, `reference_convert` and `drop` name that id in `model`; `shutdown` ends the process (see
+`fused_layouts`, `reference_convert`, the checkpoint ops (`load_checkpoint`, `from_pretrained_logits`,
+`save_checkpoint`, `checkpoint_forward`) and `drop` name that id in `model`; `shutdown` ends the process (see
 ckptmap.maxtext.protocol). One process hosts many models so that JAX and MaxText are imported once. The protocol
 owns the real stdout: everything MaxText, JAX or absl print goes to stderr, which the client sends to a log file.
 No pickled objects cross the boundary.
@@ -50,7 +51,7 @@ def handle(model, request: dict) -> dict:
         hf = protocol.load_arrays(request["hf"], request["in_dir"])
         arrays = model.reference_convert(hf, request["hf_config"])
         return {"arrays": protocol.save_arrays(arrays, request["out_dir"])}
-    if op in ("load_checkpoint", "from_pretrained_logits", "save_checkpoint"):
+    if op in ("load_checkpoint", "from_pretrained_logits", "save_checkpoint", "checkpoint_forward"):
         return _checkpoint_op(model, op, request)
     raise ValueError(f"unknown worker op {op!r}")
 
@@ -65,6 +66,11 @@ def _checkpoint_op(model, op: str, request: dict) -> dict:
     if op == "from_pretrained_logits":
         logits = checkpoints.logits_with_from_pretrained(model, request["path"], protocol.load_array(request["tokens"]))
         return {"arrays": protocol.save_arrays({"logits": logits}, request["out_dir"])}
+    if op == "checkpoint_forward":
+        logits, activations, notes = checkpoints.forward_from_checkpoint(model, request["path"],
+                                                                         protocol.load_array(request["tokens"]))
+        arrays = {"logits": logits, **{f"act:{k}": v for k, v in activations.items()}}
+        return {"arrays": protocol.save_arrays(arrays, request["out_dir"]), "notes": notes}
     params = protocol.load_arrays(request["params"], request["in_dir"])
     checkpoints.save_like_maxtext(model, request["path"], params)
     return {}
