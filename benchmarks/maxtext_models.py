@@ -3,9 +3,9 @@
     python -m ckptmap.benchmarks.maxtext_models --out results.json [--only MODEL ...] [--scan on|off|both]
                                                  [--timeout 600] [--no-dedupe] [--plan-only]
 
-1. *Plan*: MaxText's model ymls are enumerated (`ckptmap.verify.tiny.maxtext_catalog`). A model has an HF
+1. *Plan*: MaxText's model ymls are enumerated (`ckptmap.verify.maxtext_catalog`). A model has an HF
    counterpart when MaxText pairs an HF config with it (`hf_model_configs.py`: "paired") or when one can be derived
-   from its yml (`verify.tiny.hf_config_from_maxtext`: "derived"; the HF config of a sibling with the same decoder
+   from its yml (`verify.maxtext_catalog.hf_config_from_maxtext`: "derived"; the HF config of a sibling with the same decoder
    block, or the transformers model type named like the block). Others (gpt3, envy, qwen3-custom) are listed with
    the reason. Each model's tiny pair is derived (`derive_tiny`); models whose tiny pairs are the same (qwen3-4b,
    qwen3-4b-base, ...) are run once and the others point at it (`same_as`), unless --no-dedupe. The plan runs in
@@ -33,7 +33,7 @@ from ckptmap.mapping import write_json_atomic
 # ----------------------------------------------------------------------------------------------------------- plan
 
 def _size_keys() -> set[str]:
-    from ckptmap.verify.tiny import MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS
+    from ckptmap.verify.tiny_keys import MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS
 
     return set(MAXTEXT_TO_HF_KEYS) | set(MAXTEXT_TO_HF_LISTS) | {"vocab_size"}
 
@@ -42,7 +42,8 @@ def plan_in_process(only: list[str] | None = None) -> list[dict]:
     """One row per MaxText model yml: its HF counterpart, HF model type and class name, tiny pair, and a dedupe
     key (the tiny HF config, the tiny MaxText overrides and the yml's non-size keys)."""
     from ckptmap.verify.real_configs import real_configs
-    from ckptmap.verify.tiny import derive_tiny, hf_config_from_maxtext, maxtext_catalog
+    from ckptmap.verify.maxtext_catalog import hf_config_from_maxtext, maxtext_catalog
+    from ckptmap.verify.tiny import derive_tiny
 
     catalog = maxtext_catalog()
     sizes = _size_keys()
@@ -181,9 +182,38 @@ def run_one(model: str, scan: bool, timeout: int, out_dir: str) -> dict:
     row["seconds"] = round(time.time() - t0, 1)
     row.update(parse_solve_output(text))
     row["passed"] = row.get("verify") == "PASS" and row.get("structural_ok", False)
+    if not row["passed"] and maxtext_build_error(text):
+        # MaxText's own error building its model from the tiny overrides: not a ckptmap failure, say what it said
+        row["maxtext_cannot_build"] = maxtext_build_error(text)
     if not row["passed"]:
         row["why"] = _why(text) or [ln for ln in text.strip().splitlines()[-3:]]
     return row
+
+
+_MAXTEXT_CANNOT_BUILD = re.compile(r"MaxText could not build the model: (.*)")
+_NAME_LIST = re.compile(r"(model_name / )?Input should be ('[^']*'(?:, '[^']*')*)(?:, '[^']*)?\.*(?: or '[^']*')?")
+
+
+def maxtext_build_error(text: str) -> str:
+    """MaxText's own error where it could not build its model (pydantic's list of allowed model names left out),
+    or ''."""
+    m = _MAXTEXT_CANNOT_BUILD.search(text)
+    if not m:
+        return ""
+    msg = _short(m.group(1))
+    names = _NAME_LIST.search(msg)
+    if names:
+        msg = msg[:names.start()] + "model_name is not among the model names MaxText's config accepts"
+    return msg[:400]
+
+
+def outcome(run: dict) -> str:
+    """"pass", "maxtext_cannot_build" (MaxText's own error building its model), "timeout" or "fail"."""
+    if run.get("passed"):
+        return "pass"
+    if run.get("maxtext_cannot_build") or any(maxtext_build_error(w) for w in run.get("why", [])):
+        return "maxtext_cannot_build"
+    return "timeout" if run.get("timed_out") else "fail"
 
 
 def order(rows: list[dict]) -> list[dict]:
@@ -233,6 +263,8 @@ def markdown(results: list[dict]) -> str:
         run = runs.get((model, scan))
         if run is None or "not_run" in run:
             return "not run"
+        if outcome(run) == "maxtext_cannot_build":
+            return f"MaxText cannot build / - / - / {run.get('seconds', '-')}"
         solved = "ok" if run.get("structural_ok") else (f"{run.get('unmapped')} unmapped" if "unmapped" in run
                                                         else "no solve")
         verdict = "PASS" if run.get("passed") else ("timeout" if run.get("timed_out") else "FAIL")
@@ -253,12 +285,37 @@ def markdown(results: list[dict]) -> str:
         why = []
         for scan in (True, False):
             run = runs.get((name, scan))
-            if run and not run.get("passed") and "not_run" not in run:
+            if run and outcome(run) == "maxtext_cannot_build":
+                line = "MaxText's error: " + (run.get("maxtext_cannot_build") or next(
+                    maxtext_build_error(w) for w in run.get("why", []) if maxtext_build_error(w)))
+                why += [line] if line not in why else []
+            elif run and not run.get("passed") and "not_run" not in run:
                 why += [w for w in run.get("why", []) if w not in why][:2]
         text = "; ".join(_short(w)[:220] for w in why)
         lines.append(f"| {name} | {row.get('hf_class') or row.get('model_type')} | {src} | {cell(name, True)} | "
                      f"{cell(name, False)} | {text} |")
-    return "\n".join(lines)
+    counts: dict[str, dict[str, int]] = {}
+    for (model, scan), run in runs.items():
+        if "not_run" not in run and not (models.get(model) or {}).get("same_as"):
+            by = counts.setdefault(f"scan{int(scan)}", {})
+            by[outcome(run)] = by.get(outcome(run), 0) + 1
+    per_model: dict[str, str] = {}
+    for (model, scan), run in runs.items():
+        if "not_run" in run or (models.get(model) or {}).get("same_as"):
+            continue
+        rank = ("pass", "fail", "timeout", "maxtext_cannot_build")
+        got = outcome(run)
+        have = per_model.get(model)
+        per_model[model] = got if have is None or rank.index(got) < rank.index(have) else have
+    by_model = {k: sum(1 for v in per_model.values() if v == k) for k in ("pass", "fail", "timeout",
+                                                                          "maxtext_cannot_build")}
+    summary = ["", f"Distinct tiny pairs: {len(per_model)}; best scan setting per model: "
+               + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in by_model.items()) + ".",
+               "Counts (distinct tiny pairs run): " + "; ".join(
+        f"{scan}: " + ", ".join(f"{by.get(k, 0)} {k.replace('_', ' ')}" for k in
+                                ("pass", "fail", "timeout", "maxtext_cannot_build"))
+        for scan, by in sorted(counts.items(), reverse=True))]
+    return "\n".join(lines + summary)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,6 +376,14 @@ def main(argv: list[str] | None = None) -> int:
             run = run_one(row["model"], scan, args.timeout, out_dir)
             result["runs"].append(run)
             write_json_atomic(args.out, result)
+            if scan and False not in scans and "scan_layers=False" in run.get("maxtext_cannot_build", ""):
+                # MaxText builds this model unscanned only (deepstack, per-layer KV sharing): run that too
+                more = run_one(row["model"], False, args.timeout, out_dir)
+                result["runs"].append(more)
+                write_json_atomic(args.out, result)
+                print(f"[{i + 1}/{len(todo)}] {row['model']:28s} scan0 {'PASS' if more['passed'] else 'FAIL':4s} "
+                      f"(MaxText builds it unscanned only)  KL {more.get('kl_max', '-')}  {more['seconds']}s",
+                      flush=True)
             kl = run.get("kl_max")
             print(f"[{i + 1}/{len(todo)}] {row['model']:28s} scan{int(scan)} "
                   f"{'PASS' if run['passed'] else 'FAIL':4s} "

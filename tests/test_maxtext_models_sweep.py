@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ckptmap.benchmarks.maxtext_models import dedupe, order, parse_solve_output
+from ckptmap.benchmarks.maxtext_models import dedupe, markdown, maxtext_build_error, order, outcome, parse_solve_output
 
 SOLVE_OUTPUT = """\
 15 rules, 55 target tensors mapped, 0 unmapped, 0 sources unused (0.08 s)
@@ -34,6 +34,26 @@ def test_repeated_tiny_pairs_run_once_and_derived_models_run_first():
     dedupe(rows)
     assert rows[3]["same_as"] == "a-paired" and "same_as" not in rows[4]
     assert [r["model"] for r in order(rows)] == ["e-derived", "a-paired", "c-paired", "b-paired"]
+
+
+def test_a_model_maxtext_cannot_build_is_reported_with_maxtext_s_error_not_as_a_failure():
+    text = ("ckptmap solve: error: maxtext:llama3-405b base_emb_dim=128 scan_layers=true: MaxText could not build the "
+            "model: ValidationError: 1 validation error for MaxTextConfig | model_name | Input should be 'default', "
+            "'llama2-7b', 'llama3.1-405b' or 'gemma-7b' [type=literal_error]")
+    assert maxtext_build_error(text) == ("ValidationError: 1 validation error for MaxTextConfig / model_name is not "
+                                         "among the model names MaxText's config accepts")
+    assert maxtext_build_error("verify: FAIL  max KL 0.3") == ""
+    runs = [{"model": "llama3-405b", "scan": True, "passed": False, "maxtext_cannot_build": maxtext_build_error(text)},
+            {"model": "gemma4-e2b", "scan": True, "passed": False,
+             "maxtext_cannot_build": "gemma4-e2b requires scan_layers=False"},
+            {"model": "gemma4-e2b", "scan": False, "passed": True, "structural_ok": True, "kl_max": 1e-9},
+            {"model": "gemma4-26b", "scan": True, "passed": False, "structural_ok": True, "kl_max": 0.4}]
+    assert [outcome(r) for r in runs] == ["maxtext_cannot_build", "maxtext_cannot_build", "pass", "fail"]
+    table = markdown([{"models": [{"model": m, "hf": "paired", "hf_class": "X"}
+                                  for m in ("llama3-405b", "gemma4-e2b", "gemma4-26b")], "runs": runs}])
+    assert "| llama3-405b | X | paired | MaxText cannot build / - / - / - |" in table
+    assert "MaxText's error: ValidationError" in table
+    assert "best scan setting per model: 1 pass, 1 fail, 0 timeout, 1 maxtext cannot build" in table
 
 
 @pytest.mark.maxtext

@@ -13,7 +13,8 @@ of the HF key that held the same real value (or the real MaxText/HF ratio applie
 is written down here: only which config keys name which quantity.
 
 Modules: verify.tiny_keys (which keys name which quantity), verify.tiny_hf (the HF side shrunk), verify.tiny_translate
-(MaxText's overrides and RoPE on both sides), verify.maxtext_catalog (MaxText's ymls; HF configs derived from them).
+(MaxText's overrides and RoPE on both sides), verify.tiny_towers (a multimodal model's towers, both sides),
+verify.maxtext_catalog (MaxText's ymls; HF configs derived from them).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from ckptmap.verify.maxtext_catalog import (hf_config_from_maxtext, maxtext_cata
                                             real_or_derived_configs)
 from ckptmap.verify.tiny_hf import tiny_hf_config, unspell_per_layer_config
 from ckptmap.verify.tiny_keys import MAXTEXT_LLAMA31_ROPE, MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS, TinyConfigError
-from ckptmap.verify.tiny_translate import (reconcile_llama31_rope, reconcile_rope, scale_sections,
-                                           tiny_maxtext_overrides, tiny_rotary)
+from ckptmap.verify.tiny_towers import text_part, tiny_composite
+from ckptmap.verify.tiny_translate import (adopt_maxtext_geometry, reconcile_llama31_rope, reconcile_rope,
+                                           scale_sections, tiny_maxtext_overrides, tiny_rotary)
 
 # derive_tiny and check_tiny live here; the rest is re-exported from the modules that hold it
 __all__ = ["TinyPair", "derive_tiny", "check_tiny", "TinyConfigError", "tiny_hf_config", "tiny_maxtext_overrides",
@@ -38,7 +40,8 @@ __all__ = ["TinyPair", "derive_tiny", "check_tiny", "TinyConfigError", "tiny_hf_
 
 @dataclass
 class TinyPair:
-    """A tiny HF config (a dict with `model_type`) and the MaxText overrides ("key=value") for one model."""
+    """A tiny HF config (a dict with `model_type`; a composite with its towers where MaxText builds them) and the
+    MaxText overrides ("key=value") for one model."""
 
     maxtext_model: str
     hf_config: dict
@@ -48,6 +51,11 @@ class TinyPair:
     def overrides_dict(self) -> dict[str, str]:
         return dict(o.split("=", 1) for o in self.maxtext_overrides)
 
+    @property
+    def text_config(self) -> dict:
+        """The text model's config (`hf_config` itself unless it is a composite with towers)."""
+        return text_part(self.hf_config)
+
 
 def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     """MaxText model name -> TinyPair, from the real configs (read through the MaxText venv unless given; a model
@@ -56,8 +64,8 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
         real = real_or_derived_configs(maxtext_model)
     maxtext_model = real.get("model_name") or maxtext_model  # a family name (`qwen3.5`) -> MaxText's name
     real = dict(real, hf=copy.deepcopy(real["hf"]))
-    spelled = unspell_per_layer_config(real["hf"].get("text_config") if isinstance(real["hf"].get("text_config"),
-                                                                                   dict) else real["hf"])
+    spelled = unspell_per_layer_config(text_part(real["hf"]))
+    spelled += adopt_maxtext_geometry(text_part(real["hf"]), real["maxtext"])
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
     notes = list(real.get("derived_notes", [])) + spelled + notes
     notes += reconcile_rope(hf_cfg, real["maxtext"])
@@ -66,16 +74,17 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     notes += reconcile_activation(hf_cfg, real["maxtext"])
     notes += reconcile_llama31_rope(hf_cfg, real["maxtext"], maxtext_model)
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
-    real_text = real["hf"].get("text_config") if isinstance(real["hf"].get("text_config"), dict) else real["hf"]
-    rotary, rotary_notes = tiny_rotary(hf_cfg, real_text, real["maxtext"])
+    rotary, rotary_notes = tiny_rotary(hf_cfg, text_part(real["hf"]), real["maxtext"])
     overrides += [f"{k}={v}" for k, v in rotary.items()]
     notes += rotary_notes
-    return TinyPair(maxtext_model=maxtext_model, hf_config=hf_cfg, maxtext_overrides=overrides, notes=notes)
+    hf_cfg, towers, tower_notes = tiny_composite(real["hf"], hf_cfg, real["maxtext"])
+    return TinyPair(maxtext_model=maxtext_model, hf_config=hf_cfg, maxtext_overrides=overrides + towers,
+                    notes=notes + tower_notes)
 
 
 def check_tiny(pair: TinyPair) -> list[str]:
     """What a tiny pair must keep, as a list of violations (empty when fine)."""
-    c = pair.hf_config
+    c = pair.text_config
     bad = []
     if c["num_hidden_layers"] < 2:
         bad.append("fewer than 2 layers")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 
+from ckptmap.verify.tiny_towers import text_holder, text_part
 from ckptmap.verify.tiny_keys import (HEAD_DIM, INDEX_HEADS, INDEX_TOPK, MAX_GROUP, PER_LAYER_TO_GLOBAL,
                                       PREFIX_COUNT_KEYS, SLIDING_WINDOW, SUFFIX_COUNT_KEYS, VOCAB, VOCAB_PADDING,
                                       TinyConfigError, _num, _round_to)
@@ -25,9 +26,9 @@ def tiny_hf_config(real_hf: dict, real_maxtext: dict | None = None) -> tuple[dic
     """Real HF config dict -> (tiny HF config dict, notes). Multimodal configs give their text model only."""
     notes: list[str] = []
     cfg = copy.deepcopy(real_hf)  # nested dicts (RoPE) are edited below; the real config stays as it is
-    if isinstance(cfg.get("text_config"), dict) and "model_type" in cfg["text_config"]:
-        notes.append(f"text model only ({cfg['text_config']['model_type']} of {cfg.get('model_type')})")
-        cfg = copy.deepcopy(cfg["text_config"])
+    if text_holder(cfg) is not None:
+        notes.append(f"text model ({text_part(cfg).get('model_type')} of {cfg.get('model_type')})")
+        cfg = copy.deepcopy(text_part(cfg))
     for k in ("architectures", "auto_map", "_name_or_path", "transformers_version", "id2label", "label2id",
               "dtype", "torch_dtype", "quantization_config"):
         cfg.pop(k, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from ckptmap.verify.tiny_towers import text_part
 from ckptmap.verify.tiny_keys import (MAXTEXT_LLAMA31_ROPE, MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS, VOCAB,
                                       TinyConfigError, _num)
 
@@ -16,7 +17,7 @@ def _flat_numbers(d: dict) -> dict[str, float]:
 
 def tiny_maxtext_overrides(real_maxtext: dict, real_hf: dict, tiny_hf: dict) -> list[str]:
     """MaxText size keys of the model yml -> tiny values, through the HF key that held the same real value."""
-    hf_text = real_hf.get("text_config") if isinstance(real_hf.get("text_config"), dict) else real_hf
+    hf_text = text_part(real_hf)
     real_nums, tiny_nums = _flat_numbers(hf_text), _flat_numbers(tiny_hf)
     if "head_dim" not in real_nums and "kv_lora_rank" not in real_nums:  # implicit hidden / heads
         real_nums["head_dim"] = real_nums["hidden_size"] // real_nums["num_attention_heads"]
@@ -222,3 +223,28 @@ def reconcile_llama31_rope(tiny_hf: dict, real_maxtext: dict, model_name: str) -
         tiny_hf[key] = {"rope_type": "default", "rope_theta": theta}
         return ["RoPE: MaxText applies no llama3.1 scaling here; the HF config's llama3 scaling dropped"]
     return []
+
+
+# MaxText size keys -> the one HF text-config key for the same attention geometry (see adopt_maxtext_geometry)
+GEOMETRY_KEYS = {"base_emb_dim": "hidden_size", "base_num_query_heads": "num_attention_heads",
+                 "base_num_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+                 "base_num_decoder_layers": "num_hidden_layers", "vocab_size": "vocab_size"}
+
+
+def adopt_maxtext_geometry(real_hf_text: dict, real_maxtext: dict) -> list[str]:
+    """Where the paired HF config's query heads disagree with MaxText's yml (Qwen3-Omni's thinker: 28 heads, vocab
+    3584, no head_dim, against MaxText's 32 x 128 and 152064), it describes another model than the one MaxText
+    builds: its attention sizes, layer count and vocab are taken from the yml (what MaxText's model uses). MLA
+    configs (their head_dim is the rotary part) and agreeing configs are left alone. Changes real_hf_text in place;
+    returns notes."""
+    heads, mt_heads = _num(real_hf_text, "num_attention_heads"), _num(real_maxtext, "base_num_query_heads")
+    if not heads or not mt_heads or heads == mt_heads or _num(real_hf_text, "kv_lora_rank") is not None:
+        return []
+    changed = []
+    for mt_key, hf_key in GEOMETRY_KEYS.items():
+        v = _num(real_maxtext, mt_key)
+        if v and v > 0 and real_hf_text.get(hf_key) != v and (hf_key in real_hf_text or hf_key == "head_dim"):
+            changed.append(f"{hf_key} {real_hf_text.get(hf_key)} -> {v}")
+            real_hf_text[hf_key] = v
+    return [f"the paired HF config's text part disagrees with MaxText's yml on the query heads: MaxText's sizes "
+            f"taken ({', '.join(changed)})"]

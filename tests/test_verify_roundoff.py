@@ -1,0 +1,84 @@
+"""verify's float32 mark from the source model's own round-off: a tiny random model that amplifies round-off layer by
+layer (Gemma 4) sets a floor no float32 implementation beats, measured as its float32 logits against float64; a
+selection that flips under round-off (a top-k on near-tied scores) is no floor, and moves the long check to a
+shorter sequence instead."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ckptmap.verify.evaluate import Evaluator
+from ckptmap.verify.hf_runner import HFRunner
+from ckptmap.verify.metrics import (KL_FLOAT32, KL_FLOAT32_TIED_CAST, ROUNDOFF_FACTOR, ROUNDOFF_SMOOTH_MAX,
+                                    kl_threshold)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REAL = os.path.join(os.path.dirname(__file__), "data", "verify", "real_configs.json")
+
+
+@pytest.fixture(scope="module")
+def real_configs():
+    with open(REAL) as f:
+        return json.load(f)
+
+
+def test_the_float32_mark_rises_only_with_a_smooth_own_roundoff():
+    assert kl_threshold("float32", roundoff=1e-12) == KL_FLOAT32  # llama-like floors keep the fixed mark
+    assert kl_threshold("float32", roundoff=4e-8) == pytest.approx(ROUNDOFF_FACTOR * 4e-8)  # gemma4-26b, 64 tokens
+    assert kl_threshold("float32", roundoff=1.7e-2) == KL_FLOAT32  # a flipped top-k: no floor
+    assert kl_threshold("float32", roundoff=ROUNDOFF_SMOOTH_MAX) == pytest.approx(ROUNDOFF_FACTOR * ROUNDOFF_SMOOTH_MAX)
+    assert kl_threshold("bfloat16", roundoff=1e-6) == 1e-2  # half precision keeps its own mark
+    assert kl_threshold("float32", tied_cast=True, roundoff=4e-8) == KL_FLOAT32_TIED_CAST
+
+
+@pytest.mark.parametrize("model, low, high", [("gemma4-26b", 1e-8, 2e-7),  # measured 3.9e-8
+                                              ("llama3.1-8b", 0.0, 1e-10)])  # measured 2.3e-12
+def test_the_source_models_own_roundoff_is_measured_against_float64(real_configs, model, low, high):
+    from ckptmap.verify.tiny import derive_tiny
+
+    runner = HFRunner(derive_tiny(model, real_configs[model]).hf_config)
+    ev = Evaluator(runner, runner, seed=0, seq_len=64)
+    assert ev.measured_roundoff() is None  # nothing measured until a mark needs it
+    floor = ev.roundoff_floor()
+    assert low <= floor <= high
+    assert ev.measured_roundoff() == floor
+
+
+def test_gemma4_kv_sharing_keeps_unshared_and_shared_cycles(real_configs):
+    from ckptmap.verify.tiny import check_tiny, derive_tiny
+
+    pair = derive_tiny("gemma4-e2b", real_configs["gemma4-e2b"])
+    c, o = pair.hf_config, pair.overrides_dict()
+    assert check_tiny(pair) == []
+    # real: 35 layers, a cycle of 4 sliding + 1 full, the last 20 reuse earlier layers' keys and values
+    assert c["num_hidden_layers"] == 15 and c["num_kv_shared_layers"] == 10
+    assert c["layer_types"] == (["sliding_attention"] * 4 + ["full_attention"]) * 3
+    assert o["base_num_decoder_layers"] == "15" and o["num_kv_shared_layers"] == "10"
+    # per-layer input embeddings shrink with the model and the vocab on both sides
+    assert c["vocab_size_per_layer_input"] == 256 and o["vocab_size_per_layer_input"] == "256"
+    assert o["hidden_size_per_layer_input"] == str(c["hidden_size_per_layer_input"]) == "24"
+    runner = HFRunner(c)  # transformers builds it (it rejected KV sharing over every tiny layer)
+    assert runner.n_layers == 15
+
+
+@pytest.mark.maxtext
+@pytest.mark.slow
+def test_gemma4_26b_passes_at_its_measured_floor(tmp_path):
+    """Tiny gemma4-26b: MaxText 1.8e-7 at 64 tokens, above the fixed 1e-7, 4.6x the model's own round-off."""
+    from ckptmap.solver import solve
+    from ckptmap.trees import read_tree
+    from ckptmap.verify import runners_for, search_and_verify, tiny_specs
+
+    src_spec, tgt_spec = tiny_specs("gemma4-26b", directory=str(tmp_path))
+    src, tgt = runners_for(src_spec, tgt_spec)
+    try:
+        _, report = search_and_verify(solve(read_tree(src_spec), read_tree(tgt_spec)), src, tgt)
+    finally:
+        tgt.close()
+    assert report.passed, report.table(2)
+    assert KL_FLOAT32 < report.logits.kl_max <= report.kl_threshold <= ROUNDOFF_FACTOR * 2e-7
+    assert any("own float32 round-off" in n for n in report.notes)
+    assert report.long_range["passed"]
