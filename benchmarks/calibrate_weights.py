@@ -30,6 +30,7 @@ _USERS = {
     "ckptmap.heuristics.names": {"EQUIVALENCE_DISCOUNT": "equivalence_discount"},
     "ckptmap.heuristics.layout": {},
     "ckptmap.heuristics.align": {},
+    "ckptmap.heuristics.storage": {},
     "ckptmap.solver.solve": {"FILL_MIN_COVERED": "fill_min_covered"},
 }
 
@@ -50,12 +51,14 @@ def using(weights: ScoreWeights):
             saved.append((module, alias, getattr(module, alias)))
             setattr(module, alias, getattr(weights, field))
     names.name_similarity.cache_clear()
+    names.concept_similarity.cache_clear()
     try:
         yield
     finally:
         for module, attr, value in saved:
             setattr(module, attr, value)
         names.name_similarity.cache_clear()
+        names.concept_similarity.cache_clear()
 
 
 def split(families: list[str]) -> tuple[list[str], list[str]]:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ckptmap.heuristics.layout import has_transpose, layout_score
-from ckptmap.heuristics.names import concepts, name_similarity, part_rank, split_subwords
+from ckptmap.heuristics.names import concept_similarity, concepts, name_similarity, part_rank, split_subwords
+from ckptmap.heuristics.roles import refine_roles
 from ckptmap.heuristics.regroup import agrees_with_code, code_splits, grouped_chains, roles_held
 from ckptmap.heuristics.structure import Unit
 from ckptmap.heuristics.weights import WEIGHTS
@@ -47,6 +48,12 @@ class Operand:
     local: str
     shape: tuple[int, ...]
     units: list[Unit]
+    concepts: tuple[str, ...] = ()  # its name's concepts read beside its siblings (heuristics.roles); () = unread
+
+    @property
+    def role_concepts(self) -> tuple[str, ...]:
+        """The concepts name scoring compares: the in-context reading when made, else names.concepts."""
+        return self.concepts or concepts(self.local)
 
     @property
     def stacked_experts(self) -> int:
@@ -70,6 +77,9 @@ def operands(units: list[Unit]) -> list[Operand]:
         else:
             for u in us:
                 out.append(Operand(u.local if len(us) == 1 else u.tensor, u.shape, [u]))
+    read = refine_roles([op.local for op in out])
+    for op in out:
+        op.concepts = read[op.local]
     return out
 
 
@@ -126,9 +136,22 @@ def ordinal_ranks(ops: list[Operand]) -> dict[int, int]:
     return out
 
 
-def ordinal_term(s: Operand, t: Operand, s_rank: int | None, t_rank: int | None) -> float:
-    """Agreement of the numbers in two names: the same explicit numbers, or the same rank among siblings."""
+def constant_numbers(ops: list[Operand]) -> tuple[int, ...] | None:
+    """The numbers every numbered operand of one side carries alike (KerasHub's `mixtral_sparse_moe_block_1/...`
+    in layer 1): they name the layer's module, not a part of it, so they say nothing about which part maps
+    where. None when the numbered operands differ (or fewer than two carry numbers)."""
+    found = {numbers(op.local) for op in ops} - {()}
+    numbered = sum(1 for op in ops if numbers(op.local))
+    return next(iter(found)) if len(found) == 1 and numbered > 1 else None
+
+
+def ordinal_term(s: Operand, t: Operand, s_rank: int | None, t_rank: int | None,
+                 s_constant: tuple[int, ...] | None = None, t_constant: tuple[int, ...] | None = None) -> float:
+    """Agreement of the numbers in two names: the same explicit numbers, or the same rank among siblings.
+    A side's constant numbers (constant_numbers) are left out."""
     ns, nt = numbers(s.local), numbers(t.local)
+    ns = () if ns == s_constant else ns
+    nt = () if nt == t_constant else nt
     n = min(len(ns), len(nt))
     if n and ns[-n:] == nt[-n:]:
         # The same numbers, read from the end; agreeing on more of them is stronger evidence.
@@ -150,8 +173,8 @@ def raw_overlap(a: str, b: str) -> float:
 def _score(ctx: Context, srcs: list[Operand], tgts: list[Operand], chain, extra_name: float | None = None,
            ordinal: float = 0.0):
     if extra_name is None:
-        sims = [name_similarity(s.local, t.local) + WEIGHTS.raw_overlap * raw_overlap(s.local, t.local)
-                for s in srcs for t in tgts]
+        sims = [concept_similarity(s.role_concepts, t.role_concepts)
+                + WEIGHTS.raw_overlap * raw_overlap(s.local, t.local) for s in srcs for t in tgts]
         name = sum(sims) / len(sims)
     else:
         name = extra_name
@@ -221,11 +244,12 @@ def generate(ctx: Context, src_ops: list[Operand], tgt_ops: list[Operand]) -> li
     """Every plausible candidate between two operand lists, scored."""
     cands: list[Candidate] = []
     s_rank, t_rank = ordinal_ranks(src_ops), ordinal_ranks(tgt_ops)
+    s_const, t_const = constant_numbers(src_ops), constant_numbers(tgt_ops)
     for j, t in enumerate(tgt_ops):
         for i, s in enumerate(src_ops):
             if s.numel != t.numel and not _pad_compatible(s.shape, t.shape):
                 continue
-            ordinal = ordinal_term(s, t, s_rank.get(i), t_rank.get(j))
+            ordinal = ordinal_term(s, t, s_rank.get(i), t_rank.get(j), s_const, t_const)
             for chain in _chains(ctx, [s.shape], [t.shape]):
                 score, parts = _score(ctx, [s], [t], chain, ordinal=ordinal)
                 cands.append(Candidate((i,), (j,), chain, score, parts))

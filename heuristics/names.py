@@ -67,7 +67,18 @@ SUBWORD = {
     "experts": "expert", "moe": "expert", "block": "", "shared": "shared", "proj": "", "self": "", "layer": "", "the": "", "module": "",
     "linear": "", "dense": "", "params": "", "weight": "weight",
     "mhc": "hc",  # manifold-constrained hyper-connections are hyper-connections
+    # Gated-MLP roles as words inside a longer token (`feedforward_gate_dense`, `ffw_gating`, `ffn_up`,
+    # `mlp_down`, `feedforward_intermediate_dense`), across conventions. `gate` alone is ambiguous (a gated
+    # MLP's gate, or a MoE router): ROLE_ALIASES resolves it against the other name. `intermediate` is the
+    # unsplit input projection (BERT's only one); heuristics.roles reads it as `up` beside a gate sibling.
+    "gate": "gate", "gating": "gate", "up": "wi_1", "down": "wo", "intermediate": "wi",
 }
+
+# A role word with several meanings -> its meanings, the first being the one it has in an MLP. Compared with
+# another name, it takes the meaning that name holds (gate ~ router against a router, gate ~ wi_0 against
+# a gate projection), else its MLP meaning when the other name holds an MLP role, else stays as it is.
+ROLE_ALIASES = {"gate": ("wi_0", "router")}
+MLP_ROLES = frozenset({"wi_0", "wi_1", "wi", "wo"})
 
 # Concept sets that name the same tensor in pre-norm blocks without sandwich norms: the norm after attention is
 # the norm before the feed-forward (MaxText's post_self_attention_layer_norm, HF's ffn_norm). Compared as
@@ -146,7 +157,26 @@ def _norm_kind(cs: tuple[str, ...]) -> bool:
 @lru_cache(maxsize=400_000)
 def name_similarity(a: str, b: str) -> float:
     """Similarity in [0, 1] of two slot-relative names from (possibly) different frameworks."""
-    ca, cb = concepts(a), concepts(b)
+    return concept_similarity(concepts(a), concepts(b))
+
+
+def resolve_aliases(ca: tuple[str, ...], cb: tuple[str, ...]) -> tuple[str, ...]:
+    """`ca` with each ambiguous role word (ROLE_ALIASES) read in the sense `cb` gives it."""
+    sb = set(cb)
+    out = []
+    for c in ca:
+        meanings = ROLE_ALIASES.get(c)
+        if meanings:
+            held = [m for m in meanings if m in sb]
+            c = held[0] if held else (meanings[0] if sb & MLP_ROLES else c)
+        out.append(c)
+    return tuple(out)
+
+
+@lru_cache(maxsize=400_000)
+def concept_similarity(ca: tuple[str, ...], cb: tuple[str, ...]) -> float:
+    """name_similarity on concept tuples (names.concepts, or heuristics.roles' reading in context)."""
+    ca, cb = resolve_aliases(ca, cb), resolve_aliases(cb, ca)
     if not ca or not cb:
         return 0.0
     direct = _similarity(ca, cb)

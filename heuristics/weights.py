@@ -49,6 +49,10 @@ class ScoreWeights:
     raw_overlap: float = 0.5
     """Literal-token overlap added to concept similarity when ranking split partners."""
 
+    sibling_storage: float = 0.6
+    """A pair whose shapes allow several layouts (a square q_proj into a heads-first kernel) read as its module's
+    non-square siblings are stored (heuristics.storage): +/- this, a layout prior's worth, below a name."""
+
     # ---- name similarity (heuristics.names) -------------------------------------------------------------
     name_jaccard: float = 0.6
     """Concept-set overlap; with `name_fuzzy` it sums to 1 so the similarity stays in 0..1."""

@@ -26,6 +26,7 @@ from ckptmap.heuristics.candidates import (
 )
 from ckptmap.heuristics.layout import guess_layout
 from ckptmap.heuristics.names import concepts
+from ckptmap.heuristics.storage import apply_sibling_storage
 from ckptmap.heuristics.structure import Slot, TreeStructure, analyse
 from ckptmap.solver.cpsat import build_model, solve_ranked
 from ckptmap.solver.graph import build_graph, components
@@ -171,6 +172,7 @@ def _neutral_norm(op: Operand) -> bool:
 def _solve_problem(prob: Problem, ctx: Context, k_alternatives: int) -> None:
     prob.candidates = generate(ctx, prob.src_ops, prob.tgt_ops)
     apply_module_consistency(prob.candidates, prob.src_ops)
+    apply_sibling_storage(prob.candidates, prob.src_ops, prob.tgt_ops)
     g = build_graph(len(prob.src_ops), len(prob.tgt_ops), prob.candidates)
     chosen: list[int] = []
     for s_ids, t_ids, c_ids in components(g):

@@ -20,6 +20,7 @@ DimsKey = tuple[tuple[str, int], ...]
 MAX_PRODUCT = 4096          # cap on factorisation combinations tried per side
 MAX_BIJECTIONS = 24         # cap on assignments of equal-sized factors per refinement pair
 ORDER_PENALTY = 1.5         # a merged axis factored against the usual nesting (head_dim before heads, ...)
+REGROUP_PENALTY = 1.0       # per axis piece a map cuts or glues beyond the fewest any map of these shapes needs
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def axis_maps(src: Shape, tgt: Shape, dkey: DimsKey = ()) -> list[AxisMap]:
         flat = tuple(f for fac, _ in combo for f in fac)
         tgt_by_key.setdefault(tuple(sorted(flat)), []).append(combo)
 
-    best: dict[tuple, AxisMap] = {}
+    found: list[tuple[AxisMap, int]] = []
     for scombo in _combos(src_opts):
         sflat = tuple(f for fac, _ in scombo for f in fac)
         matches = tgt_by_key.get(tuple(sorted(sflat)))
@@ -194,9 +195,19 @@ def axis_maps(src: Shape, tgt: Shape, dkey: DimsKey = ()) -> list[AxisMap]:
                 # source axis and anything else is not a layout anyone writes
                 if not all(src_whole[k] or tgt_whole[p] for p, k in enumerate(order)):
                     continue
-                amap = AxisMap(sflat, factor_axis, order, target_axis, prior)
-                key = amap.canonical()
-                old = best.get(key)
-                if old is None or prior < old.prior:
-                    best[key] = amap
+                pieces = len(sflat) - len(src_axes) + len(tflat) - len(tgt_axes)
+                found.append((AxisMap(sflat, factor_axis, order, target_axis, prior), pieces))
+    # A map that cuts axes into pieces and glues pieces of different axes together where fewer cuts would do
+    # regroups axes across their boundaries ([32, 3, 2, 16, 16] -> [2, 16, 16, 3, 32] read as 32 = 2 x 16 and
+    # 2 x 16 = 32): the plain permutation of whole axes is the reading anyone writes, so the extra pieces cost.
+    fewest = min((p for _, p in found), default=0)
+    best: dict[tuple, AxisMap] = {}
+    for amap, pieces in found:
+        if pieces > fewest:
+            amap = AxisMap(amap.factors, amap.factor_axis, amap.order, amap.target_axis,
+                           amap.prior + REGROUP_PENALTY * (pieces - fewest))
+        key = amap.canonical()
+        old = best.get(key)
+        if old is None or amap.prior < old.prior:
+            best[key] = amap
     return list(best.values())
