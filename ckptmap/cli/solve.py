@@ -164,6 +164,10 @@ def run(args) -> int:
 
     say = _progress(args)
     src_spec, tgt_spec, bundled_model = _tree_specs(args)
+    if bundled_model is None:
+        from ckptmap.frameworks import complete_pair
+
+        src_spec, tgt_spec = complete_pair(src_spec, tgt_spec)  # e.g. keras:FAMILY sized from the hf:CONFIG source
     say(f"reading the source tree {src_spec}")
     src = read_tree(src_spec)
     say(f"reading the target tree {tgt_spec}")
@@ -249,6 +253,9 @@ def _record(mapping, src_spec: str, tgt_spec: str, src, tgt, bundled_model, repo
     from ckptmap import mapping_record
 
     mapping_record.record_trees(mapping, src, tgt)
+    models = {side: t.meta["model"] for side, t in (("source", src), ("target", tgt)) if t.meta.get("model")}
+    if models:  # what each side's framework needs to build its model again (a keras: convert output)
+        mapping.meta["models"] = models
     hf_src = _hf_config(src_spec, src, bundled_model)
     if hf_src is not None:
         mapping_record.record_hf_config(mapping, hf_src, "source")

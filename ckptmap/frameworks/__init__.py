@@ -19,7 +19,8 @@ import importlib
 
 from ckptmap.frameworks.base import Adapter, NoRunner
 
-__all__ = ["Adapter", "NoRunner", "register", "adapters", "for_kind", "for_prefix", "ADAPTER_MODULES"]
+__all__ = ["Adapter", "NoRunner", "register", "adapters", "for_kind", "for_prefix", "complete_pair",
+           "ADAPTER_MODULES"]
 
 # The one registry line per framework (imported lazily: an adapter's heavy imports happen only when it is used).
 ADAPTER_MODULES = ("ckptmap.frameworks.hf", "ckptmap.frameworks.maxtext", "ckptmap.frameworks.files",
@@ -65,3 +66,20 @@ def for_kind(kind: str) -> Adapter:
         if kind in a.kinds:
             return a
     raise KeyError(f"no framework adapter reads SPEC kind {kind!r}")
+
+
+def complete_pair(src: str, tgt: str) -> tuple[str, str]:
+    """(source SPEC, target SPEC), each made whole from the other where its adapter can (Adapter.complete: a
+    `keras:FAMILY` target with no sizes takes them from an `hf:CONFIG` source); SPECs that need nothing are kept."""
+    from ckptmap.trees.spec import parse_spec
+
+    specs = [parse_spec(src), parse_spec(tgt)]
+    out = [src, tgt]
+    for i, (mine, other) in enumerate(((specs[0], specs[1]), (specs[1], specs[0]))):
+        try:
+            adapter = for_kind(mine.kind)
+        except KeyError:
+            continue
+        if adapter.complete is not None:
+            out[i] = adapter.complete(mine, other) or out[i]
+    return out[0], out[1]

@@ -39,6 +39,10 @@ class Adapter:
     checkpoint_model(spec, path, device, options) -> the model with a real checkpoint's weights, loaded by the
     framework's own loader (`forward(tokens) -> Forward`, `describe()`, `close()`; options `hf_config`, `step`):
     what `ckptmap check` runs (ckptmap.verify.checkpoint_models).
+    complete(spec, partner) -> SPEC text or None: this side's SPEC made whole from the other side's (a `keras:FAMILY`
+    with no sizes takes them from an `hf:CONFIG` partner); None when it needs nothing.
+    write_output(mapping, input, path, *, reverse, force, **convert options) -> ConvertReport: convert's output in
+    the framework's own form (`ckptmap convert --output PREFIX:PATH`), or None.
     """
 
     name: str
@@ -52,4 +56,6 @@ class Adapter:
     storage: str = ""
     naming: str = ""
     export: Callable[..., Any] | None = None
+    complete: Callable[[Any, Any], str | None] | None = None
+    write_output: Callable[..., Any] | None = None
     notes: dict = field(default_factory=dict, compare=False)

@@ -33,5 +33,36 @@ def read_tree(spec: TreeSpec, layout: str = "saved"):
     return tree_of(model, build(model, abstract=True), spec.text)
 
 
+def runner(spec: TreeSpec, device: str, layout: str):
+    """verify's runner: the model built concretely, logits of its CausalLM or MaskedLM (see runner)."""
+    from ckptmap.frameworks.kerashub.runner import KerasRunner
+
+    return KerasRunner(describe(spec), device=device)
+
+
+def complete(spec: TreeSpec, partner: TreeSpec) -> str | None:
+    """`keras:FAMILY` (or a class) with no sizes, paired with an `hf:CONFIG` SPEC: `keras:FAMILY hf=CONFIG.json`, so
+    KerasHub's own converter derives the sizes from the HF config. None when the SPEC needs nothing."""
+    import os
+    import shlex
+
+    from ckptmap.frameworks.kerashub.models import RESERVED_KEYS
+
+    sized = any(k not in RESERVED_KEYS for k in spec.overrides) or "hf" in spec.overrides
+    if sized or spec.target.endswith(".json") or os.path.isdir(spec.target) or partner.kind != "hf_config":
+        return None
+    from ckptmap.trees.hf_config import config_path
+
+    return f"{spec.text} hf={shlex.quote(config_path(partner.target))}"
+
+
+def write_output(*args, **kwargs):
+    """`ckptmap convert --output keras:DIR` (a preset from_preset reads) or `keras:FILE.weights.h5` (see preset)."""
+    from ckptmap.frameworks.kerashub.preset import write_output as _write
+
+    return _write(*args, **kwargs)
+
+
 ADAPTER = register(Adapter(name="keras", prefixes=("keras",), kinds=("keras",), parse=parse, read_tree=read_tree,
-                           storage="flax", naming="/"))
+                           runner=runner, storage="flax", naming="/",
+                           complete=complete, write_output=write_output))

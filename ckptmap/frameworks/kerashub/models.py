@@ -53,6 +53,12 @@ class KerasModel:
 def keras_hub():
     """keras_hub, with Keras on JAX unless KERAS_BACKEND says otherwise (the import takes seconds)."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
+    try:
+        # CP-SAT's native library must load before TensorFlow's (keras_hub imports TensorFlow): in the other order,
+        # with torch also loaded, CpSolver.solve segfaults (measured with ortools 9.15, tensorflow 2.21, torch 2.13)
+        import ortools.sat.python.cp_model  # noqa: F401
+    except ImportError:
+        pass
     import keras_hub as kh
 
     return kh

@@ -84,10 +84,11 @@ def tree_of(model, keras_model, origin: str) -> ParamTree:
     meta = {
         "naming": NAMING,
         "dims": dims,
-        "keras": {"backbone": model.backbone_cls.__name__,
+        # what the model is, enough to build it again (solve records it in the mapping: keras: convert output)
+        "model": {"framework": "keras", "backbone": model.backbone_cls.__name__,
                   "task": model.task_cls.__name__ if model.task_cls is not None else None,
                   "config": json_safe({k: v for k, v in config.items() if k not in ("name", "trainable")})},
     }
     if model.hf_config is not None:
-        meta["keras"]["from_hf_model_type"] = model.hf_config.get("model_type")
+        meta["model"]["from_hf_model_type"] = model.hf_config.get("model_type")
     return ParamTree.from_items(items, origin=origin, framework="keras", meta=meta)

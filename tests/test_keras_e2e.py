@@ -1,0 +1,80 @@
+"""HF -> KerasHub end to end: a tiny HF checkpoint (save_pretrained) -> `solve --verify` -> `convert --output
+keras:DIR` -> KerasHub's own `from_preset` -> the same logits as transformers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("keras_hub") is None:
+    pytest.skip("KerasHub is not installed", allow_module_level=True)
+
+from ckptmap.cli import main  # noqa: E402
+
+LLAMA = {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96, "tie_word_embeddings": False,
+         "rms_norm_eps": 1e-6}
+
+
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
+    p = p_logits.astype(np.float64) - np.max(p_logits, -1, keepdims=True)
+    q = q_logits.astype(np.float64) - np.max(q_logits, -1, keepdims=True)
+    logp = p - np.log(np.exp(p).sum(-1, keepdims=True))
+    logq = q - np.log(np.exp(q).sum(-1, keepdims=True))
+    return float(np.max((np.exp(logp) * (logp - logq)).sum(-1)))
+
+
+def _hf_checkpoint(tmp_path, config: dict):
+    import torch
+    import transformers
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    cfg = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    model.save_pretrained(tmp_path / "hf")
+    return model
+
+
+@pytest.mark.slow
+def test_hf_llama_to_a_keras_preset_that_from_preset_loads(tmp_path):
+    import torch
+
+    from ckptmap.frameworks.kerashub.preset import load_preset
+
+    hf_model = _hf_checkpoint(tmp_path, LLAMA)
+    mapping = tmp_path / "m.json"
+    assert main(["solve", "--source", f"hf:{tmp_path / 'hf'}", "--target", "keras:llama3", "--verify", "--quiet",
+                 "--out", str(mapping)]) == 0
+    assert json.loads(mapping.read_text())["meta"]["models"]["target"]["task"] == "Llama3CausalLM"
+    preset = tmp_path / "preset"
+    assert main(["convert", "--mapping", str(mapping), "--input", str(tmp_path / "hf"), "--output",
+                 f"keras:{preset}", "--quiet"]) == 0
+    assert {"config.json", "model.weights.h5", "task.json", "metadata.json"} <= {p.name for p in preset.iterdir()}
+
+    keras_model = load_preset(str(preset))
+    assert type(keras_model).__name__ == "Llama3CausalLM"
+    tokens = np.random.default_rng(0).integers(0, 128, size=(1, 24)).astype(np.int32)
+    keras_logits = np.asarray(keras_model({"token_ids": tokens, "padding_mask": np.ones_like(tokens)}))
+    with torch.no_grad():
+        hf_logits = hf_model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
+    assert np.max(np.abs(keras_logits - hf_logits)) <= 1e-4
+    assert _kl(hf_logits, keras_logits) <= 1e-6
+
+    weights = tmp_path / "model.weights.h5"
+    assert main(["convert", "--mapping", str(mapping), "--input", str(tmp_path / "hf"), "--output",
+                 f"keras:{weights}", "--quiet"]) == 0
+    assert weights.is_file() and weights.stat().st_size > 0
+
+
+def test_a_keras_output_needs_a_mapping_solved_for_a_keras_model(tmp_path):
+    from ckptmap.errors import MappingError
+    from ckptmap.frameworks.kerashub.preset import model_record
+    from ckptmap.mapping import Mapping
+
+    with pytest.raises(MappingError, match="not a recorded KerasHub model"):
+        model_record(Mapping(rules=[]), "target")
