@@ -33,7 +33,17 @@ from ckptmap.trees.safetensors_tree import INDEX_NAME, index_in  # noqa: F401 - 
 def open_reader(path: str, *, step: int | None = None) -> CheckpointReader:
     """Open IN by what it is: `.npz`, `.safetensors`, a directory of safetensors (with or without an index),
     or an Orbax checkpoint (a root of steps: the latest, or `step`). Raises CheckpointIOError naming the path
-    otherwise."""
+    otherwise. A remote URL (gs://, s3://, any fsspec URL; `orbax:URL`) is read through ckptmap.storage
+    (checkpoint_io.remote: safetensors with ranged reads, npz and Orbax from a local copy)."""
+    from ckptmap import storage
+
+    bare = path[len("orbax:"):] if path.startswith("orbax:") else path
+    if storage.is_remote(bare):
+        from ckptmap.checkpoint_io.remote import open_remote_reader
+
+        return open_remote_reader(path, open_reader, step=step)
+    if storage.scheme(bare) == "file":
+        path = path.replace(bare, storage.local_path(bare), 1)
     if path.startswith("orbax:"):
         return OrbaxReader(path[len("orbax:"):], step)
     if not os.path.exists(path):

@@ -24,6 +24,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from ckptmap import storage
 from ckptmap.errors import CkptmapError, TreeError
 from ckptmap.trees.jsonio import load_json_strict, loads_strict
 from ckptmap.trees.model import ParamInfo, ParamTree
@@ -103,8 +104,8 @@ def read_header_checked(path: str, error: type[CkptmapError] = TreeError) -> Saf
     raises `error` (TreeError by default; the checkpoint readers pass CheckpointIOError) naming the file and,
     where there is one, the tensor."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with storage.open_read(path) as f:  # a local file, or any fsspec URL (ranged reads: the header only)
+            size = storage.size(path)
             head = f.read(8)
             if len(head) < 8:
                 raise error(f"truncated safetensors header: file has {size} bytes, the header length alone "
@@ -161,11 +162,13 @@ def params_from_header(header: SafetensorsHeader) -> list[ParamInfo]:
 
 
 def index_in(directory: str) -> str | None:
-    """The directory's safetensors index: `model.safetensors.index.json`, else the first `*.safetensors.index.json`."""
-    if os.path.isfile(os.path.join(directory, INDEX_NAME)):
-        return os.path.join(directory, INDEX_NAME)
-    names = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors.index.json"))
-    return os.path.join(directory, names[0]) if names else None
+    """The directory's safetensors index: `model.safetensors.index.json`, else the first `*.safetensors.index.json`
+    (a local directory or any fsspec URL)."""
+    names = storage.listdir(directory)
+    if INDEX_NAME in names:
+        return storage.join(directory, INDEX_NAME)
+    names = sorted(n for n in names if n.endswith(".safetensors.index.json"))
+    return storage.join(directory, names[0]) if names else None
 
 
 def read_index_checked(index_path: str, error: type[CkptmapError] = TreeError
@@ -173,20 +176,25 @@ def read_index_checked(index_path: str, error: type[CkptmapError] = TreeError
     """(weight_map: name -> shard path, shard path -> its checked header), in the index's order. The index must
     name shard files beside it that exist, every name it maps must be in that shard's header, and no shard may
     hold a tensor the index does not map to it."""
-    index = load_json_strict(index_path, error)
+    if storage.is_remote(index_path):
+        index = loads_strict(storage.read_bytes(index_path).decode("utf-8"), index_path, "safetensors index",
+                             error=error)
+        directory = storage.dirname(index_path)
+    else:
+        index = load_json_strict(index_path, error)
+        directory = os.path.dirname(os.path.abspath(index_path))
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise error("not a safetensors index: no \"weight_map\" object", file=index_path, key="weight_map")
-    directory = os.path.dirname(os.path.abspath(index_path))
     where: dict[str, str] = {}
     for name, shard in weight_map.items():
         if not isinstance(shard, str) or not shard or shard != os.path.basename(shard) or shard in (".", ".."):
             raise error(f"the index maps it to {shard!r}, not a file name beside the index", file=index_path,
                         key=name)
-        where[name] = os.path.join(directory, shard)
+        where[name] = storage.join(directory, shard)
     headers: dict[str, SafetensorsHeader] = {}
     for shard_path in dict.fromkeys(where.values()):
-        if not os.path.isfile(shard_path):
+        if not storage.exists(shard_path) or storage.isdir(shard_path):
             first = next(n for n, s in where.items() if s == shard_path)
             raise error(f"the shard named by the index is missing ({os.path.basename(shard_path)!r})",
                         file=index_path, key=first)
@@ -215,11 +223,11 @@ def read_safetensors_tree(target: str) -> ParamTree:
     """`x.safetensors`, an index json, or a directory -> ParamTree of every tensor's name, shape and dtype."""
     if target.endswith(".json"):
         return read_index(target)
-    if os.path.isdir(target):
+    if storage.isdir(target):
         index = index_in(target)
         if index:
             return read_index(index)
-        files = sorted(os.path.join(target, n) for n in os.listdir(target) if n.endswith(".safetensors"))
+        files = [storage.join(target, n) for n in storage.listdir(target) if n.endswith(".safetensors")]
         if not files:
             raise TreeError("directory holds no .safetensors file", file=target)
         params = [p for f in files for p in params_from_header(read_header_checked(f))]

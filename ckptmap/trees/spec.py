@@ -54,7 +54,18 @@ def parse_overrides(tokens: list[str], spec: str) -> tuple[tuple[str, ...], dict
 
 
 def _path_kind(path: str) -> str:
-    """Which reader a bare path needs, from its name and (for directories) what it holds."""
+    """Which reader a bare path needs, from its name and (for directories) what it holds. A remote URL (gs://,
+    s3://, any fsspec URL: ckptmap.storage) is read for its safetensors headers only, with ranged reads."""
+    from ckptmap import storage
+
+    if storage.is_remote(path):
+        if path.endswith((".safetensors", ".safetensors.index.json")):
+            return "safetensors"
+        if storage.isdir(path) and any(n.endswith(".safetensors") for n in storage.listdir(path)):
+            return "safetensors"
+        raise TreeError("a remote SPEC is read as a .safetensors file or a directory of them (no safetensors "
+                        "found here; an Orbax checkpoint is converted from a remote location by `convert`)",
+                        file=path)
     if os.path.isdir(path):
         names = set(os.listdir(path))
         if "_METADATA" in names or "items" in names or "_CHECKPOINT_METADATA" in names:
