@@ -55,6 +55,18 @@ def verification_warning(mapping: Mapping) -> str | None:
     return None
 
 
+def _framework_output(output: str):
+    """(the adapter's output writer, the path after its prefix) for OUT = PREFIX:PATH where a framework adapter
+    owning PREFIX writes its own output (Adapter.write_output); (None, OUT) otherwise."""
+    from ckptmap import frameworks
+
+    prefix, colon, rest = output.partition(":")
+    adapter = frameworks.for_prefix(prefix) if colon and rest else None
+    if adapter is None or adapter.write_output is None:
+        return None, output
+    return adapter.write_output, rest
+
+
 def run(args: argparse.Namespace) -> int:
     mapping = Mapping.load(args.mapping)
     state = mapping_record.check_seal(mapping, file=args.mapping, allow_edited=args.allow_edited)
@@ -66,11 +78,16 @@ def run(args: argparse.Namespace) -> int:
         from ckptmap.hf_model_dir import load_hf_config
 
         hf_config = load_hf_config(args.hf_config)
-    # OUT (and IN) may be a URL: gs://, s3://, any fsspec URL (ckptmap.storage)
-    report = storage.convert_at(convert, mapping, args.input, args.output, reverse=args.reverse,
-                                progress=not (args.no_progress or args.quiet), fmt=args.format,
-                                max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
-                                force=args.force, step=args.step, hf_config=hf_config)
+    writer, out = _framework_output(args.output)
+    if writer is not None:  # a framework's own output (keras:DIR: a KerasHub preset), written by its adapter
+        report = writer(mapping, args.input, out, reverse=args.reverse, force=args.force,
+                        progress=not (args.no_progress or args.quiet), dtype=args.dtype, step=args.step)
+    else:
+        # OUT (and IN) may be a URL: gs://, s3://, any fsspec URL (ckptmap.storage)
+        report = storage.convert_at(convert, mapping, args.input, args.output, reverse=args.reverse,
+                                    progress=not (args.no_progress or args.quiet), fmt=args.format,
+                                    max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
+                                    force=args.force, step=args.step, hf_config=hf_config)
     if not args.quiet:
         print(report.summary(), file=sys.stdout)
     # after the work, so that an error stays the one line it prints; warnings show even with --quiet
