@@ -31,6 +31,7 @@ _USERS = {
     "ckptmap.heuristics.layout": {},
     "ckptmap.heuristics.align": {},
     "ckptmap.heuristics.storage": {},
+    "ckptmap.heuristics.coherence": {},
     "ckptmap.solver.solve": {"FILL_MIN_COVERED": "fill_min_covered"},
 }
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ckptmap.heuristics.layout import has_transpose, layout_score
-from ckptmap.heuristics.names import concept_similarity, concepts, name_similarity, part_rank, split_subwords
+from ckptmap.heuristics.names import (concept_similarity, concepts, name_similarity, packed_word_only, part_rank,
+                                      split_subwords)
 from ckptmap.heuristics.roles import refine_roles
 from ckptmap.heuristics.regroup import agrees_with_code, code_splits, grouped_chains, roles_held
 from ckptmap.heuristics.structure import Unit
@@ -199,7 +200,7 @@ def _score(ctx: Context, srcs: list[Operand], tgts: list[Operand], chain, extra_
 def _plausible_parts(fused: Operand, parts: list[Operand]) -> bool:
     """Parts of one fused tensor play different roles, and the fused name names each role:
     `qkv_proj` has query, key and value; `gate_up_proj` has wi_0 and wi_1."""
-    sets = [frozenset(concepts(o.local)) for o in parts]
+    sets = [frozenset(packed_word_only(concepts(o.local))) for o in parts]
     if len(set(sets)) != len(sets):
         return False
     shared = frozenset.intersection(*sets)

@@ -74,6 +74,19 @@ SUBWORD = {
     "gate": "gate", "gating": "gate", "up": "wi_1", "down": "wo", "intermediate": "wi",
 }
 
+# Words naming a packed projection inside a longer token (`in_proj_qkv`, `attn_qkv`, `to_kv`): the packed concept
+# and the roles it packs, as the whole-token spellings (qkv_proj, kv_proj) have them.
+PACKED_SUBWORDS = {"qkv": ("qkv", "query", "key", "value"), "kv": ("kv", "key", "value")}
+
+
+
+def packed_word_only(cs: tuple[str, ...]) -> tuple[str, ...]:
+    """`cs` without the roles a packed word in it stands for ((in, qkv, query, key, value) -> (in, qkv)): as the
+    part of a larger packed tensor (`in_proj_qkv` inside `in_proj_qkvz`) it plays the packed role, not three."""
+    drop = {m for word, members in PACKED_SUBWORDS.items() if word in cs for m in members if m != word}
+    return tuple(c for c in cs if c not in drop)
+
+
 # A role word with several meanings -> its meanings, the first being the one it has in an MLP. Compared with
 # another name, it takes the meaning that name holds (gate ~ router against a router, gate ~ wi_0 against
 # a gate projection), else its MLP meaning when the other name holds an MLP role, else stays as it is.
@@ -143,6 +156,9 @@ def concepts(local_name: str) -> tuple[str, ...]:
             if sub.isdigit():
                 continue
             sub = sub.rstrip("0123456789") or sub
+            if sub in PACKED_SUBWORDS:
+                out.extend(PACKED_SUBWORDS[sub])
+                continue
             mapped = SUBWORD.get(sub, sub)
             if mapped:
                 out.append(mapped)

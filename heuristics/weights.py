@@ -53,6 +53,10 @@ class ScoreWeights:
     """A pair whose shapes allow several layouts (a square q_proj into a heads-first kernel) read as its module's
     non-square siblings are stored (heuristics.storage): +/- this, a layout prior's worth, below a name."""
 
+    module_coherence: float = 1.0
+    """A bias or scale read from the source module its module's kernel is read from (heuristics.coherence): one
+    module, one source; worth a third of a full name match, enough to beat a bias name that only looks closer."""
+
     # ---- name similarity (heuristics.names) -------------------------------------------------------------
     name_jaccard: float = 0.6
     """Concept-set overlap; with `name_fuzzy` it sums to 1 so the similarity stays in 0..1."""

@@ -26,6 +26,8 @@ from ckptmap.heuristics.candidates import (
 )
 from ckptmap.heuristics.layout import guess_layout
 from ckptmap.heuristics.names import concepts
+from ckptmap.heuristics.buffers import split_computed
+from ckptmap.heuristics.coherence import apply_module_coherence
 from ckptmap.heuristics.storage import apply_sibling_storage
 from ckptmap.heuristics.structure import Slot, TreeStructure, analyse
 from ckptmap.solver.cpsat import build_model, solve_ranked
@@ -161,6 +163,8 @@ def _calibrate_layout(ctx: Context, problems: list[Problem], notes: list[str]) -
 
 
 FILL_MIN_COVERED = WEIGHTS.fill_min_covered  # heuristics.weights
+# What models tie (one tensor read by two targets): token embeddings and output heads (logits), nothing else.
+TIEABLE = frozenset({"embed", "logits"})
 
 
 def _neutral_norm(op: Operand) -> bool:
@@ -173,6 +177,7 @@ def _solve_problem(prob: Problem, ctx: Context, k_alternatives: int) -> None:
     prob.candidates = generate(ctx, prob.src_ops, prob.tgt_ops)
     apply_module_consistency(prob.candidates, prob.src_ops)
     apply_sibling_storage(prob.candidates, prob.src_ops, prob.tgt_ops)
+    apply_module_coherence(prob.candidates, prob.src_ops, prob.tgt_ops)
     g = build_graph(len(prob.src_ops), len(prob.tgt_ops), prob.candidates)
     chosen: list[int] = []
     for s_ids, t_ids, c_ids in components(g):
@@ -228,10 +233,11 @@ def _solve_other_way(src: ParamTree, tgt: ParamTree, s_struct, t_struct, **kw) -
                     for j, (i, _) in enumerate(kept) if i in flipped.alternatives}
     produced = {n for r in rules for n in r.target_names()}
     read = {n for r in rules for n in r.source_names()}
-    mapping = Mapping(rules=rules, source=src.origin, target=tgt.origin,
-                      unmapped_targets=[n for n in tgt.names() if n not in produced],
+    unmapped, computed = split_computed(tgt, [n for n in tgt.names() if n not in produced])
+    meta = {k: v for k, v in flipped.mapping.meta.items() if k != "computed_buffers"}
+    mapping = Mapping(rules=rules, source=src.origin, target=tgt.origin, unmapped_targets=unmapped,
                       unused_sources={n: "no target reads it" for n in src.names() if n not in read},
-                      meta=dict(flipped.mapping.meta, solved_reversed=True))
+                      meta=dict(meta, solved_reversed=True, **({"computed_buffers": computed} if computed else {})))
     notes = flipped.notes + ["solved target -> source (the stacked side as target) and reversed"]
     return SolveResult(mapping=mapping, alternatives=alternatives, problems=flipped.problems, notes=notes,
                        seconds=flipped.seconds)
@@ -318,9 +324,11 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
         uncovered = [j for j, op in enumerate(prob.tgt_ops)
                      if not any(u.tensor in covered_targets for u in op.units)]
         for j in uncovered:
-            if "norm" in concepts(prob.tgt_ops[j].local):
-                continue  # a norm is never tied to another module's norm: one without a source stays unmapped
-            best = max((c for c in prob.candidates if c.targets == (j,)), key=lambda c: c.score, default=None)
+            if not TIEABLE & set(concepts(prob.tgt_ops[j].local)):
+                continue  # only embeddings and output heads are tied; anything else without a source stays unmapped
+            best = max((c for c in prob.candidates if c.targets == (j,)
+                        and all(TIEABLE & set(concepts(prob.src_ops[i].local)) for i in c.sources)),
+                       key=lambda c: c.score, default=None)
             if best is None or best.parts.get("name", 0) < WEIGHTS.shared_source_min_name:
                 continue
             rule = add_extra(prob, best, "shared_source")
@@ -345,10 +353,13 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
             if rule is not None:
                 notes.append(f"{rule.target_names()[0]}: no source tensor; filled with ones (a norm's neutral scale)")
 
-    unmapped = [n for n in tgt.names() if n not in covered_targets]
+    unmapped, computed = split_computed(tgt, [n for n in tgt.names() if n not in covered_targets])
+    notes += [f"{n}: a computed buffer (the model derives it from its config; no checkpoint needs it)"
+              for n in computed]
     unused = {n: "no target reads it" for n in src.names() if n not in used_sources}
     mapping = Mapping(rules=rules, source=src.origin, target=tgt.origin, unmapped_targets=unmapped,
                       unused_sources=unused, meta={"solver": "ckptmap.cpsat", "dims": dims,
+                                                   **({"computed_buffers": computed} if computed else {}),
                                                    "layouts": [ctx.src_layout, ctx.tgt_layout]})
     return SolveResult(mapping=mapping, alternatives=alternatives, problems=problems, notes=notes,
                        seconds=time.perf_counter() - t0)

@@ -8,6 +8,9 @@ written into the `## Benchmark suite` section of benchmarks/RESULTS.md and the p
 
 from __future__ import annotations
 
+# lazy imports: a subcommand imports its own work when it runs, so that `ckptmap --help` and `ckptmap trees`
+# start without the solver (OR-Tools), verify (torch on use) or the benchmarks.
+
 import os
 import shlex
 import subprocess

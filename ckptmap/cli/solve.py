@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# lazy imports: a subcommand imports its own work when it runs, so that `ckptmap --help` and `ckptmap trees`
+# start without the solver (OR-Tools), verify (torch on use) or the benchmarks.
+
 import json
 import os
 import re

@@ -6,6 +6,9 @@ are joined back into one spec string.
 
 from __future__ import annotations
 
+# lazy imports: a subcommand imports its own work when it runs, so that `ckptmap --help` and `ckptmap trees`
+# start without the solver (OR-Tools), verify (torch on use) or the benchmarks.
+
 import argparse
 import json
 import os

@@ -7,6 +7,9 @@ exits 0 on a pass, 1 on a fail (2 on bad input). `--search` also searches the va
 
 from __future__ import annotations
 
+# lazy imports: a subcommand imports its own work when it runs, so that `ckptmap --help` and `ckptmap trees`
+# start without the solver (OR-Tools), verify (torch on use) or the benchmarks.
+
 import argparse
 import sys
 

@@ -15,6 +15,10 @@ Adding a framework: write `ckptmap/frameworks/<name>.py` with an `Adapter(...)` 
 
 from __future__ import annotations
 
+# lazy imports: read_tree registers every adapter, so an adapter imports its framework's machinery (the
+# readers, which import this package back; verify's runner; code reading; export) only when asked for it:
+# readers never load verify or export, and registering costs nothing.
+
 import importlib
 
 from ckptmap.frameworks.base import Adapter, NoRunner

@@ -5,6 +5,10 @@ They have no runner; a config JSON given as a bare path is read (and run) as `hf
 
 from __future__ import annotations
 
+# lazy imports: read_tree registers every adapter, so an adapter imports its framework's machinery (the
+# readers, which import this package back; verify's runner; code reading; export) only when asked for it:
+# readers never load verify or export, and registering costs nothing.
+
 from ckptmap.errors import TreeError
 from ckptmap.frameworks import register
 from ckptmap.frameworks.base import Adapter, _no_runner

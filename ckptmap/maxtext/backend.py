@@ -8,6 +8,9 @@ joined the way that conversion joins them (`params-decoder-layers_0-self_attenti
 
 from __future__ import annotations
 
+# lazy imports: MaxText, jax and flax exist only in the worker's venv (.venv-maxtext); the client side imports
+# this package without them, and the worker's modules load each other only where they run.
+
 import time
 
 import numpy as np

@@ -9,6 +9,9 @@ the worker's peak resident memory (VmHWM) and CPU seconds so far (Linux) when th
 
 from __future__ import annotations
 
+# lazy imports: MaxText, jax and flax exist only in the worker's venv (.venv-maxtext); the client side imports
+# this package without them, and the worker's modules load each other only where they run.
+
 import argparse
 import json
 import sys

@@ -11,6 +11,9 @@ No pickled objects cross the boundary.
 
 from __future__ import annotations
 
+# lazy imports: MaxText, jax and flax exist only in the worker's venv (.venv-maxtext); the client side imports
+# this package without them, and the worker's modules load each other only where they run.
+
 import os
 import sys
 import time
