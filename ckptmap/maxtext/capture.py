@@ -13,6 +13,9 @@ the untouched model.
 
 from __future__ import annotations
 
+# lazy imports: MaxText, jax and flax exist only in the worker's venv (.venv-maxtext); the client side imports
+# this package without them, and the worker's modules load each other only where they run.
+
 import contextlib
 import functools
 import inspect

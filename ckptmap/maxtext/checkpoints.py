@@ -14,6 +14,9 @@ The consumer side of a conversion: a checkpoint counts as loadable only when Max
 
 from __future__ import annotations
 
+# lazy imports: MaxText, jax and flax exist only in the worker's venv (.venv-maxtext); the client side imports
+# this package without them, and the worker's modules load each other only where they run.
+
 import numpy as np
 
 
