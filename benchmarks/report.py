@@ -71,6 +71,8 @@ def verify_cell(v: dict) -> str:
     text = f"{verdict}, KL {kl_text}, {v.get('iterations')} trials, {_fmt(v.get('seconds'), 1)} s"
     if v.get("error"):
         text += ": " + v["error"].replace("|", "/")[:90]
+    if v.get("reconciled"):
+        text += f"; HF config made MaxText's on {len(v['reconciled'])} setting(s)"
     if v.get("fixture_inconsistent"):
         text += "; fixture_inconsistent: " + v["fixture_inconsistent"].replace("|", "/")[:90]
     elif v.get("passed") is False and v.get("reference_kl") is not None:

@@ -233,6 +233,31 @@ def same_as_ground_truth(case: Case, mapping: Mapping, report) -> dict:
     return {}
 
 
+def consistent_source(src_spec: str, tgt_runner) -> tuple[list[str], list[str]]:
+    """Make the fixture's HF config (the file `src_spec` names, in verify's temporary folder) compute what the
+    MaxText model computes, where the two disagree on a setting outside the weights (verify.config_reconcile: a
+    hand-made fixture's query_pre_attn_scalar, soft-caps, RoPE theta, activation): the verify column then runs at
+    consistent configs, and its pass or failure is the mapping's. Returns (what was set, the disagreements that
+    could not be: RoPE scaling, rotary fraction, tied embeddings)."""
+    import json
+
+    from ckptmap.mapping import write_json_atomic
+    from ckptmap.verify.config_reconcile import reconcile_to_maxtext
+    from ckptmap.verify.metrics import LONG_RANGE_TOKENS
+
+    find = getattr(tgt_runner, "function_config", None)
+    values = find() if callable(find) else None
+    if not values:
+        return [], []
+    path = src_spec[3:]
+    with open(path) as f:
+        cfg = json.load(f)
+    fixed, notes, left = reconcile_to_maxtext(cfg, values, seq_len=LONG_RANGE_TOKENS)
+    if notes:
+        write_json_atomic(path, fixed)
+    return notes, left
+
+
 def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
     """Verify the solve (and let verify choose its value ops) with runners at the fixture's configs on CPU.
     Returns verify's final mapping and its numbers, or the solve's mapping and why verify did not run.
@@ -241,8 +266,10 @@ def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
     variable otherwise (deepseek3's router bias: `params-...` in the fixture and MaxText's table, `MoEBiasVar-...`
     in the model), verify runs on the model's names and the final mapping is put back into the tree's
     (`renamed_targets`). Targets the forward passes cannot test (towers the text forward does not read) are
-    counted (`unchecked`). When verify fails, MaxText's own conversion is run through both models too
-    (`fixture_check`): if that fails as well, the fixture is inconsistent (`fixture_inconsistent`)."""
+    counted (`unchecked`). The fixture's HF config is first made to compute what MaxText computes where they
+    disagree on a setting outside the weights (`consistent_source`, listed under `reconciled`). When verify fails,
+    MaxText's own conversion is run through both models too (`fixture_check`, at the same configs): if that fails
+    as well, the fixture is inconsistent (`fixture_inconsistent`)."""
     import tempfile
 
     verify, why = verify_module()
@@ -258,8 +285,13 @@ def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
             src_spec, tgt_spec = fixture_specs(case, tmp)
             src_shapes = case.src.shapes()
             needed = {n: tuple(src_shapes[n]) for n in solved.mapping.source_names() if n in src_shapes}
-            runners.append(_hf_runner_covering(verify, src_spec, needed))
             runners.append(verify.runner_for(tgt_spec, "cpu"))
+            reconciled, left = consistent_source(src_spec, runners[0])
+            if reconciled:
+                extra["reconciled"] = reconciled
+            if left:
+                extra["not_reconciled"] = left
+            runners.insert(0, _hf_runner_covering(verify, src_spec, needed))
             renames = target_renames(solved.mapping, case.tgt.shapes(), runners[1].param_shapes())
             mapping, report = verify.search_and_verify(Retargeted(solved, renames) if renames else solved, *runners)
             mapping = retarget(mapping, invert(renames))
