@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from typing import Iterator
 
+from ckptmap.atomic import atomic_path
 from ckptmap.errors import CkptmapError
 
 # schemes Orbax (through etils epath and TensorStore) opens itself: no staging
@@ -157,8 +158,6 @@ def atomic_write(url: str) -> Iterator:
     """A binary file object to write `url` through: the bytes go to a temp object beside it, moved into place when
     the block ends without error (removed otherwise). Local paths use ckptmap.atomic (temp file, rename)."""
     if not is_remote(url):
-        from ckptmap.atomic import atomic_path
-
         with atomic_path(local_path(url)) as tmp, open(tmp, "wb") as f:
             yield f
         return

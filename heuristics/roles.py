@@ -23,7 +23,7 @@ def _context(cs: tuple[str, ...]) -> frozenset[str]:
 
 
 def _numbers(name: str) -> tuple[int, ...]:
-    from ckptmap.heuristics.candidates import numbers
+    from ckptmap.heuristics.candidates import numbers  # lazy: candidates imports this module (a cycle)
 
     return numbers(name)
 

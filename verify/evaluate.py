@@ -20,7 +20,8 @@ from ckptmap.runner import Forward
 from ckptmap.verify.hf_runner import VerifyError
 from ckptmap.verify.localise import stage_errors
 from ckptmap.verify.metrics import LogitStats, compare_logits
-from ckptmap.verify.weights import random_params, random_tokens
+from ckptmap.verify.tied_cast import cast_effect
+from ckptmap.verify.weights import random_params, random_tensor, random_tokens
 
 
 @dataclass
@@ -87,8 +88,6 @@ def uncast_logits(head, params: dict[str, np.ndarray], fwd: Forward) -> tuple[np
     """(the logits to compare, the cast's measured effect, whether a cast off the bf16 grid remains in them)."""
     if head is None:
         return fwd.logits, None, False
-    from ckptmap.verify.tied_cast import cast_effect
-
     effect = cast_effect(head, params, fwd.logits, fwd.activations)
     if effect is None:
         return fwd.logits, None, True
@@ -208,8 +207,6 @@ class Evaluator:
 
     def filler(self, name: str, seed_offset: int = 1) -> np.ndarray:
         """A seeded stand-in for a target tensor verify cannot produce from the source model (see rule_status)."""
-        from ckptmap.verify.weights import random_tensor
-
         return random_tensor(name, tuple(self.target_shapes[name]), self.seed + 7919 * seed_offset)
 
     def source_shape(self, name: str) -> tuple[int, ...]:

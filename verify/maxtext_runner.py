@@ -10,7 +10,9 @@ import os
 
 import numpy as np
 
+from ckptmap import maxtext
 from ckptmap.runner import Forward
+from ckptmap.verify.tied_cast import TiedHead
 
 
 class MaxTextRunner:
@@ -20,8 +22,6 @@ class MaxTextRunner:
     aliases: dict[str, str] = {}
 
     def __init__(self, model_name: str, overrides: list[str] | tuple[str, ...] = (), device: str = "cpu"):
-        from ckptmap import maxtext
-
         overrides = list(overrides)
         if device in ("gpu", "cuda"):
             overrides = [o for o in overrides if not o.startswith("hardware=")] + ["hardware=gpu"]
@@ -55,8 +55,6 @@ class MaxTextRunner:
         sqrt(emb_dim) normalisation, the final soft-cap), or None when its logits have their own kernel."""
         if not self.tied_logits:
             return None
-        from ckptmap.verify.tied_cast import TiedHead
-
         tables = [n for n in self.tree.names() if n.endswith("token_embedder-embedding")]
         if len(tables) != 1:
             return None

@@ -11,11 +11,13 @@ Run as a script (`python -m ckptmap.verify.real_configs MODEL`) it prints that J
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import os
 import subprocess
 import sys
 
+from ckptmap import bundled
 from ckptmap.errors import CkptmapError
 
 
@@ -46,8 +48,6 @@ def _json_safe(obj):
 def resolve_model_name(name: str) -> str:
     """A bundled fixture family (`qwen3.5`, `llama3.1`) -> the MaxText model name it was made from
     (`qwen3.5-35b-a3b`); any other name is returned unchanged (MaxText's own names pass through)."""
-    from ckptmap import bundled
-
     try:
         return bundled.find(name).maxtext_model_name
     except (CkptmapError, OSError, ValueError, KeyError):
@@ -73,8 +73,6 @@ def model_key(name: str, known: list[str]) -> str:
 
 
 def _read_in_process(model_name: str) -> dict:
-    import importlib.resources
-
     import yaml  # MaxText's venv has it
     from maxtext.checkpoint_conversion.utils.hf_model_configs import HF_MODEL_CONFIGS
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ckptmap.atomic import write_json_atomic, write_text_atomic
 from ckptmap.verify.metrics import LogitStats
 
 
@@ -107,8 +108,6 @@ class VerifyReport:
 
     def save(self, path: str) -> tuple[str, str]:
         """Write the report as JSON at `path` and as the readable table beside it (`.txt`), atomically."""
-        from ckptmap.mapping import write_json_atomic, write_text_atomic
-
         text_path = (path[:-5] if path.endswith(".json") else path) + ".txt"
         write_json_atomic(path, self.to_json())
         write_text_atomic(text_path, self.table(max_trials_per_step=1000) + "\n")

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import shlex
 
-from ckptmap.mapping import write_json_atomic
+from ckptmap import frameworks
+from ckptmap.atomic import cache_dir, write_json_atomic
 from ckptmap.trees.spec import parse_spec
 from ckptmap.verify.hf_runner import VerifyError
 from ckptmap.verify.tiny import derive_tiny
@@ -22,8 +23,6 @@ from ckptmap.verify.tiny import derive_tiny
 def runner_for(spec_text: str, device: str = "cpu", *, hf_layout: str = "saved"):
     """A ModelRunner for one SPEC (by the framework adapter that owns it), tagged with `.spec` for reports.
     `hf_layout`: the names an HF runner takes, "saved" (checkpoint names) or "memory" (the module's own)."""
-    from ckptmap import frameworks
-
     spec = parse_spec(spec_text)
     try:
         runner = frameworks.for_kind(spec.kind).runner(spec, device, hf_layout)
@@ -46,8 +45,6 @@ def runners_for(src_spec: str, tgt_spec: str, device: str = "cpu", *, hf_layout:
 
 def tiny_dir() -> str:
     """Where tiny HF configs are written: $CKPTMAP_CACHE_DIR/tiny, else ~/.cache/ckptmap/tiny."""
-    from ckptmap.atomic import cache_dir
-
     return cache_dir("tiny")
 
 

@@ -23,6 +23,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 
+from ckptmap.verify.config_maxtext import reconcile_activation
 from ckptmap.verify.maxtext_catalog import (hf_config_from_maxtext, maxtext_catalog, maxtext_rope,
                                             real_or_derived_configs)
 from ckptmap.verify.tiny_hf import tiny_hf_config, unspell_per_layer_config
@@ -69,8 +70,6 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     hf_cfg, notes = tiny_hf_config(real["hf"], real["maxtext"])
     notes = list(real.get("derived_notes", [])) + spelled + notes
     notes += reconcile_rope(hf_cfg, real["maxtext"])
-    from ckptmap.verify.config_diff import reconcile_activation  # the activation MaxText computes (gemma3's gelu)
-
     notes += reconcile_activation(hf_cfg, real["maxtext"])
     notes += reconcile_llama31_rope(hf_cfg, real["maxtext"], maxtext_model)
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)

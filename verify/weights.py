@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ckptmap.runner import seeded_tensor
+from ckptmap.verify.tied_cast import round_to_bf16
 from ckptmap.trees.model import parse_name
 
 _NORM_WORDS = ("norm", "layernorm", "ln", "rms", "ln_f", "ln_1", "ln_2")
@@ -91,8 +92,6 @@ def random_params(shapes: dict[str, tuple[int, ...]], seed: int = 0, aliases: di
     params = {name: (random_index_table(name, shape, integer[name], seed) if name in integer
                      else random_tensor(name, shape, seed, scales.get(name))) for name, shape in shapes.items()}
     if bf16_names:
-        from ckptmap.verify.tied_cast import round_to_bf16
-
         for name in bf16_names:
             if name in params:
                 params[name] = round_to_bf16(params[name])

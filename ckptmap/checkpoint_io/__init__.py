@@ -19,10 +19,11 @@ import os
 
 import numpy as np
 
-from ckptmap import orbax_io
+from ckptmap import orbax_io, storage
 from ckptmap.checkpoint_io.base import (DEFAULT_MAX_SHARD_BYTES, FORMATS, NPZ_DTYPES_MEMBER,  # noqa: F401
                                       CheckpointIOError, CheckpointReader, CheckpointWriter, write_failure)
 from ckptmap.checkpoint_io.commit import TEMP_PREFIX, _temp_owner, remove_stale_temps, stale_temps  # noqa: F401
+from ckptmap.checkpoint_io.remote import open_remote_reader
 from ckptmap.checkpoint_io.readers import (NpzReader, OrbaxReader, SafetensorsDirReader,  # noqa: F401
                                          SafetensorsFileReader)
 from ckptmap.checkpoint_io.writers import (NpzWriter, OrbaxWriter, SafetensorsFileWriter,  # noqa: F401
@@ -35,12 +36,8 @@ def open_reader(path: str, *, step: int | None = None) -> CheckpointReader:
     or an Orbax checkpoint (a root of steps: the latest, or `step`). Raises CheckpointIOError naming the path
     otherwise. A remote URL (gs://, s3://, any fsspec URL; `orbax:URL`) is read through ckptmap.storage
     (checkpoint_io.remote: safetensors with ranged reads, npz and Orbax from a local copy)."""
-    from ckptmap import storage
-
     bare = path[len("orbax:"):] if path.startswith("orbax:") else path
     if storage.is_remote(bare):
-        from ckptmap.checkpoint_io.remote import open_remote_reader
-
         return open_remote_reader(path, open_reader, step=step)
     if storage.scheme(bare) == "file":
         path = path.replace(bare, storage.local_path(bare), 1)

@@ -17,6 +17,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckptmap import storage
 from ckptmap.errors import TreeError
 
 
@@ -56,8 +57,6 @@ def parse_overrides(tokens: list[str], spec: str) -> tuple[tuple[str, ...], dict
 def _path_kind(path: str) -> str:
     """Which reader a bare path needs, from its name and (for directories) what it holds. A remote URL (gs://,
     s3://, any fsspec URL: ckptmap.storage) is read for its safetensors headers only, with ranged reads."""
-    from ckptmap import storage
-
     if storage.is_remote(path):
         if path.endswith((".safetensors", ".safetensors.index.json")):
             return "safetensors"
