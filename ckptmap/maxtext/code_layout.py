@@ -31,6 +31,9 @@ expert loop) are not layouts. When one parameter is cut in different ways, the f
 
 from __future__ import annotations
 
+# lazy imports: MaxText, jax and flax exist only in the worker's venv (.venv-maxtext); the client side imports
+# this package without them, and the worker's modules load each other only where they run.
+
 import math
 import time
 from collections.abc import Mapping, Sequence
