@@ -20,9 +20,11 @@ import os
 import re
 from typing import Callable
 
+import numpy as np
 from ckptmap.benchmarks.groups import Group, group_tree, place, tree_dims
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.trees import ParamTree
+from rapidfuzz import fuzz
 
 _FORBIDDEN = 1e9
 GEMINI_MODEL = "gemini-2.5-pro"
@@ -51,8 +53,6 @@ def _mapping(rules: list[Rule], src: ParamTree, tgt: ParamTree, method: str) -> 
 
 def name_greedy(src: ParamTree, tgt: ParamTree) -> Mapping:
     """Name similarity first, shapes only as a filter."""
-    from rapidfuzz import fuzz
-
     dims = tree_dims(src, tgt)
     src_groups, tgt_groups = group_tree(src), group_tree(tgt)
     src_words = [name_tokens(g) for g in src_groups]
@@ -79,7 +79,6 @@ def name_greedy(src: ParamTree, tgt: ParamTree) -> Mapping:
 
 def shapes_only(src: ParamTree, tgt: ParamTree) -> Mapping:
     """Names ignored: the assignment of least total chain cost among pairs that fit."""
-    import numpy as np
     from scipy.optimize import linear_sum_assignment
 
     dims = tree_dims(src, tgt)

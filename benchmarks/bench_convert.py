@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import numpy as np
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from ckptmap.checkpoint_io import open_reader, open_writer
+from ckptmap.solver import solve
+from ckptmap.trees import read_tree
 
 # The child samples its anonymous resident memory (RssAnon: arrays it allocated, not file pages it maps) every
 # 20 ms; ru_maxrss also counts the mapped file pages of the lazy reader, which the kernel can drop at will.
@@ -90,11 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import ml_dtypes
-    import numpy as np
-
-    from ckptmap.checkpoint_io import open_reader, open_writer
-    from ckptmap.solver import solve
-    from ckptmap.trees import read_tree
 
     work = args.dir or tempfile.mkdtemp(prefix="ckptmap-bench-convert-")
     os.makedirs(work, exist_ok=True)

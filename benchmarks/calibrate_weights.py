@@ -16,10 +16,16 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import sys
 import time
 
+from ckptmap.atomic import write_text_atomic
+from ckptmap.benchmarks.cases import derived_families, fixture_families, load_case
+from ckptmap.benchmarks.scoring import score_mapping
+from ckptmap.heuristics import names
 from ckptmap.heuristics.weights import WEIGHTS, ScoreWeights
+from ckptmap.solver import solve
 
 # modules that read the weights, and the short names some of them keep (module -> {alias: field})
 _USERS = {
@@ -39,10 +45,6 @@ _USERS = {
 @contextlib.contextmanager
 def using(weights: ScoreWeights):
     """Solve with `weights` inside the block (every reader of the weights sees them; caches are cleared)."""
-    import importlib
-
-    from ckptmap.heuristics import names
-
     saved = []
     for module_name, aliases in _USERS.items():
         module = importlib.import_module(module_name)
@@ -70,9 +72,6 @@ def split(families: list[str]) -> tuple[list[str], list[str]]:
 
 def accuracy(cases) -> float:
     """Share of scored targets right (exact or structural) over all cases, solving from the trees alone."""
-    from ckptmap.benchmarks.scoring import score_mapping
-    from ckptmap.solver import solve
-
     right = scored = 0
     for case in cases:
         score = score_mapping(solve(case.src, case.tgt, k_alternatives=0).mapping, case.gt, case.hf_shapes)
@@ -82,8 +81,6 @@ def accuracy(cases) -> float:
 
 
 def load_cases(families: list[str]) -> list:
-    from ckptmap.benchmarks.cases import load_case
-
     cases = []
     for family in families:
         for scan in (0, 1):
@@ -94,8 +91,6 @@ def load_cases(families: list[str]) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ckptmap.benchmarks.cases import derived_families, fixture_families
-
     p = argparse.ArgumentParser(prog="python -m ckptmap.benchmarks.calibrate_weights",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--factors", nargs="+", type=float, default=[0.5, 2.0])
@@ -123,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(rows) + "\n"
     print(text)
     if args.out:
-        from ckptmap.atomic import write_text_atomic
-
         write_text_atomic(args.out, text)
     return 0
 

@@ -24,10 +24,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 
 from ckptmap.mapping import write_json_atomic
+from ckptmap.trees import read_tree
+from ckptmap.trees.hf import _saved_name, build_meta_model
+from ckptmap.trees.hf_config import build_config, load_config_dict, reconcile
+from ckptmap.verify.real_configs import real_configs
+from ckptmap.verify.specs import tiny_specs
+from ckptmap.verify.tiny import derive_tiny
 
 DERIVED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "derived")
 ALIASES = "hf_checkpoint_names.json"
@@ -48,9 +55,6 @@ def checkpoint_names(config_path: str, tree_names: list[str]) -> dict:
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping
     from transformers.core_model_loading import WeightRenaming
 
-    from ckptmap.trees.hf import _saved_name, build_meta_model
-    from ckptmap.trees.hf_config import build_config, load_config_dict, reconcile
-
     names = set(tree_names)
     cfg, _ = reconcile(load_config_dict(config_path))
     model = build_meta_model(build_config(cfg, config_path), config_path)
@@ -70,8 +74,6 @@ def checkpoint_names(config_path: str, tree_names: list[str]) -> dict:
 
 def resolve(name: str, names: dict | set, table: dict) -> str:
     """A checkpoint name -> the tree's name (`checkpoint_names`'s table); `name` itself when nothing fits."""
-    import re
-
     if name in names or not table:
         return name
     renamed = name
@@ -91,11 +93,6 @@ def resolve(name: str, names: dict | set, table: dict) -> str:
 
 def build(maxtext_model: str, name: str, out_dir: str = DERIVED_DIR) -> str:
     """Write the derived case folder; returns its path."""
-    from ckptmap.trees import read_tree
-    from ckptmap.verify.specs import tiny_specs
-    from ckptmap.verify.real_configs import real_configs
-    from ckptmap.verify.tiny import derive_tiny
-
     real = real_configs(maxtext_model)
     pair = derive_tiny(maxtext_model, real)
     folder = os.path.join(out_dir, name)

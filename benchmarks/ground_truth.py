@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ckptmap.benchmarks import gt_store
+from ckptmap.benchmarks.derived import resolve
 from ckptmap.benchmarks.gt_store import GroundTruth, MappingEntry
 from ckptmap.mapping import write_json_atomic
 from ckptmap.runner import seeded_tensor
@@ -60,8 +61,6 @@ def checkpoint_aliases(fixture_dir: str) -> dict:
 
 def resolve_names(value: Any, table: dict, hf_shapes: dict) -> Any:
     """A PARAM_MAPPING value with every HF name the tree lacks resolved through `table` (same structure)."""
-    from ckptmap.benchmarks.derived import resolve
-
     if isinstance(value, str):
         return resolve(value, hf_shapes, table)
     if isinstance(value, tuple):

@@ -20,7 +20,8 @@ from functools import lru_cache
 from typing import Any
 
 from ckptmap.mapping import Rule, Slot
-from ckptmap.trees import ParamInfo, ParamTree
+from ckptmap.transforms import search_chains
+from ckptmap.trees import ParamInfo, ParamTree, merge_dims
 from ckptmap.trees.model import EXPERT_WORDS, LAYER_WORDS
 
 
@@ -95,8 +96,6 @@ def group_tree(tree: ParamTree) -> list[Group]:
 
 @lru_cache(maxsize=100_000)
 def _cheapest_chain(src_shape: tuple[int, ...], cell_shape: tuple[int, ...], dims_items: tuple) -> Any:
-    from ckptmap.transforms import search_chains
-
     try:
         chains = search_chains((src_shape,), (cell_shape,), dict(dims_items), limit=1)
     except Exception:  # a shape pair the search cannot handle is simply not a candidate
@@ -142,6 +141,4 @@ def place(src: Group, tgt: Group, dims: dict[str, int]) -> tuple[Rule, float] | 
 
 def tree_dims(src: ParamTree, tgt: ParamTree) -> dict[str, int]:
     """Config numbers from both trees' readers (ckptmap.trees.merge_dims)."""
-    from ckptmap.trees import merge_dims
-
     return dict(merge_dims(src.meta.get("dims") or {}, tgt.meta.get("dims") or {}))

@@ -19,13 +19,16 @@ The HF inputs are `ckptmap.runner.seeded_tensor(name, shape, seed=SEED, integer=
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ckptmap.atomic import atomic_path
 from ckptmap.errors import CkptmapError
 from ckptmap.mapping import write_json_atomic
 
@@ -158,10 +161,6 @@ def rebuild_stacked(recipe: dict, arrays: dict[str, np.ndarray]) -> np.ndarray:
 def write_npz_reproducibly(path: str, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed's format (np.load reads it), with fixed timestamps so that regenerating the same
     tensors gives the same bytes (no spurious git changes); written to a temp file, then renamed."""
-    import zipfile
-
-    from ckptmap.atomic import atomic_path
-
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name in sorted(arrays):
             info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -263,8 +262,6 @@ def find_stacking(target: np.ndarray, nested_names: Any, arrays: dict[str, np.nd
 
     Tries every placement of the stacked axes (outermost nesting first) whose sizes fit the target shape.
     """
-    import itertools
-
     try:
         stacked = _stack_nested(nested_names, arrays)
     except (KeyError, ValueError):

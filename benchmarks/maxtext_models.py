@@ -29,22 +29,20 @@ import sys
 import time
 
 from ckptmap.mapping import write_json_atomic
+from ckptmap.verify.maxtext_catalog import hf_config_from_maxtext, maxtext_catalog
+from ckptmap.verify.real_configs import ConfigError, last_line_in_maxtext_venv, real_configs
+from ckptmap.verify.tiny import derive_tiny
+from ckptmap.verify.tiny_keys import MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS
 
 # ----------------------------------------------------------------------------------------------------------- plan
 
 def _size_keys() -> set[str]:
-    from ckptmap.verify.tiny_keys import MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS
-
     return set(MAXTEXT_TO_HF_KEYS) | set(MAXTEXT_TO_HF_LISTS) | {"vocab_size"}
 
 
 def plan_in_process(only: list[str] | None = None) -> list[dict]:
     """One row per MaxText model yml: its HF counterpart, HF model type and class name, tiny pair, and a dedupe
     key (the tiny HF config, the tiny MaxText overrides and the yml's non-size keys)."""
-    from ckptmap.verify.real_configs import real_configs
-    from ckptmap.verify.maxtext_catalog import hf_config_from_maxtext, maxtext_catalog
-    from ckptmap.verify.tiny import derive_tiny
-
     catalog = maxtext_catalog()
     sizes = _size_keys()
     rows = []
@@ -88,7 +86,6 @@ def plan(only: list[str] | None = None) -> list[dict]:
         return plan_in_process(only)
     except ImportError:
         pass
-    from ckptmap.verify.real_configs import ConfigError, last_line_in_maxtext_venv
 
     args = ["ckptmap.benchmarks.maxtext_models", "--plan-json"] + (["--only", *only] if only else [])
     try:

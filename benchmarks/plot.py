@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from ckptmap.atomic import atomic_path
 from ckptmap.benchmarks.suite import SuiteResult
 
 
@@ -33,7 +34,6 @@ def plot_accuracy(result: SuiteResult, path: str) -> str:
     axes[1].set_xticklabels(cases, rotation=60, ha="right", fontsize=8)
     fig.suptitle("ckptmap vs baselines against MaxText's own conversion (tiny fixtures)")
     fig.tight_layout(rect=(0, 0, 1, 0.91))
-    from ckptmap.atomic import atomic_path
 
     try:
         with atomic_path(path, suffix=".png") as tmp:

@@ -8,6 +8,7 @@ import platform
 import re
 from collections import defaultdict
 
+from ckptmap.benchmarks import gt_store
 from ckptmap.benchmarks.suite import OFFLINE_BASELINES, MethodRun, SuiteResult
 from ckptmap.mapping import write_text_atomic
 
@@ -127,7 +128,6 @@ def notes(result: SuiteResult) -> str:
         if r.verify.get("not_run") and "verify" not in reported:
             lines.append("- ckptmap+verify: where verify did not run (see the verify column) its scores are the solve's")
             reported.add("verify")
-    from ckptmap.benchmarks import gt_store
 
     for family, scan in sorted({(r.family, r.scan) for r in result.runs}):
         try:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.resources
+import json
 import sys
 
 from ckptmap.verify.tiny_hf import _index_lists
 from ckptmap.verify.tiny_keys import (MAXTEXT_LLAMA31_ROPE, MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS,
                                       MAXTEXT_TO_HF_SETTINGS, MAXTEXT_TO_HF_YARN, MAXTEXT_WINDOWS, TinyConfigError,
                                       _num)
+from ckptmap.verify.real_configs import ConfigError, _json_safe, last_line_in_maxtext_venv, real_configs
 
 # MaxText models that ship without a paired HF config (mistral-7b, llama2/llama3, llama4, gemma-7b, kimi-k2, ...):
 # the HF config is derived from MaxText's own yml. The HF model type comes from MaxText's `decoder_block`: the HF
@@ -31,32 +34,23 @@ from ckptmap.verify.tiny_keys import (MAXTEXT_LLAMA31_ROPE, MAXTEXT_TO_HF_KEYS, 
 def maxtext_catalog() -> dict:
     """{"base": base.yml, "models": {name: model yml}, "hf_models": [names with a paired HF config]} of the
     installed MaxText (in-process when MaxText imports, else through the MaxText venv; cached per process)."""
-    import json
-
     return json.loads(_catalog_json())
 
 
 @functools.lru_cache(maxsize=1)
 def _catalog_json() -> str:
-    import json
-
     try:
         import maxtext  # noqa: F401
         return json.dumps(_read_catalog())
     except ImportError:
         pass
-    from ckptmap.verify.real_configs import last_line_in_maxtext_venv
 
     return last_line_in_maxtext_venv(["ckptmap.verify.maxtext_catalog", "catalog"], "reading MaxText's model configs")
 
 
 def _read_catalog() -> dict:
-    import importlib.resources
-
     import yaml
     from maxtext.checkpoint_conversion.utils.hf_model_configs import HF_MODEL_CONFIGS
-
-    from ckptmap.verify.real_configs import _json_safe
 
     root = importlib.resources.files("maxtext") / "configs"
     models = {}
@@ -90,7 +84,6 @@ def hf_template(model_name: str, catalog: dict) -> tuple[dict, str]:
     siblings = [m for m in catalog["hf_models"] if catalog["models"][m].get("decoder_block") == block]
     if siblings:
         best = max(siblings, key=lambda m: (_agreement(yml, catalog["models"][m]), m))
-        from ckptmap.verify.real_configs import real_configs
 
         hf = real_configs(best)["hf"]
         return hf, f"HF config of {best} (same decoder block {block!r})"
@@ -203,8 +196,6 @@ def hf_config_from_maxtext(model_name: str, catalog: dict | None = None) -> tupl
 def real_or_derived_configs(model_name: str) -> dict:
     """`real_configs(model_name)`, or for a MaxText model that ships only a yml, the same dict with the HF config
     derived from it (hf_config_from_maxtext; "derived_notes" says how)."""
-    from ckptmap.verify.real_configs import ConfigError, real_configs
-
     try:
         return real_configs(model_name)
     except ConfigError:
@@ -223,8 +214,6 @@ def real_or_derived_configs(model_name: str) -> dict:
 
 if __name__ == "__main__":  # in the MaxText venv: `python -m ckptmap.verify.maxtext_catalog catalog`
     if sys.argv[1:] == ["catalog"]:
-        import json
-
         print(json.dumps(_read_catalog()))
         sys.exit(0)
     print("usage: python -m ckptmap.verify.maxtext_catalog catalog", file=sys.stderr)
