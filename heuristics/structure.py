@@ -208,6 +208,8 @@ def analyse(tree: ParamTree) -> TreeStructure:
         if found:
             for n in names:
                 scanned[n] = found
+        else:
+            scanned.update(_per_name_scan(tree, names, cands))
     _agree_across_collections(tree, groups, scan_cands, scanned)
     # A reader that knows the stacked layer axes (MaxText's logical axis names) is believed over inference.
     for name, cands in scan_cands.items():
@@ -293,6 +295,28 @@ def analyse(tree: ParamTree) -> TreeStructure:
                 slot = slots[key] = Slot(root=root, coord=coord)
             slot.units.append(unit)
     return TreeStructure(tree=tree, slots=slots, globals=globals_)
+
+
+def _per_name_scan(tree: ParamTree, names: list[str], cands: list[int]) -> dict[str, tuple]:
+    """One scan whose layer axis sits at different places in different tensors (an encoder's kernels stacked at
+    axis 1, its biases and norms at axis 0): the layer count is the one size every tensor of the group has
+    among its first axes; each tensor's own first such axis (in the usual order 1, 0, 2, 3) is its layer axis.
+    Empty when no single size, or several, qualify."""
+    if len(names) < 2:
+        return {}
+    common = None
+    for n in names:
+        sizes = {d for d in tree[n].shape[:4] if d > 1}
+        common = sizes if common is None else common & sizes
+    if not common or len(common) != 1:
+        return {}
+    size = common.pop()
+    out = {}
+    for n in names:
+        shape = tree[n].shape
+        axis = next(a for a in (1, 0, 2, 3) if a < len(shape) and shape[a] == size)
+        out[n] = (cands[:1], (axis,), (size,))
+    return out
 
 
 def _agree_across_collections(tree: ParamTree, groups: dict[str, list[str]], scan_cands: dict[str, list[int]],

@@ -126,12 +126,36 @@ def structural_variants(rule: Rule, alternatives: list[Rule], target_shapes: lis
         out.append(("without its value ops", replace(rule, chain=strip_value_ops(rule.chain))))
     for k, alt in enumerate(alternatives):
         out.append((f"solver alternative {k + 1}: {alt.chain.describe()}", alt))
+    for label, chain in offset_variants(rule.chain):
+        out.append((label, replace(rule, chain=chain)))
     for j, shape in enumerate(target_shapes):
         if len(shape) == 2 and shape[0] == shape[1]:
             branches = tuple(Transpose((1, 0)) if i == j else Identity() for i in range(len(target_shapes)))
             extra = branches[0] if len(branches) == 1 else Parallel(branches)
             out.append((f"transposed output {j}" if len(target_shapes) > 1 else "transposed",
                         replace(rule, chain=Chain((rule.chain, extra)))))
+    return out
+
+
+def offset_variants(chain) -> list[tuple[str, object]]:
+    """The same chain with each cut or pad of an axis moved to the other end: a table whose target drops its first
+    rows (a position table behind a padding offset, RoBERTa's 2) rather than its last, or gains them in front.
+    Shapes cannot tell the ends apart; the forward pass can."""
+    from ckptmap.transforms.structural import Pad, Truncate
+
+    steps = list(chain.ops) if isinstance(chain, Chain) else [chain]
+    out = []
+    for k, op in enumerate(steps):
+        moved = None
+        if isinstance(op, Truncate) and op.start == 0 and op.orig is not None and op.stop is not None \
+                and 0 < op.stop < op.orig:
+            moved = (f"offset: drop the first {op.orig - op.stop} rows of axis {op.axis}",
+                     Truncate(op.axis, op.orig - op.stop, None, op.orig))
+        elif isinstance(op, Pad) and op.before == 0 and op.after > 0:
+            moved = (f"offset: pad {op.after} rows in front of axis {op.axis}", Pad(op.axis, op.after, 0, op.value))
+        if moved is not None:
+            label, new = moved
+            out.append((label, Chain(tuple(steps[:k] + [new] + steps[k + 1:]))))
     return out
 
 
