@@ -245,27 +245,28 @@ def _short(text: str) -> str:
 
 
 def markdown(results: list[dict]) -> str:
-    """The RESULTS.md table: one row per MaxText model (scan settings side by side), from one or more sweep JSONs
-    (later files add runs; a model's first plan row wins)."""
+    """The RESULTS.md table: one row per MaxText model (scan settings side by side), from one or more sweep JSONs,
+    oldest first (later files' runs and plan rows win; a run only an earlier file has is marked "earlier sweep")."""
     models: dict[str, dict] = {}
     runs: dict[tuple[str, bool], dict] = {}
-    for res in results:
+    for age, res in enumerate(results):
         for row in res.get("models", []):
-            models.setdefault(row["model"], row)
+            models[row["model"]] = row
         for run in res.get("runs", []):
             if "not_run" not in run or (run["model"], run["scan"]) not in runs:
-                runs[(run["model"], run["scan"])] = run
+                runs[(run["model"], run["scan"])] = dict(run, earlier=age < len(results) - 1 and "not_run" not in run)
 
     def cell(model: str, scan: bool) -> str:
         run = runs.get((model, scan))
         if run is None or "not_run" in run:
             return "not run"
+        mark = " (earlier sweep)" if run.get("earlier") else ""
         if outcome(run) == "maxtext_cannot_build":
-            return f"MaxText cannot build / - / - / {run.get('seconds', '-')}"
+            return f"MaxText cannot build / - / - / {run.get('seconds', '-')}{mark}"
         solved = "ok" if run.get("structural_ok") else (f"{run.get('unmapped')} unmapped" if "unmapped" in run
                                                         else "no solve")
         verdict = "PASS" if run.get("passed") else ("timeout" if run.get("timed_out") else "FAIL")
-        return f"{solved} / {verdict} / {_fmt_kl(run.get('kl_max'))} / {run.get('seconds', '-')}"
+        return f"{solved} / {verdict} / {_fmt_kl(run.get('kl_max'))} / {run.get('seconds', '-')}{mark}"
 
     lines = ["| MaxText model | HF class | HF config | scan1: solve / verify / max KL / s | "
              "scan0: solve / verify / max KL / s | why (failures) |", "|---|---|---|---|---|---|"]
