@@ -13,6 +13,8 @@ the tokens (ckptmap.verify.metrics.compare_logits), in float32.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -23,6 +25,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
+
+from ckptmap.atomic import write_json_atomic, write_text_atomic
+from ckptmap.checkpoint_io import read_all
+from ckptmap.cli import main as cli_main
+from ckptmap.maxtext import session
+from ckptmap.verify import tiny_specs
+from ckptmap.verify.metrics import KL_FLOAT32_TIED_CAST, compare_logits
 
 SEQ = 24  # tokens per logit check
 KL_BAR = 1e-6  # float32, both directions (measured ~1e-13 on untied models)
@@ -54,8 +64,6 @@ class ConsumerResult:
     def bar(self, check: str) -> float:
         """The KL a check must stay under: 1e-6; where MaxText computes a tied model's logits through its bf16 cast
         of the table (its own behaviour on any checkpoint, not the mapping's), verify's tied-cast mark."""
-        from ckptmap.verify.metrics import KL_FLOAT32_TIED_CAST
-
         return KL_FLOAT32_TIED_CAST if self.tied and check.startswith("maxtext ") else KL_BAR
 
     @property
@@ -71,8 +79,6 @@ class ConsumerResult:
 
 
 def _tree_rss(proc) -> float:
-    import psutil
-
     try:
         procs = [proc] + proc.children(recursive=True)
     except psutil.Error:
@@ -90,14 +96,7 @@ def run_cli(name: str, args: list[str], env: dict | None = None, *, in_process: 
     """`ckptmap ARGS` as a process: seconds, peak RSS of its process tree, exit status and the last stderr line.
     `in_process`: through `ckptmap.cli.main` in this process instead (tests: one MaxText worker for every step;
     no memory is measured)."""
-    import psutil
-
     if in_process:
-        import contextlib
-        import io
-
-        from ckptmap.cli import main as cli_main
-
         t0 = time.perf_counter()
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -158,10 +157,6 @@ def save_tiny_hf(config: dict, out: str, dtype: str, seed: int = 0) -> str:
 
 
 def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32", *, in_process: bool = False) -> ConsumerResult:
-    from ckptmap.maxtext import session
-    from ckptmap.verify import tiny_specs
-    from ckptmap.verify.metrics import compare_logits
-
     res = ConsumerResult(model, scan, dtype)
     src_spec, tgt_spec = tiny_specs(model)
     tgt_spec = f"{tgt_spec} scan_layers={'true' if scan else 'false'}"
@@ -216,8 +211,6 @@ def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32", *, in
 def _maxtext_written(res: ConsumerResult, mt, mapping: str, workdir: str, tokens: np.ndarray,
                      in_process: bool = False) -> None:
     """MaxText's own random init, saved by MaxText's own conversion save, converted back to an HF directory."""
-    from ckptmap.verify.metrics import compare_logits
-
     written, hf_out = os.path.join(workdir, "maxtext_written"), os.path.join(workdir, "hf_from_maxtext")
     import ml_dtypes
 
@@ -240,8 +233,6 @@ def _maxtext_written(res: ConsumerResult, mt, mapping: str, workdir: str, tokens
 
 
 def _same_tensors(a: str, b: str) -> bool:
-    from ckptmap.checkpoint_io import read_all
-
     x, y = read_all(a), read_all(b)
     return sorted(x) == sorted(y) and all(x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes() for k in x)
 
@@ -294,8 +285,6 @@ def main(argv: list[str] | None = None) -> int:
             for s in r.steps:
                 print(f"    {s.name:45s} {s.seconds:7.2f} s  {s.peak_rss_mb:8.0f} MB  {'ok' if s.ok else s.detail}")
     if args.out:
-        from ckptmap.atomic import write_json_atomic, write_text_atomic
-
         write_json_atomic(args.out, results)
         write_text_atomic(os.path.splitext(args.out)[0] + ".md", markdown(results))
     return 0 if all(r["passed"] for r in results) else 1

@@ -17,18 +17,30 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
+import os
+import shlex
+import tempfile
 import time
 import tracemalloc
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ckptmap.benchmarks import baselines
-from ckptmap.benchmarks.cases import Case, derived_families, fixture_families, load_case
+from ckptmap import code_reading
+from ckptmap.benchmarks import baselines, groups
+from ckptmap.benchmarks.cases import Case, case_dir, derived_families, fixture_families, load_case
 from ckptmap.benchmarks.gt_store import SCANS
 from ckptmap.benchmarks.scoring import CaseScore, score_mapping
-from ckptmap.mapping import Mapping
+from ckptmap.llm_hints import get_priors
+from ckptmap.mapping import Mapping, write_json_atomic
+from ckptmap.solver import solve
+from ckptmap.transforms import clear_cache
+from ckptmap.verify.config_reconcile import reconcile_to_maxtext
+from ckptmap.verify.e2e import compare_with_reference
+from ckptmap.verify.metrics import LONG_RANGE_TOKENS
+from ckptmap.verify.retarget import Retargeted, invert, retarget, target_renames
 
 ALL_METHODS = ("ckptmap", "ckptmap+code", "ckptmap+hints", "ckptmap+verify", "name-greedy", "shapes-only",
                "llm-only")
@@ -75,23 +87,13 @@ class Skipped(Exception):
     """The method cannot run here (a module not written yet, no API key)."""
 
 
-def _solver():
-    try:
-        from ckptmap.solver import solve
-    except ImportError as e:
-        raise Skipped(f"ckptmap.solver is not importable ({e})") from None
-    return solve
-
-
 def solve_trees(case: Case):
     """The SolveResult (its .mapping is scored; verify needs the alternatives too)."""
-    return _solver()(case.src, case.tgt)
+    return solve(case.src, case.tgt)
 
 
 def with_code_layouts(case: Case) -> tuple:
     """Copies of the case's trees carrying the stored code layouts of its family (HF side and this scan)."""
-    from ckptmap import code_reading
-
     stored = code_reading.load(case.family)
     if stored is None:
         raise Skipped(f"no stored code layouts for {case.family} (python -m ckptmap.code_reading {case.family})")
@@ -103,15 +105,10 @@ def with_code_layouts(case: Case) -> tuple:
 
 
 def solve_with_code(case: Case):
-    return _solver()(*with_code_layouts(case))
+    return solve(*with_code_layouts(case))
 
 
 def solve_with_hints(case: Case):
-    solve = _solver()
-    try:
-        from ckptmap.llm_hints import get_priors
-    except ImportError as e:
-        raise Skipped(f"ckptmap.llm_hints is not importable ({e})") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a cache miss warns; the priors are then empty, which is the point
         priors = get_priors(case.src, case.tgt, mode="cache")
@@ -153,13 +150,6 @@ def verify_module() -> tuple[object | None, str]:
 def fixture_specs(case: Case, directory: str) -> tuple[str, str]:
     """Runner SPECs at exactly the fixture's configs: its HF config (written to `directory`) and its MaxText
     model name with the fixture's overrides and this case's scan setting."""
-    import json
-    import os
-    import shlex
-
-    from ckptmap.benchmarks.cases import case_dir
-    from ckptmap.mapping import write_json_atomic
-
     with open(os.path.join(case_dir(case.family), "config.json")) as f:  # a fixture's, or a derived case's
         fixture = json.load(f)
     hf_path = os.path.join(directory, "config.json")
@@ -200,8 +190,6 @@ def fixture_check(src_runner, tgt_runner, kl_threshold: float, hf_shapes: dict |
     config: `fixture_inconsistent` (with the KL measured) when that fails too, `reference_kl` when it passes (the
     failure is then the mapping's), `reference_error` when MaxText's conversion cannot run here. `hf_shapes`: the
     fixture's HF tensors, for the ones MaxText's table reads that the HF runner does not build (towers)."""
-    from ckptmap.verify.e2e import compare_with_reference
-
     if hf_shapes and sum(math.prod(s) for s in hf_shapes.values()) > MAX_REFERENCE_ELEMENTS:
         hf_shapes = None  # a full-size tower (the gemma4 fixtures' 570M-parameter vision tower): not drawn
     try:
@@ -239,12 +227,6 @@ def consistent_source(src_spec: str, tgt_runner) -> tuple[list[str], list[str]]:
     hand-made fixture's query_pre_attn_scalar, soft-caps, RoPE theta, activation): the verify column then runs at
     consistent configs, and its pass or failure is the mapping's. Returns (what was set, the disagreements that
     could not be: RoPE scaling, rotary fraction, tied embeddings)."""
-    import json
-
-    from ckptmap.mapping import write_json_atomic
-    from ckptmap.verify.config_reconcile import reconcile_to_maxtext
-    from ckptmap.verify.metrics import LONG_RANGE_TOKENS
-
     find = getattr(tgt_runner, "function_config", None)
     values = find() if callable(find) else None
     if not values:
@@ -270,12 +252,9 @@ def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
     disagree on a setting outside the weights (`consistent_source`, listed under `reconciled`). When verify fails,
     MaxText's own conversion is run through both models too (`fixture_check`, at the same configs): if that fails
     as well, the fixture is inconsistent (`fixture_inconsistent`)."""
-    import tempfile
-
     verify, why = verify_module()
     if verify is None:
         return solved.mapping, {"not_run": why}
-    from ckptmap.verify.retarget import Retargeted, invert, retarget, target_renames
 
     start = time.perf_counter()
     runners: list = []
@@ -319,13 +298,7 @@ def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
 
 
 def _clear_caches() -> None:
-    from ckptmap.benchmarks import groups
-
     groups._cheapest_chain.cache_clear()
-    try:
-        from ckptmap.transforms import clear_cache
-    except ImportError:
-        return
     clear_cache()
 
 

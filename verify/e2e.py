@@ -9,9 +9,20 @@ report. The timing includes everything: config derivation, MaxText worker start,
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
+
+import numpy as np
+
+from ckptmap.errors import CkptmapError
+from ckptmap.solver import solve
+from ckptmap.trees import read_tree
+from ckptmap.verify import runners_for, search_and_verify, tiny_specs
+from ckptmap.verify.evaluate import Evaluator, uncast_logits
+from ckptmap.verify.metrics import compare_logits
+from ckptmap.verify.weights import random_params
 
 
 def _tail(message: str, n: int = 240) -> str:
@@ -57,18 +68,9 @@ def compare_with_reference(mapping, src_runner, tgt_runner, seed: int = 0,
     `extra_sources`: name -> shape of HF tensors the source model verify runs does not hold but MaxText's tables
     read (a vision tower beside a text-only runner): they get seeded random values, which only feed targets the
     text forward does not read."""
-    import itertools
-
-    import numpy as np
-
-    from ckptmap.verify.evaluate import Evaluator, uncast_logits
-    from ckptmap.verify.metrics import compare_logits
-
     ev = Evaluator(src_runner, tgt_runner, seed=seed)
     src_params = ev.src_params
     if extra_sources:
-        from ckptmap.verify.weights import random_params
-
         extra = {n: s for n, s in extra_sources.items() if n not in src_params}
         src_params = {**random_params(extra, seed), **src_params}
     try:
@@ -152,8 +154,6 @@ def run_reference(model: str, *, scan: bool | None = None, device: str = "cpu", 
     """compare_with_reference without a mapping, on MaxText model `model`'s tiny pair: does the target model, given
     MaxText's own conversion of the source's seeded tensors, compute what the source computes? (No solve: this
     checks the tiny configs and both runners, not ckptmap's mapping.)"""
-    from ckptmap.verify import runners_for, tiny_specs
-
     src_spec, tgt_spec = tiny_specs(model)
     if scan is not None:
         tgt_spec += f" scan_layers={'true' if scan else 'false'}"
@@ -168,10 +168,6 @@ def run_tiny(model: str, *, scan: bool | None = None, device: str = "cpu", out_d
              seed: int = 0, reference: bool = False):
     """(final Mapping, VerifyReport, seconds) for MaxText model `model` at its tiny config. With `reference`, the
     report's notes also say how the mapping compares with MaxText's own conversion, tensor by tensor."""
-    from ckptmap.solver import solve
-    from ckptmap.trees import read_tree
-    from ckptmap.verify import runners_for, search_and_verify, tiny_specs
-
     t0 = time.perf_counter()
     src_spec, tgt_spec = tiny_specs(model)
     if scan is not None:
@@ -202,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="print each report's table")
     p.add_argument("--reference", action="store_true", help="compare with MaxText's own conversion, tensor by tensor")
     args = p.parse_args(argv)
-    from ckptmap.errors import CkptmapError
 
     failed = 0
     for model in args.models:
