@@ -29,6 +29,17 @@ def guess_layout(names: list[str]) -> str:
     return "unknown"
 
 
+def tree_layout(tree) -> str:
+    """How `tree` stores its matrices: the storage its framework's adapter declares (ckptmap.frameworks: "torch"
+    for hf, "flax" for maxtext and keras), else guessed from its leaf names (guess_layout). The solver still
+    checks it against what the shapes force (solver.solve._calibrate_layout: GPT-2's Conv1D is [in, out])."""
+    from ckptmap import frameworks
+
+    adapter = next((a for a in frameworks.adapters() if a.name == tree.framework), None) if tree.framework else None
+    declared = getattr(adapter, "storage", "") if adapter is not None else ""
+    return declared if declared in ("torch", "flax") else guess_layout(tree.names())
+
+
 def has_transpose(chain: Op) -> bool:
     """Whether any step of `chain`, nested chains and parallel branches included, permutes axes."""
     return chain.axis_perm is not None or any(has_transpose(o) for o in chain.sub_ops)

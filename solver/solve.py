@@ -24,7 +24,7 @@ from ckptmap.heuristics.candidates import (
     generate,
     operands,
 )
-from ckptmap.heuristics.layout import guess_layout
+from ckptmap.heuristics.layout import tree_layout
 from ckptmap.heuristics.names import concepts
 from ckptmap.heuristics.buffers import split_computed
 from ckptmap.heuristics.coherence import apply_module_coherence
@@ -253,7 +253,7 @@ def solve(src: ParamTree, tgt: ParamTree, *, priors=None, k_alternatives: int = 
     """
     s_struct, t_struct = analyse(src), analyse(tgt)
     kw = dict(priors=priors, k_alternatives=k_alternatives, dims=dims, search=search)
-    flax_to_torch = guess_layout(src.names()) == "flax" and guess_layout(tgt.names()) == "torch"
+    flax_to_torch = tree_layout(src) == "flax" and tree_layout(tgt) == "torch"
     if (_stacks_layers(s_struct) and not _stacks_layers(t_struct)) or flax_to_torch \
             or (_splits_experts(t_struct) and not _splits_experts(s_struct)):
         return _solve_other_way(src, tgt, s_struct, t_struct, **kw)
@@ -267,7 +267,7 @@ def _solve(src: ParamTree, tgt: ParamTree, s_struct: TreeStructure, t_struct: Tr
     if dims is None:
         dims = merge_dims(src.meta.get("dims") or {}, tgt.meta.get("dims") or {})
     ctx = Context(search=search or search_chains, dims=dims,
-                  src_layout=guess_layout(src.names()), tgt_layout=guess_layout(tgt.names()),
+                  src_layout=tree_layout(src), tgt_layout=tree_layout(tgt),
                   prior=(priors.edge_bonus if priors is not None and not getattr(priors, "is_empty", False)
                          else None),
                   src_code_layouts=dict(src.meta.get("code_layouts") or {}),

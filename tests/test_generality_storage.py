@@ -34,3 +34,14 @@ def test_square_query_takes_the_layout_its_key_and_value_force():
     (out,) = rule.chain.apply((q,))
     expected = q.reshape(heads, hd, hidden).transpose(0, 2, 1)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_the_adapters_declared_storage_decides_a_square_matrix_names_cannot():
+    """Leaves `w` say nothing about storage; the keras adapter declares [in, out], HF's torch [out, in]."""
+    from ckptmap.heuristics.layout import tree_layout
+
+    src = _tree({f"layers.{i}.proj.weight": (32, 32) for i in range(2)}, "hf")
+    tgt = _tree({f"block_{i}/proj/w": (32, 32) for i in range(2)}, "keras")
+    assert tree_layout(tgt) == "flax" and tree_layout(src) == "torch"
+    rule = solve(src, tgt).mapping.rule_for_target("block_0/proj/w")
+    assert rule.chain.describe() == "transpose(1, 0)"
