@@ -114,14 +114,17 @@ def hf_config(spec: Any, *, file: str | None = None):
         raise VerifyError(f"bad {model_type} config: {str(e).splitlines()[-1].strip()}", file=file) from None
 
 
+BLOCK_LIST_NAMES = ("layers", "h", "blocks", "layer")
+
+
 def _decoder_layers(model, n_layers: int):
-    """The ModuleList of decoder blocks: the shortest-named `*layers` list of length n_layers outside vision or
-    audio towers."""
+    """The ModuleList of blocks: the shortest-named `layers` / `h` / `blocks` / `layer` (BERT's encoder) list of
+    length n_layers outside vision or audio towers."""
     import torch.nn as nn
 
     found = []
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers and name.split(".")[-1] in ("layers", "h", "blocks"):
+        if isinstance(mod, nn.ModuleList) and len(mod) == n_layers and name.split(".")[-1] in BLOCK_LIST_NAMES:
             if any(w in name for w in ("vision", "visual", "audio")):
                 continue
             found.append((len(name), name, mod))

@@ -68,9 +68,40 @@ class KerasRunner:
         self.backbone = self.net.backbone
         self._probe = None
         self._calls: dict = {}
+        self._unread: set[str] | None = None
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return self.tree.shapes()
+        """The variables verify must supply: all but those the compared output never reads (`unread`)."""
+        unread = self.unread
+        return {n: s for n, s in self.tree.shapes().items() if n not in unread}
+
+    @property
+    def unread(self) -> set[str]:
+        """Variables the compared output does not depend on (a BERT MaskedLM's pooler, `pooled_dense`): their
+        gradient is exactly zero on a seeded input. The forward pass keeps KerasHub's own init for them; a mapping
+        need not produce them for verify (solve still reports them when it cannot map them)."""
+        if self._unread is None:
+            self._unread = self._find_unread()
+        return self._unread
+
+    def _find_unread(self) -> set[str]:
+        import keras
+
+        if keras.backend.backend() != "jax":
+            return set()
+        import jax
+        import jax.numpy as jnp
+
+        net = self.net
+        inputs = self.inputs(np.random.default_rng(0).integers(0, int(self.vocab or 2), size=(1, 8)))
+        frozen = [v.value for v in net.non_trainable_variables]
+
+        def total(trainable):
+            out = net.stateless_call(trainable, frozen, inputs, training=False)[0]
+            return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape)))
+
+        grads = jax.grad(total)([v.value for v in net.trainable_variables])
+        return {v.path for v, g in zip(net.trainable_variables, grads) if not np.any(np.asarray(g))}
 
     def dims(self) -> dict[str, int]:
         return dict(self.tree.meta.get("dims") or {})
@@ -120,7 +151,11 @@ class KerasRunner:
             try:
                 outs = {f"layer_{i}": b.output for i, b in enumerate(blocks)}
                 outs = {k: (v[0] if isinstance(v, (tuple, list)) else v) for k, v in outs.items()}
-                outs["final_norm"] = self.backbone.output
+                final = self.backbone.output
+                if isinstance(final, dict):  # an encoder's {"sequence_output", "pooled_output"}
+                    final = final.get("sequence_output")
+                if final is not None:
+                    outs["final_norm"] = final
                 self._probe = keras.Model(self.backbone.input, outs)
             except Exception:  # noqa: BLE001 - see the docstring
                 self._probe = False
@@ -145,16 +180,20 @@ class KerasRunner:
 
     def _run(self, net, params: dict[str, np.ndarray], inputs: dict):
         trainable = [params[v.path].astype(v.dtype) for v in net.trainable_variables]
-        frozen = [params[v.path].astype(v.dtype) for v in net.non_trainable_variables]
+        # non-trainable state that is no weight (a dropout layer's seed) keeps its own value
+        frozen = [params[v.path].astype(v.dtype) if v.path in params else v.value for v in net.non_trainable_variables]
         feed = {k: v for k, v in inputs.items() if k in net.input} if isinstance(net.input, dict) else inputs
         return self._compiled(net)(trainable, frozen, feed)
 
     def _check(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.variables if n not in params]
+        missing = [n for n in self.variables if n not in params and n not in self.unread]
         if missing:
             raise KerasRunError(f"no value for this Keras variable ({len(missing)} missing)", key=missing[0])
         out = {}
         for name, v in self.variables.items():
+            if name in self.unread and name not in params:
+                out[name] = np.asarray(v.value)
+                continue
             a = np.asarray(params[name])
             if tuple(a.shape) != tuple(v.shape):
                 raise KerasRunError(f"shape {tuple(a.shape)}, the Keras variable is {tuple(v.shape)}", key=name)
