@@ -8,6 +8,7 @@ Raw parameters (no `.weight` leaf: fused expert tensors, sinks, A_log) carry no 
 
 from __future__ import annotations
 
+from ckptmap import frameworks
 from ckptmap.heuristics.names import concepts
 from ckptmap.transforms import Chain, Op
 from ckptmap.heuristics.weights import WEIGHTS
@@ -33,8 +34,6 @@ def tree_layout(tree) -> str:
     """How `tree` stores its matrices: the storage its framework's adapter declares (ckptmap.frameworks: "torch"
     for hf, "flax" for maxtext and keras), else guessed from its leaf names (guess_layout). The solver still
     checks it against what the shapes force (solver.solve._calibrate_layout: GPT-2's Conv1D is [in, out])."""
-    from ckptmap import frameworks
-
     adapter = next((a for a in frameworks.adapters() if a.name == tree.framework), None) if tree.framework else None
     declared = getattr(adapter, "storage", "") if adapter is not None else ""
     return declared if declared in ("torch", "flax") else guess_layout(tree.names())

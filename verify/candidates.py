@@ -19,7 +19,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 
 from ckptmap.mapping import Rule
-from ckptmap.transforms import Chain, Identity, Parallel, Transpose, has_value_ops
+from ckptmap.transforms import Chain, Identity, Pad, Parallel, Transpose, Truncate, has_value_ops
 from ckptmap.transforms.value_kinds import VALUE_SLOTS, ValueOption, value_options_for_roles
 from ckptmap.trees.model import parse_name
 from ckptmap.verify.weights import tensor_role
@@ -141,8 +141,6 @@ def offset_variants(chain) -> list[tuple[str, object]]:
     """The same chain with each cut or pad of an axis moved to the other end: a table whose target drops its first
     rows (a position table behind a padding offset, RoBERTa's 2) rather than its last, or gains them in front.
     Shapes cannot tell the ends apart; the forward pass can."""
-    from ckptmap.transforms.structural import Pad, Truncate
-
     steps = list(chain.ops) if isinstance(chain, Chain) else [chain]
     out = []
     for k, op in enumerate(steps):

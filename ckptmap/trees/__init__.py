@@ -17,13 +17,6 @@ __all__ = ["ParamInfo", "ParamTree", "ParsedName", "TreeSpec", "merge_dims", "pa
            "read_tree", "write_tree"]
 
 
-def maxtext_spec_args(spec: TreeSpec) -> tuple[list[str], bool | None]:
-    """(overrides without scan_layers, scan_layers or None) of a `maxtext:MODEL key=value ...` spec."""
-    from ckptmap.frameworks.maxtext import spec_args  # lazy: the adapters import this package (a cycle)
-
-    return spec_args(spec)
-
-
 def read_tree(spec: str, *, hf_layout: str = "saved") -> ParamTree:
     """Read the tree a SPEC names. `hf_layout` ("saved" | "memory") picks HF checkpoint names or module names.
     The framework adapter that owns the SPEC's kind reads it (ckptmap.frameworks)."""
