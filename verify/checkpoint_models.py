@@ -173,9 +173,11 @@ class MaxTextCheckpointModel:
         from ckptmap import maxtext, orbax_io
 
         name, overrides = model_name, list(overrides)
-        if device in ("gpu", "cuda"):
+        if device == "auto":  # the GPUs when there are any (torch's count stands for the machine's)
+            device = "gpu" if _torch().cuda.is_available() else "cpu"
+        if device in ("gpu", "cuda"):  # MaxText's GPU build; its mesh spans every device JAX sees
             overrides = [o for o in overrides if not o.startswith("hardware=")] + ["hardware=gpu"]
-        elif device == "cpu":
+        else:
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
         self.spec = " ".join([f"maxtext:{name}", *(shlex.quote(o) for o in overrides)])
         bare = path[len("orbax:"):] if path.startswith("orbax:") else path
