@@ -15,6 +15,7 @@ import re
 from functools import lru_cache
 
 from rapidfuzz import fuzz
+from ckptmap import frameworks
 from ckptmap.heuristics.weights import WEIGHTS
 from ckptmap.trees.model import name_tokens
 
@@ -36,18 +37,18 @@ WHOLE_TOKEN = {
     "gate_up_proj_bias": ("wi_0", "wi_1", "bias"), "down_proj_bias": ("wo", "bias"),
     "wi_0_bias": ("wi_0", "bias"), "wi_1_bias": ("wi_1", "bias"), "wo_bias": ("wo", "bias"),
     "embed_tokens": ("embed",), "wte": ("embed",), "word_embeddings": ("embed",), "tok_embeddings": ("embed",),
-    "token_embedder": ("embed",), "embedding": ("weight",), "embeddings": ("embed",), "embed": ("embed",),
+    "embedding": ("weight",), "embeddings": ("embed",), "embed": ("embed",),
     "wpe": ("pos_embed",), "position_embeddings": ("pos_embed",), "pos_embedding": ("pos_embed",),
     # a learned additive position term is an (absolute) position embedding, whatever it is called
     "ape": ("pos_embed",), "position_bias": ("pos_embed",), "pos_bias": ("pos_embed",),
-    "lm_head": ("logits",), "logits_dense": ("logits",), "output": ("logits",), "unembed": ("logits",),
+    "lm_head": ("logits",), "output": ("logits",), "unembed": ("logits",),
     "input_layernorm": ("pre", "attention", "norm"), "ln_1": ("pre", "attention", "norm"),
     "attention_norm": ("pre", "attention", "norm"), "ln_attn": ("pre", "attention", "norm"),
     "attn_norm": ("pre", "attention", "norm"),
     "post_attention_layernorm": ("post", "attention", "norm"), "ln_2": ("pre", "ffn", "norm"),
     "ffn_norm": ("pre", "ffn", "norm"),
     "norm": ("norm",), "final_layernorm": ("final", "norm"), "ln_f": ("final", "norm"),
-    "decoder_norm": ("final", "norm"), "final_norm": ("final", "norm"), "norm_f": ("final", "norm"),
+    "final_norm": ("final", "norm"), "norm_f": ("final", "norm"),
     "weight": ("weight",), "kernel": ("weight",), "scale": ("weight",), "w": ("weight",), "gamma": ("weight",),
     "bias": ("bias",), "beta": ("bias",), "b": ("bias",),
     "router": ("router",), "gate": ("router",),
@@ -133,6 +134,22 @@ def split_subwords(token: str) -> list[str]:
     return parts
 
 
+@lru_cache(maxsize=1)
+def framework_priors() -> dict[str, tuple[str, ...]]:
+    """Whole-token spellings the framework adapters declare as their own convention (Adapter.name_priors), merged:
+    a framework's names are read the same way whichever side of a mapping they are on."""
+    out: dict[str, tuple[str, ...]] = {}
+    for adapter in frameworks.adapters():
+        for token, meaning in getattr(adapter, "name_priors", {}).items():
+            out.setdefault(token.lower(), tuple(meaning))
+    return out
+
+
+def _whole_token(token: str) -> tuple[str, ...] | None:
+    found = WHOLE_TOKEN.get(token)
+    return found if found is not None else framework_priors().get(token)
+
+
 @lru_cache(maxsize=200_000)
 def concepts(local_name: str) -> tuple[str, ...]:
     """The concept words of a (slot-relative) name, in order, fillers removed.
@@ -146,11 +163,11 @@ def concepts(local_name: str) -> tuple[str, ...]:
             continue
         low = tok.lower()
         base = re.sub(r"_\d+$", "", low) if not low.startswith("wi_") else low
-        if low in WHOLE_TOKEN:
-            out.extend(WHOLE_TOKEN[low])
-            continue
-        if base in WHOLE_TOKEN:
-            out.extend(WHOLE_TOKEN[base])
+        whole = _whole_token(low)
+        if whole is None:
+            whole = _whole_token(base)
+        if whole is not None:
+            out.extend(whole)
             continue
         for sub in split_subwords(base):
             if sub.isdigit():

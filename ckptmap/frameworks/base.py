@@ -43,6 +43,8 @@ class Adapter:
     with no sizes takes them from an `hf:CONFIG` partner); None when it needs nothing.
     write_output(mapping, input, path, *, reverse, force, **convert options) -> ConvertReport: convert's output in
     the framework's own form (`ckptmap convert --output PREFIX:PATH`), or None.
+    name_priors: the framework's own naming convention, whole name token -> the concepts it stands for
+    (heuristics.names.concepts reads every adapter's, beside the cross-convention vocabulary there).
     """
 
     name: str
@@ -58,4 +60,5 @@ class Adapter:
     export: Callable[..., Any] | None = None
     complete: Callable[[Any, Any], str | None] | None = None
     write_output: Callable[..., Any] | None = None
+    name_priors: dict = field(default_factory=dict, compare=False)
     notes: dict = field(default_factory=dict, compare=False)

@@ -58,7 +58,10 @@ def export(*args, **kwargs):
     return export_maxtext_module(*args, **kwargs)
 
 
+# MaxText's own spellings (heuristics.names reads them): its token table, final norm and output head.
+NAME_PRIORS = {"token_embedder": ("embed",), "decoder_norm": ("final", "norm"), "logits_dense": ("logits",)}
+
 ADAPTER = register(Adapter(name="maxtext", prefixes=("maxtext",), kinds=("maxtext",), parse=parse,
                            read_tree=read_tree, runner=runner, code_layouts=code_layouts,
                            checkpoint_model=checkpoint_model, storage="flax",
-                           naming="-", export=export))
+                           naming="-", export=export, name_priors=NAME_PRIORS))

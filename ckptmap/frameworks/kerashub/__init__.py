@@ -63,6 +63,11 @@ def write_output(*args, **kwargs):
     return _write(*args, **kwargs)
 
 
+# KerasHub's own spellings (heuristics.names reads them): the untied output head is the token embedding's
+# `reverse_embeddings`, the final norm is the backbone's `sequence_output_layernorm` (or `final_normalization`).
+NAME_PRIORS = {"reverse_embeddings": ("logits",), "sequence_output_layernorm": ("final", "norm"),
+               "final_normalization": ("final", "norm")}
+
 ADAPTER = register(Adapter(name="keras", prefixes=("keras",), kinds=("keras",), parse=parse, read_tree=read_tree,
                            runner=runner, storage="flax", naming="/",
-                           complete=complete, write_output=write_output))
+                           complete=complete, write_output=write_output, name_priors=NAME_PRIORS))
