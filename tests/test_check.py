@@ -115,3 +115,48 @@ def test_bad_prompts_name_the_file_and_the_line(tmp_path):
     assert [p.tolist() for p in read_prompts(str(bad), vocab=1000)] == [[1, 2, 3], [4, 999, 5]]
     missing = main(["check", "--mapping", str(tmp_path / "none.json"), "--source", "a", "--converted", "b"])
     assert missing == 2
+
+
+def test_a_converted_checkpoint_at_a_url(converted, tmp_path):
+    """The converted checkpoint on a remote filesystem (fsspec's in-process memory://; gs:// and s3:// take the same
+    calls): the HF side is copied for from_pretrained, the tensor comparison reads it with ranged reads."""
+    import fsspec
+
+    d, mapping, llama, phi3 = converted
+    fs = fsspec.filesystem("memory")
+    root = f"/check-{tmp_path.name}"
+    _plant(phi3, str(tmp_path / "bad"), "model.layers.0.mlp.gate_up_proj.weight", lambda t: -t)
+    fs.put(str(tmp_path / "bad") + "/", f"{root}/bad/", recursive=True)
+    report = str(tmp_path / "r.json")
+    try:
+        assert main(["check", "--mapping", mapping, "--source", llama, "--converted", f"memory://{root}/bad",
+                     "--seeded", "1", "--seq-len", "16", "--report", report]) == 1
+    finally:
+        fs.rm(root, recursive=True)
+    got = json.loads(open(report).read())
+    assert got["first_divergence"] == "layer_0"
+    assert [t["name"] for t in got["tensor_diffs"] if t["max_abs_diff"] > 0] == [
+        "model.layers.0.mlp.gate_up_proj.weight"]
+
+
+def test_a_remote_orbax_checkpoint_is_located_by_listing(tmp_path):
+    """MaxText is handed the URL of the item directory (its loader reads gs:// itself): found as orbax_io.locate
+    finds it locally, by listing."""
+    import fsspec
+
+    from ckptmap.verify.checkpoint_models import remote_item_dir
+    from ckptmap.verify.hf_runner import VerifyError
+
+    fs = fsspec.filesystem("memory")
+    root = f"/orbax-{tmp_path.name}"
+    for step in (0, 100):
+        fs.pipe(f"{root}/ck/{step}/items/_METADATA", b"{}")
+    try:
+        assert remote_item_dir(f"memory://{root}/ck") == f"memory://{root}/ck/100/items"
+        assert remote_item_dir(f"memory://{root}/ck", step=0) == f"memory://{root}/ck/0/items"
+        assert remote_item_dir(f"memory://{root}/ck/0") == f"memory://{root}/ck/0/items"
+        assert remote_item_dir(f"memory://{root}/ck/0/items") == f"memory://{root}/ck/0/items"
+        with pytest.raises(VerifyError, match="no step 7"):
+            remote_item_dir(f"memory://{root}/ck", step=7)
+    finally:
+        fs.rm(root, recursive=True)

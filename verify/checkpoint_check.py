@@ -17,7 +17,6 @@ The pass mark is the max per-token KL (`KL_CHECK`, per the lowest precision eith
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -332,7 +331,10 @@ def check_checkpoints(mapping: Mapping, source_path: str, converted_path: str, *
 
 
 def paths_exist(*paths: str) -> None:
+    """CheckError naming the first path (local, or any URL: ckptmap.storage) that does not exist."""
+    from ckptmap import storage
+
     for p in paths:
         bare = p[len("orbax:"):] if p.startswith("orbax:") else p
-        if not os.path.exists(bare):
+        if not storage.exists(bare):
             raise CheckError("no such file or directory", file=p)

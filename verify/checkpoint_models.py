@@ -10,16 +10,22 @@ ckptmap.runner.Forward), `describe() -> str` (where it runs) and `close()`.
   config) goes through verify's HFRunner with its tensors read by ckptmap.checkpoint_io.
 - `MaxTextCheckpointModel`: MaxText's `load_params_from_path` onto the model's own mesh (sharded by its logical axes
   over every device JAX sees) and its forward pass, inside the MaxText worker; the weights never cross processes.
+
+A checkpoint may be at a URL (ckptmap.storage): MaxText's loader is handed the URL (Orbax reads gs:// itself); an
+HF model directory is copied to a local temp directory for from_pretrained.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import tempfile
 from typing import Any
 
 import numpy as np
 
+from ckptmap import storage
 from ckptmap.runner import Forward
 from ckptmap.verify.hf_runner import VerifyError, _decoder_layers, _first_tensor, hf_config, runner_model
 
@@ -103,6 +109,12 @@ class HFCheckpointModel:
 
     def __init__(self, path: str, device: str = "auto", config: Any = None, step: int | None = None):
         torch = _torch()
+        self._staged = None
+        if storage.is_remote(path) and storage.isdir(path):
+            # from_pretrained reads a local directory: a remote model directory is copied first (removed at close)
+            self._staged = tempfile.mkdtemp(prefix="ckptmap-check-")
+            path = storage.download_tree(path, self._staged)
+        path = storage.local_path(path)
         own = _config_in(path)
         if own is None and config is None:
             raise VerifyError("an HF checkpoint needs its config: a model directory with config.json, or the HF "
@@ -160,6 +172,27 @@ class HFCheckpointModel:
     def close(self) -> None:
         self.model = None
         self._params = None
+        if self._staged:
+            shutil.rmtree(self._staged, ignore_errors=True)
+            self._staged = None
+
+
+def remote_item_dir(url: str, step: int | None = None) -> str:
+    """orbax_io.locate for a remote Orbax checkpoint: `url` itself when it holds `_METADATA`, its `items`, or
+    `<step>/items` under a root (the latest step unless `step`), found by listing (ckptmap.storage)."""
+    names = storage.listdir(url)
+    if step is None and "_METADATA" in names:
+        return url
+    if step is None and "items" in names:
+        return storage.join(url, "items")
+    steps = sorted(int(n) for n in names if n.isdigit())
+    if step is not None and step not in steps:
+        raise VerifyError(f"no step {step} in this checkpoint (steps: {', '.join(map(str, steps)) or 'none'})",
+                          file=url)
+    for s in ([step] if step is not None else reversed(steps)):
+        if "items" in storage.listdir(storage.join(url, str(s))):
+            return storage.join(url, str(s), "items")
+    raise VerifyError("no Orbax tree metadata (_METADATA) here, in items/, or in a numbered step directory", file=url)
 
 
 class MaxTextCheckpointModel:
@@ -181,8 +214,10 @@ class MaxTextCheckpointModel:
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
         self.spec = " ".join([f"maxtext:{name}", *(shlex.quote(o) for o in overrides)])
         bare = path[len("orbax:"):] if path.startswith("orbax:") else path
-        # absolute: the MaxText worker runs in a directory of its own
-        self.items = os.path.abspath(orbax_io.locate(bare, step).item_dir)
+        if storage.is_remote(bare):  # MaxText's loader (Orbax, TensorStore) reads gs:// itself
+            self.items = remote_item_dir(bare, step)
+        else:  # absolute: the MaxText worker runs in a directory of its own
+            self.items = os.path.abspath(orbax_io.locate(storage.local_path(bare), step).item_dir)
         self.session = maxtext.session(name, overrides)
         self.vocab = int((self.session.abstract_tree().meta.get("dims") or {}).get("vocab") or 0)
 
