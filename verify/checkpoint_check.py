@@ -136,8 +136,9 @@ class CheckReport:
 
     def table(self) -> str:
         s = self.stats
-        lines = [f"check: {'PASS' if self.passed else 'FAIL'}  max KL {s.kl_max:.3g} (threshold {self.kl_threshold:.2g},"
-                 f" {self.dtype})  mean KL {s.kl_mean:.3g}  max |logit diff| {s.max_abs_diff:.3g}  top-1 agreement "
+        verdict = "PASS" if self.passed else "FAIL"
+        lines = [f"check: {verdict}  max KL {s.kl_max:.3g} (threshold {self.kl_threshold:.2g}, {self.dtype})"
+                 f"  mean KL {s.kl_mean:.3g}  max |logit diff| {s.max_abs_diff:.3g}  top-1 agreement "
                  f"{100 * s.top1_agreement:.1f}%  ({self.prompts} prompts, {s.tokens} tokens, vocab {s.vocab})",
                  f"  source:    {self.source['path']}  [{self.source['model']}]",
                  f"  converted: {self.converted['path']}  [{self.converted['model']}]",
@@ -219,8 +220,8 @@ def in_stage(name: str, layers: set[int] | None) -> bool:
 
 def tensor_diffs(mapping: Mapping, rule_indices: list[int], source_reader, converted_reader,
                  layers: set[int] | None = None) -> list[TensorDiff]:
-    """For the given rules: each target tensor (of `layers`, see in_stage) of the converted checkpoint against the mapping applied to the
-    source checkpoint's tensors (cast to the converted tensor's dtype; exact equality expected), with the grid
+    """For the given rules: each target tensor (of `layers`, see in_stage) of the converted checkpoint against the
+    mapping applied to the source checkpoint's tensors (cast to the converted tensor's dtype; exact equality expected), with the grid
     cells that differ where the target stacks its cells."""
     from ckptmap.apply import apply_rule, read_cell
 

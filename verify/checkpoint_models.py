@@ -4,8 +4,8 @@ Each class loads the weights once through the framework's own loader and answers
 (logits [batch, seq, vocab] float32 and the shared activations `embed`, `layer_{i}`, `final_norm`; see
 ckptmap.runner.Forward), `describe() -> str` (where it runs) and `close()`.
 
-- `HFCheckpointModel`: transformers' `from_pretrained` on a directory of safetensors, placed on the accelerators when there
-  are any (`device_map`: every visible GPU, through accelerate's dispatch where there are several), else on the
+- `HFCheckpointModel`: transformers' `from_pretrained` on a directory of safetensors, placed on the accelerators when
+  there are any (`device_map`: every visible GPU, through accelerate's dispatch where there are several), else on the
   CPU; a checkpoint that is not a plain causal-LM model directory (one file, npz, Orbax holding HF names, a composite
   config) goes through verify's HFRunner with its tensors read by ckptmap.checkpoint_io.
 - `MaxTextCheckpointModel`: MaxText's `load_params_from_path` onto the model's own mesh (sharded by its logical axes
@@ -49,11 +49,10 @@ def hf_placement(device: str) -> tuple[Any, str]:
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32
     torch.backends.cudnn.allow_tf32 = False
     if n > 1:
-        try:
-            import accelerate  # noqa: F401
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is not None:
             return "auto", "cuda:0"
-        except ImportError:
-            pass
     return {"": 0}, "cuda:0"
 
 
