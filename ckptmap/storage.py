@@ -265,4 +265,7 @@ def convert_at(convert_fn, mapping, input_path: str, output_path: str, *, force:
     if not is_remote(bare):
         return convert_fn(mapping, input_path, prefix + local_path(bare), force=force, **options)
     with staged_output(bare, overwrite=force) as local:
-        return convert_fn(mapping, input_path, prefix + local, force=False, **options)
+        report = convert_fn(mapping, input_path, prefix + local, force=False, **options)
+    if hasattr(report, "output"):  # the report names where the checkpoint is now, not the staging path
+        report.output = output_path
+    return report

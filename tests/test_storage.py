@@ -69,7 +69,7 @@ def test_trees_reads_remote_safetensors_headers(memfs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("out_form", ["sharded", "orbax"])
-def test_convert_from_and_to_memory_urls_is_bit_exact(memfs, tmp_path, out_form):
+def test_convert_from_and_to_memory_urls_is_bit_exact(memfs, tmp_path, out_form, capsys):
     fs, root = memfs
     _, hf_shapes, _ = fixture("llama3.1")
     hf = seeded(hf_shapes)
@@ -78,7 +78,8 @@ def test_convert_from_and_to_memory_urls_is_bit_exact(memfs, tmp_path, out_form)
     llama_mapping(True).save(str(tmp_path / "m.json"))
     out = f"memory://{root}/mt" if out_form == "sharded" else f"orbax:memory://{root}/mt.orbax"
     base = ["convert", "--mapping", str(tmp_path / "m.json"), "--quiet"]
-    assert cli_main(base + ["--input", f"memory://{root}/hf", "--output", out]) == 0
+    assert cli_main(base[:-1] + ["--no-progress", "--input", f"memory://{root}/hf", "--output", out]) == 0
+    assert f"to {out} in" in capsys.readouterr().out
     assert not any(".tmp-" in p for p in fs.find(root))
     with cio.open_reader(out) as r:
         assert len(r.names()) == 12
