@@ -87,6 +87,12 @@ def check_rules(mapping: Mapping, max_cells: int = 1 << 20) -> None:
                 _check_slot(slot, grid, f"rule {i}: {where}")
 
 
+def stacked_index(ndim: int, slot: Slot, cell: tuple[int, ...]) -> tuple:
+    """The index of one cell's part in a stacked tensor of `ndim` dims (the cell's trailing grid indices at
+    `slot.axes`)."""
+    return _cell_index(ndim, slot.axes, cell[slot.depth:])
+
+
 def read_cell(slot: Slot, cell: tuple[int, ...], get: GetArray, grid: tuple[int, ...] | None = None) -> np.ndarray:
     """The array one cell of `slot` holds: its own tensor, or a slice of the stacked tensor."""
     name = slot.name_at(cell)

@@ -1,27 +1,33 @@
 """Convert a checkpoint through a Mapping, streaming rule by rule: IN (npz / safetensors / sharded / Orbax) -> OUT.
 
-Each rule's sources are read lazily from IN, its chain is applied cell by cell (ckptmap.apply), and each target
-tensor is written as soon as it is complete; a stacked target is assembled in memory first. So peak memory is the
-largest rule (its stacked outputs plus whatever sources it keeps), never the whole checkpoint. OUT appears only
-when every tensor has been written (temp path + rename).
+Every output tensor's shape and dtype is planned from the mapping and IN's header before a byte is read
+(ckptmap.pipeline.plan), so OUT is laid out first and each tensor written once at its place. Rules run on worker
+threads, cell by cell (ckptmap.pipeline.execute), while their bytes fit a budget: each source is read lazily,
+each target written as soon as it is complete (a stacked target is assembled in memory first). So peak memory
+is the rules in flight (at most the budget, 1.5x the largest rule by default), never the whole checkpoint. OUT
+appears only when every tensor has been written (temp path + rename).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ckptmap import mapping_record
-from ckptmap.apply import apply_rule, check_rules
-from ckptmap.checkpoint_io import (DEFAULT_MAX_SHARD_BYTES, CheckpointIOError, CheckpointReader, OrbaxWriter,
-                                   ShardedSafetensorsWriter, open_reader, open_writer, output_format, output_path,
-                                   remove_stale_temps, write_failure)
+from ckptmap.apply import check_rules
+from ckptmap.checkpoint_io import (DEFAULT_MAX_SHARD_BYTES, CheckpointIOError, CheckpointReader, open_reader,
+                                   open_writer, output_format, output_path, remove_stale_temps, write_failure)
 from ckptmap.errors import CkptmapError, MappingError
 from ckptmap.mapping import Mapping, Rule
+from ckptmap.pipeline.execute import Executor
+from ckptmap.pipeline.plan import RulePlan, check_planned_shapes, plan_mapping
+from ckptmap.pipeline.sinks import OrderedSink, SafetensorsSink
+from ckptmap.pipeline.sources import prefetcher, threaded_read
 
 
 @dataclass
@@ -42,6 +48,10 @@ class ConvertReport:
     load_path: str = ""
     nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)  # input tensor -> (NaN count, Inf count)
     stale_temps_removed: list[str] = field(default_factory=list)
+    workers: int = 1
+    max_memory: int | None = None  # the cap on bytes in flight (default: 1.5x the largest rule)
+    budget_peak: int = 0  # the most bytes the admitted rules were planned to hold at once
+    processes: int = 1
 
     def warnings(self, limit: int = 10) -> list[str]:
         """One line per input tensor holding NaN or Inf (carried over unchanged, but worth knowing)."""
@@ -55,7 +65,8 @@ class ConvertReport:
 
     def summary(self, limit: int = 10) -> str:
         lines = [f"wrote {self.tensors_written} tensors ({self.bytes_written / 1e6:.1f} MB, {self.format}) to "
-                 f"{self.output} in {self.seconds:.2f} s; largest rule {self.largest_rule_bytes / 1e6:.1f} MB"]
+                 f"{self.output} in {self.seconds:.2f} s ({self.workers} worker(s)); largest rule "
+                 f"{self.largest_rule_bytes / 1e6:.1f} MB"]
         if self.extra_files:
             lines.append(f"with {', '.join(self.extra_files)}: a model directory from_pretrained loads")
         if self.load_path:
@@ -145,15 +156,20 @@ def _check_output(mapping: Mapping, out_path: str, kind: str, fmt: str | None, f
 
 def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool = False, progress: bool = True, *,
             fmt: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None,
-            force: bool = False, step: int | None = None, hf_config: dict | None = None) -> ConvertReport:
+            force: bool = False, step: int | None = None, hf_config: dict | None = None, workers: int | None = None,
+            max_memory: int | None = None, processes: int | None = None,
+            ray_address: str | None = None) -> ConvertReport:
     """Write OUT = mapping(IN); `reverse=True` applies `mapping.reversed()` (target -> source).
 
     IN: .npz, .safetensors, a sharded safetensors directory or an Orbax checkpoint (MaxText's: the latest step,
     or `step`). OUT: chosen by `fmt` or its path (see ckptmap.checkpoint_io.output_format); a sharded directory
     on the HF side also gets config.json (the mapping's recorded HF config, or `hf_config`) and
     generation_config.json. `dtype` ("bfloat16" | "float32" | ...) casts every tensor on write; None keeps the
-    source dtype. `force=False` refuses an existing OUT. Raises CkptmapError before writing anything when IN is
-    unreadable, lacks a tensor the mapping reads, or holds shapes the mapping was not solved for; a produced
+    source dtype. `force=False` refuses an existing OUT. `workers` threads (default: the cores) run rules and
+    their cells side by side with at most `max_memory` bytes in flight (default: 1.5x the largest rule); the
+    output is the same bytes for any count. `processes` > 1 or `ray_address` splits the rules over Ray tasks
+    (ckptmap.pipeline.distributed; sharded safetensors output), byte-identical to one process. Raises
+    CkptmapError before writing anything when IN is unreadable, lacks a tensor the mapping reads, or holds shapes the mapping was not solved for; a produced
     tensor of another shape than the recorded target stops the conversion and leaves nothing at OUT.
     """
     check_rules(mapping)  # a hand-edited mapping fails here, with the rule's names, not deep in the executor
@@ -177,71 +193,163 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     start = time.perf_counter()
     try:
         return _convert(mapping, input_path, output_path_, progress, kind, max_shard_bytes, dtype, cast, force,
-                        step, hf_config, want, start, stale)
+                        step, hf_config, want, start, stale, workers, max_memory, processes, ray_address)
     except OSError as e:  # anything the readers and writers did not already name
         raise write_failure(e, file=output_path(output_path_)) from None
 
 
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+MIN_BUDGET = 256 * 1024**2
+
+
+def default_max_memory(plans: list[RulePlan], workers: int) -> int:
+    """The default cap on bytes in flight: 1.5x the largest rule (so a smaller rule runs beside it), at least
+    256 MB."""
+    largest = max((p.memory(workers) for p in plans), default=0)
+    return max(MIN_BUDGET, int(1.5 * largest))
+
+
+def _sink(out: str, kind: str, plans: list[RulePlan], max_shard_bytes: int, force: bool):
+    """The writer for OUT that takes planned tensors from several threads (see ckptmap.pipeline.sinks)."""
+    path = output_path(out)
+    try:
+        if kind == "sharded":
+            return SafetensorsSink(path, plans, max_shard_bytes=max_shard_bytes, overwrite=force)
+        if kind == "safetensors":
+            return SafetensorsSink(path, plans, max_shard_bytes=None, single=True, overwrite=force)
+        if kind == "orbax":
+            from ckptmap.pipeline.orbax_sink import OrbaxSink
+
+            return OrbaxSink(path, plans, overwrite=force)
+        return OrderedSink(open_writer(out, kind, max_shard_bytes=max_shard_bytes, overwrite=force), plans)
+    except OSError as e:
+        raise write_failure(e, file=path) from None
+
+
+def plan_conversion(mapping: Mapping, reader: CheckpointReader, cast: np.dtype | None,
+                    out_file: str) -> list[RulePlan]:
+    """Every output tensor's shape and dtype from the mapping and IN's header; a shape the mapping was not solved
+    for is a MappingError here, before a byte is read."""
+    plans = plan_mapping(mapping, reader.shape, reader.dtype, cast)
+    check_planned_shapes(plans, mapping_record.recorded_shapes(mapping, "target"), out_file)
+    return plans
+
+
 def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: bool, kind: str, max_shard_bytes: int,
              dtype: str | None, cast: np.dtype | None, force: bool, step: int | None, hf_config: dict | None,
-             want: dict, start: float, stale: list[str]) -> ConvertReport:
-    nonfinite: dict[str, tuple[int, int]] = {}
-    counted: set[str] = set()
+             want: dict, start: float, stale: list[str], workers: int | None = None,
+             max_memory: int | None = None, processes: int | None = None,
+             ray_address: str | None = None) -> ConvertReport:
+    distributed = bool(ray_address) or (processes or 1) > 1
+    if distributed and kind != "sharded":
+        raise CheckpointIOError(f"--processes / --ray write sharded safetensors (a directory), not {kind}: each "
+                                "process writes its own shards", file=output_path(output_path_))
+    if workers is not None and workers < 1:
+        raise CkptmapError(f"--workers must be at least 1, got {workers}")
     with open_reader(input_path, step=step) as reader:
         check_inputs(mapping, reader)
         check_input_shapes(mapping, reader)
         read_names = set(mapping.source_names())
         unused = {n: mapping.unused_sources.get(n, "") for n in reader.names() if n not in read_names}
-        total = len(_unique(mapping.target_names()))
+        plans = plan_conversion(mapping, reader, cast, output_path(output_path_))
+        if distributed:
+            return _convert_on_ray(mapping, input_path, output_path_, plans, reader, max_shard_bytes, dtype, force,
+                                   step, hf_config, workers, max_memory, processes, ray_address, unused, start,
+                                   stale)
+        workers = default_workers() if workers is None else int(workers)
+        limit = default_max_memory(plans, workers) if max_memory is None else max_memory
+        total = sum(len(p.targets) for p in plans)
         bar = _progress_bar(total, progress)
-        largest = 0
+        bar_lock = threading.Lock()
+
+        def tick(name: str) -> None:
+            with bar_lock:
+                bar.set_postfix_str(name[-60:], refresh=False)
+                bar.update(1)
+
         extra: list[str] = []
         load_path = ""
+        sink = _sink(output_path_, kind, plans, max_shard_bytes, force)
         try:
-            with open_writer(output_path_, kind, max_shard_bytes=max_shard_bytes, overwrite=force) as writer:
-                for rule in mapping.rules:
-                    shared = _shared_names(rule)
-                    kept: dict[str, np.ndarray] = {}
-
-                    def get(name: str) -> np.ndarray:
-                        if name in kept:
-                            return kept[name]
-                        arr = reader.read(name)
-                        if name not in counted:
-                            counted.add(name)
-                            bad = count_nonfinite(arr)
-                            if bad != (0, 0):
-                                nonfinite[name] = bad
-                        if name in shared:
-                            kept[name] = arr
-                        return arr
-
-                    rule_bytes = 0
-                    for name, array in apply_rule(rule, get):
-                        if name in want and tuple(array.shape) != want[name][0]:
-                            raise MappingError(f"the mapping produced {list(array.shape)} where it was solved for "
-                                               f"{list(want[name][0])}; nothing was written (an edited mapping?)",
-                                               file=output_path(output_path_), key=name)
-                        if cast is not None and array.dtype != cast:
-                            array = array.astype(cast)
-                        writer.write(name, array)
-                        rule_bytes += array.nbytes
-                        del array  # else the loop variable keeps this rule's tensor alive into the next rule
-                        bar.set_postfix_str(name[-60:], refresh=False)
-                        bar.update(1)
-                    kept.clear()
-                    largest = max(largest, rule_bytes)
-                if isinstance(writer, ShardedSafetensorsWriter):
-                    extra = _hf_files(writer, mapping, hf_config, dtype)
-                if isinstance(writer, OrbaxWriter):
-                    load_path = writer.load_path
-                written, nbytes = writer.tensors_written, writer.bytes_written
+            if kind == "sharded":
+                extra = _hf_files(sink, mapping, hf_config, dtype)
+            executor = Executor(threaded_read(reader), sink.write, workers=workers, max_memory=limit,
+                                check_nonfinite=count_nonfinite, want=want, prefetch=prefetcher(reader),
+                                on_tensor=tick, out_file=output_path(output_path_), cast=cast,
+                                on_fail=getattr(sink, "cancel", None))
+            stats = executor.run(mapping, plans)
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
         finally:
             bar.close()
+        load_path = getattr(sink, "load_path", "")
+        written, nbytes = sink.tensors_written, sink.bytes_written
     return ConvertReport(input=input_path, output=output_path_, format=kind, tensors_written=written,
-                         bytes_written=nbytes, seconds=time.perf_counter() - start, largest_rule_bytes=largest,
-                         unused_inputs=unused, unmapped_targets=list(mapping.unmapped_targets), extra_files=extra,
-                         load_path=load_path, nonfinite=nonfinite, stale_temps_removed=stale)
+                         bytes_written=nbytes, seconds=time.perf_counter() - start,
+                         largest_rule_bytes=stats.largest_rule_bytes, unused_inputs=unused,
+                         unmapped_targets=list(mapping.unmapped_targets), extra_files=extra, load_path=load_path,
+                         nonfinite=stats.nonfinite, stale_temps_removed=stale, workers=workers,
+                         max_memory=limit, budget_peak=stats.budget_peak)
+
+
+def _convert_on_ray(mapping: Mapping, input_path: str, out: str, plans: list[RulePlan], reader: CheckpointReader,
+                    max_shard_bytes: int, dtype: str | None, force: bool, step: int | None, hf_config: dict | None,
+                    workers: int | None, max_memory: int | None, processes: int | None, address: str | None,
+                    unused: dict, start: float, stale: list[str]) -> ConvertReport:
+    """The driver of a conversion split over Ray tasks: lay out the shards, hand each task its share, then write
+    the index once and move the directory into place (nothing at OUT on any error)."""
+    from ckptmap.checkpoint_io.commit import _remove, _temp_beside
+    from ckptmap.checkpoint_io.writers import CheckpointWriter
+    from ckptmap.pipeline.distributed import assign, run_shares
+    from ckptmap.pipeline.sinks import safetensors_layout, write_index
+
+    path = output_path(out)
+    layout = safetensors_layout(plans, max_shard_bytes, path)
+    units = layout.units()
+    shares = assign(units, [sum(layout.shards[k].body_size for k in u) for u in units], processes or 1)
+    extra: dict[str, str] = {}
+
+    class _Commit(CheckpointWriter):  # the temp directory -> OUT step, with the writers' error handling
+        def _write(self, name, array):
+            raise NotImplementedError
+
+        def _commit(self):
+            write_index(tmp, layout, extra)
+            self._install(tmp)
+
+        def abort(self):
+            _remove(tmp)
+
+    tmp = _temp_beside(path, directory=True)
+    committer = _Commit(path, overwrite=force)
+    try:
+        holder = type("H", (), {"extra_files": extra})()
+        extra_names = _hf_files(holder, mapping, hf_config, dtype)
+        results = run_shares(mapping, os.path.abspath(input_path) if not input_path.startswith("orbax:") else
+                             input_path, step, tmp, shares, max_shard_bytes, dtype, workers, max_memory, address)
+        committer.commit()
+    except BaseException:
+        _remove(tmp)
+        raise
+    nonfinite: dict[str, tuple[int, int]] = {}
+    for r in results:
+        nonfinite.update(r.nonfinite)
+    return ConvertReport(input=input_path, output=out, format="sharded", tensors_written=sum(r.tensors for r in results),
+                         bytes_written=sum(r.bytes for r in results), seconds=time.perf_counter() - start,
+                         largest_rule_bytes=max((r.largest_rule_bytes for r in results), default=0),
+                         unused_inputs=unused, unmapped_targets=list(mapping.unmapped_targets),
+                         extra_files=extra_names, nonfinite=dict(sorted(nonfinite.items())),
+                         stale_temps_removed=stale, workers=workers or default_workers(), max_memory=max_memory,
+                         processes=len([s for s in shares if s]))
 
 
 def _dtype(name: str | None) -> np.dtype | None:
@@ -255,7 +363,7 @@ def _dtype(name: str | None) -> np.dtype | None:
         raise CkptmapError(f"unknown dtype {name!r} (expected e.g. bfloat16, float32, float16)") from None
 
 
-def _hf_files(writer: ShardedSafetensorsWriter, mapping: Mapping, hf_config: dict | None,
+def _hf_files(writer: SafetensorsSink, mapping: Mapping, hf_config: dict | None,
               dtype: str | None) -> list[str]:
     """config.json and generation_config.json beside the shards when OUT is the HF side."""
     config = hf_config or (mapping.meta.get("hf_config") if _output_side_is_hf(mapping) else None)

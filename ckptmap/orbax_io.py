@@ -189,10 +189,12 @@ def read_metadata(path: str, step: int | None = None) -> OrbaxMetadata:
     return OrbaxMetadata(loc, entries, root_path, tuple(skipped))
 
 
-def restore_parameters(meta: OrbaxMetadata) -> dict[str, np.ndarray]:
-    """Every parameter array as numpy (name -> array); the optimizer state and step are not restored."""
+def restore_parameters(meta: OrbaxMetadata, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The parameter arrays `names` (default: every one) as numpy (name -> array); the optimizer state and step
+    are not restored."""
     ocp = import_orbax(meta.location.item_dir)
-    item = nest_names(list(meta.entries), meta.location.item_dir)
+    wanted = list(meta.entries) if names is None else list(names)
+    item = nest_names(wanted, meta.location.item_dir)
     for key in reversed(meta.root_path):
         item = {key: item}
     restore_args = _map_leaves(item, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
@@ -206,7 +208,7 @@ def restore_parameters(meta: OrbaxMetadata) -> dict[str, np.ndarray]:
                          file=meta.location.item_dir) from None
     root = _subtree(restored, meta.root_path)
     out = {"-".join(p): np.asarray(a) for p, a in _leaves(root)}
-    missing = [n for n in meta.entries if n not in out]
+    missing = [n for n in wanted if n not in out]
     if missing:
         raise OrbaxError("the metadata lists a tensor whose data was not restored", file=meta.location.item_dir,
                          key=missing[0])

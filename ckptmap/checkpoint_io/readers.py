@@ -289,14 +289,13 @@ class NpzReader(CheckpointReader):
 
 class OrbaxReader(CheckpointReader):
     """An Orbax checkpoint as MaxText writes it (see ckptmap.orbax_io: a root of steps, a step, `items`, or a
-    bare PyTree), its parameter collections flattened to '-'-joined names. The arrays are restored together at
-    the first `read` (Orbax has no per-leaf lazy API that works across its versions); the optimizer state never.
+    bare PyTree), its parameter collections flattened to '-'-joined names. Each `read` restores that one array
+    (an Orbax partial restore), so memory stays at one tensor; the optimizer state is never restored.
     The metadata is checked at open (shapes, dtypes numpy knows, array data present beside it) and every
     restored array against it."""
 
     def __init__(self, path: str, step: int | None = None):
         self.path = path
-        self._arrays: dict[str, np.ndarray] | None = None
         try:
             self._meta = orbax_io.read_metadata(path, step)
         except orbax_io.OrbaxError as e:
@@ -344,23 +343,20 @@ class OrbaxReader(CheckpointReader):
         return self._dtypes[self._stored(name)]
 
     def read(self, name: str) -> np.ndarray:
+        """One parameter, restored alone (memory: that array, never the whole checkpoint)."""
         name = self._stored(name)
-        if self._arrays is None:
-            try:
-                arrays = orbax_io.restore_parameters(self._meta)
-            except orbax_io.OrbaxError as e:
-                raise CheckpointIOError(e.message, file=e.file, key=e.key or name) from None
-            except Exception as e:
-                raise CheckpointIOError(f"cannot restore the Orbax arrays ({_unreadable(e)})", file=self.item_dir,
-                                        key=name) from None
-            for n, (shape, _) in self._meta.entries.items():
-                arr = arrays.get(n)
-                if arr is not None and (tuple(arr.shape) != tuple(shape) or arr.dtype != self._dtypes[n]):
-                    raise CheckpointIOError(f"the data holds {arr.dtype} {list(arr.shape)}, the metadata says "
-                                            f"{self._dtypes[n]} {list(shape)}", file=self.item_dir, key=n)
-            self._arrays = arrays
         try:
-            return self._arrays[name]
-        except KeyError:
+            arr = orbax_io.restore_parameters(self._meta, [name]).get(name)
+        except orbax_io.OrbaxError as e:
+            raise CheckpointIOError(e.message, file=e.file, key=e.key or name) from None
+        except Exception as e:
+            raise CheckpointIOError(f"cannot restore the Orbax arrays ({_unreadable(e)})", file=self.item_dir,
+                                    key=name) from None
+        if arr is None:
             raise CheckpointIOError("the metadata lists this tensor but its data was not restored",
-                                    file=self.item_dir, key=name) from None
+                                    file=self.item_dir, key=name)
+        shape = self._meta.entries[name][0]
+        if tuple(arr.shape) != tuple(shape) or arr.dtype != self._dtypes[name]:
+            raise CheckpointIOError(f"the data holds {arr.dtype} {list(arr.shape)}, the metadata says "
+                                    f"{self._dtypes[name]} {list(shape)}", file=self.item_dir, key=name)
+        return arr

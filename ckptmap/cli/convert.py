@@ -40,6 +40,18 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="apply a mapping edited after it was solved (its seal no longer matches)")
     p.add_argument("--max-shard-size", default=str(DEFAULT_MAX_SHARD_BYTES),
                    help="largest shard of a sharded safetensors output, e.g. 5GB, 500MB (default 5 GiB)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="threads that read, transform and write side by side (default: the cores); the output is "
+                        "the same bytes for any count")
+    p.add_argument("--max-memory", default=None,
+                   help="cap on the bytes of the rules in flight, e.g. 4GB (default: 1.5x the largest rule); a rule "
+                        "larger than the cap runs alone")
+    p.add_argument("--processes", type=int, default=None,
+                   help="split the rules over this many processes on a local Ray cluster (each writes its own "
+                        "shards; the index is written once)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="split the rules over the nodes of a running Ray cluster (e.g. auto, or ray://host:10001); "
+                        "with --processes N, N tasks")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)

@@ -1,0 +1,238 @@
+"""Run planned rules on worker threads, cell by cell, with the bytes in flight under a budget.
+
+Rules enter in the mapping's order while their bytes fit the budget (ckptmap.pipeline.budget); each admitted
+rule's input ranges are handed to the kernel's read-ahead at once (`prefetch`), and its grid cells are spread over
+the threads: a cell reads its slices of the inputs, runs the chain, and either writes its targets right away or
+copies them into the rule's stacked buffers, which are written when the rule's last cell is done. numpy copies
+and the writers' system calls release the GIL, so reading, transforming and writing of several rules overlap.
+The first error stops the run: no new cell starts, and the caller aborts the writer.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ckptmap.apply import read_cell, stacked_index
+from ckptmap.array_copy import contiguous, copy_into
+from ckptmap.errors import MappingError
+from ckptmap.mapping import Mapping, Rule
+from ckptmap.pipeline.budget import MemoryBudget
+from ckptmap.pipeline.plan import RulePlan
+
+
+@dataclass
+class RunStats:
+    nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
+    largest_rule_bytes: int = 0
+    budget_peak: int = 0
+    cells: int = 0
+
+
+class _RuleState:
+    """One admitted rule: its kept inputs, stacked buffers and the count of cells still to run."""
+
+    def __init__(self, rule: Rule, plan: RulePlan):
+        self.rule = rule
+        self.plan = plan
+        self.targets = {t.name: t for t in plan.targets}
+        self.kept: dict[str, np.ndarray] = {}
+        self.shared = {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
+        self.buffers: dict[str, np.ndarray] = {}
+        for slot in rule.targets:
+            if slot.axes:
+                for name in slot.names():
+                    t = self.targets[name]
+                    self.buffers[name] = np.empty(t.shape, t.dtype)
+        self.cells = list(rule.cells())
+        self.left = len(self.cells)
+        self.lock = threading.Lock()
+
+
+class Executor:
+    """`run(mapping, plans)`: every rule through `read(name)` -> chain -> `write(name, array)`."""
+
+    def __init__(self, read: Callable[[str], np.ndarray], write: Callable[[str, np.ndarray], None], *,
+                 workers: int, max_memory: int | None, check_nonfinite: Callable | None = None,
+                 want: dict | None = None, prefetch: Callable[[str], None] | None = None,
+                 on_tensor: Callable[[str], None] | None = None, out_file: str | None = None,
+                 cast: np.dtype | None = None, on_fail: Callable[[], None] | None = None):
+        self.read = read
+        self.write = write
+        self.workers = max(1, int(workers))
+        self.budget = MemoryBudget(max_memory)
+        self.check_nonfinite = check_nonfinite
+        self.want = want or {}
+        self.prefetch = prefetch
+        self.on_tensor = on_tensor
+        self.out_file = out_file
+        self.cast = cast
+        self.on_fail = on_fail
+        self.stats = RunStats()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._counted: set[str] = set()
+        self._read_locks: dict[str, threading.Lock] = {}
+
+    # --------------------------------------------------------------------------------------------- one cell
+    def _get(self, state: _RuleState, name: str) -> np.ndarray:
+        if name in state.shared:
+            with self._lock:
+                lock = self._read_locks.setdefault(name, threading.Lock())
+            with lock:  # a shared input is read once per rule, by the first cell that needs it
+                if name not in state.kept:
+                    state.kept[name] = self._read_counted(name)
+                return state.kept[name]
+        return self._read_counted(name)
+
+    def _read_counted(self, name: str) -> np.ndarray:
+        arr = self.read(name)
+        if self.check_nonfinite is not None:
+            with self._lock:
+                first = name not in self._counted
+                self._counted.add(name)
+            if first:
+                bad = self.check_nonfinite(arr)
+                if bad != (0, 0):
+                    with self._lock:
+                        self.stats.nonfinite[name] = bad
+        return arr
+
+    def _check(self, name: str, array: np.ndarray, state: _RuleState) -> None:
+        plan = state.targets.get(name)
+        want = self.want.get(name)
+        if want is not None and tuple(array.shape) != tuple(want[0]):
+            raise MappingError(f"the mapping produced {list(array.shape)} where it was solved for {list(want[0])}; "
+                               "nothing was written (an edited mapping?)", file=self.out_file, key=name)
+        if plan is None or tuple(array.shape) != plan.shape:
+            raise MappingError(f"the chain produced {list(np.shape(array))} where the plan has "
+                               f"{list(plan.shape) if plan else 'no such target'}; nothing was written",
+                               file=self.out_file, key=name)
+
+    def _dtype_ok(self, name: str, dtype: np.dtype, state: _RuleState) -> None:
+        planned = state.targets[name].dtype
+        if dtype != planned and self.cast is None:
+            raise MappingError(f"the chain produced {dtype} where the plan has {planned} (an op whose dtype rule "
+                               "ckptmap.pipeline.plan.op_dtypes does not know?); nothing was written",
+                               file=self.out_file, key=name)
+
+    def _emit(self, name: str, array: np.ndarray, state: _RuleState) -> None:
+        t = state.targets[name]
+        self._dtype_ok(name, array.dtype, state)
+        if array.dtype != t.dtype:
+            array = array.astype(t.dtype)
+        self.write(name, contiguous(array))
+        if self.on_tensor is not None:
+            self.on_tensor(name)
+
+    def _run_cell(self, state: _RuleState, cell: tuple[int, ...]) -> None:
+        rule = state.rule
+        inputs = tuple(read_cell(s, cell, lambda n: self._get(state, n), rule.grid) for s in rule.sources)
+        try:
+            outputs = rule.chain.apply(inputs)
+        except Exception as e:  # a chain that does not fit the arrays is a mapping error, with the names
+            names = ", ".join(s.name_at(cell) for s in rule.sources)
+            raise MappingError(f"chain {rule.chain.describe()} failed on {names}: {e}",
+                               key=rule.targets[0].name_at(cell)) from None
+        del inputs
+        if len(outputs) != len(rule.targets):
+            raise MappingError(f"chain gives {len(outputs)} arrays for {len(rule.targets)} targets",
+                               key=rule.targets[0].name_at(cell))
+        for slot, out in zip(rule.targets, outputs):
+            name = slot.name_at(cell)
+            out = np.asarray(out)
+            if slot.axes:
+                buf = state.buffers[name]
+                idx = stacked_index(buf.ndim, slot, cell)
+                if buf[idx].shape != out.shape:
+                    raise MappingError(f"a cell's output {list(out.shape)} does not fit the stacked target "
+                                       f"{list(buf.shape)} at axes {list(slot.axes)}", file=self.out_file,
+                                       key=name)
+                self._dtype_ok(name, out.dtype, state)
+                copy_into(buf[idx], out)
+            else:
+                self._check(name, out, state)
+                self._emit(name, out, state)
+
+    def _cell_task(self, state: _RuleState, cells: list[tuple[int, ...]]) -> None:
+        try:
+            for cell in cells:
+                if self._stop.is_set():
+                    return
+                self._run_cell(state, cell)
+            with state.lock:
+                state.left -= len(cells)
+                last = state.left == 0
+            if last:
+                self._finish_rule(state)
+        except BaseException as e:  # the run loop stops admitting rules and raises it
+            self._fail(e)
+
+    def _finish_rule(self, state: _RuleState) -> None:
+        state.kept.clear()
+        for name in [t.name for t in state.plan.targets if t.name in state.buffers]:  # in the plan's order
+            buf = state.buffers.pop(name)
+            self._check(name, buf, state)
+            if not self._stop.is_set():
+                self._emit(name, buf, state)
+            del buf
+        with self._lock:
+            self.stats.largest_rule_bytes = max(self.stats.largest_rule_bytes, state.plan.out_bytes)
+        self.budget.release(state.plan.memory(self.workers))
+
+    def _fail(self, e: BaseException) -> None:
+        with self._lock:
+            if self._error is None:
+                self._error = e
+        self._stop.set()
+        if self.on_fail is not None:
+            self.on_fail()
+
+    # --------------------------------------------------------------------------------------------- the run
+    def run(self, mapping: Mapping, plans: list[RulePlan]) -> RunStats:
+        """Run every rule (plans[i] for mapping.rules[plans[i].index]); raises the first error any thread hit."""
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool:
+            for plan in plans:
+                rule = mapping.rules[plan.index]
+                if not self.budget.acquire(plan.memory(self.workers), self._stop):
+                    break
+                if self._stop.is_set():
+                    self.budget.release(plan.memory(self.workers))
+                    break
+                if self.prefetch is not None:
+                    for name in plan.sources:
+                        self.prefetch(name)
+                try:
+                    state = _RuleState(rule, plan)
+                except MemoryError as e:
+                    self.budget.release(plan.memory(self.workers))
+                    self._fail(e)
+                    break
+                chunks = _chunks(state.cells, self.workers)
+                self.stats.cells += len(state.cells)
+                if not state.cells:  # an empty grid writes nothing
+                    self._finish_rule(state)
+                for part in chunks:
+                    pool.submit(self._cell_task, state, part)
+            # the pool's exit waits for every submitted task
+        self.stats.budget_peak = self.budget.peak
+        if self._error is not None:
+            raise self._error
+        return self.stats
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
+def _chunks(cells: list, workers: int) -> list[list]:
+    """Cells in contiguous runs, a few per worker, so that threads share a large rule and finish together."""
+    if not cells:
+        return []
+    n = min(len(cells), workers * 4)
+    size = -(-len(cells) // n)
+    return [cells[i:i + size] for i in range(0, len(cells), size)]

@@ -1,0 +1,49 @@
+"""How the pipeline reads an opened checkpoint from several threads: safetensors tensors are memory maps (each
+read is its own map, safe from any thread), every other reader is called one thread at a time; `prefetcher`
+starts the kernel's read-ahead of a tensor's bytes before the rule that needs it runs."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+
+from ckptmap.checkpoint_io import CheckpointReader, SafetensorsDirReader, SafetensorsFileReader
+from ckptmap.pipeline import fileio
+
+
+def threaded_read(reader: CheckpointReader) -> Callable[[str], np.ndarray]:
+    """reader.read, safe to call from several threads at once."""
+    if isinstance(reader, (SafetensorsFileReader, SafetensorsDirReader)):
+        return reader.read
+    lock = threading.Lock()
+
+    def read(name: str) -> np.ndarray:
+        with lock:
+            return reader.read(name)
+    return read
+
+
+def byte_range(reader: CheckpointReader, name: str) -> tuple[str, int, int] | None:
+    """(file, offset, length) of a tensor's bytes where the format stores them plainly; None otherwise."""
+    if isinstance(reader, SafetensorsDirReader):
+        if name not in reader:
+            return None
+        return byte_range(reader._shard(name), name)
+    if isinstance(reader, SafetensorsFileReader) and name in reader:
+        e = reader._info(name)
+        return reader.path, reader._data_start + e.begin, e.end - e.begin
+    return None
+
+
+def prefetcher(reader: CheckpointReader) -> Callable[[str], None] | None:
+    """A function that starts reading a tensor ahead (None when the format has no plain byte range)."""
+    if not isinstance(reader, (SafetensorsFileReader, SafetensorsDirReader)):
+        return None
+
+    def prefetch(name: str) -> None:
+        where = byte_range(reader, name)
+        if where is not None:
+            fileio.prefetch(*where)
+    return prefetch
