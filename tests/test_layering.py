@@ -161,6 +161,7 @@ PENDING_AUDIT = frozenset({
     "ckptmap/frameworks/kerashub/__init__.py", "ckptmap/frameworks/kerashub/models.py",
     "ckptmap/frameworks/kerashub/preset.py", "ckptmap/frameworks/kerashub/runner.py", "ckptmap/pipeline/plan.py",
     "ckptmap/pipeline/sinks.py", "verify/checkpoint_check.py", "verify/checkpoint_models.py", "verify/hf_runner.py",
+    "ckptmap/pipeline/distributed.py", "benchmarks/convert_speed.py", "benchmarks/keras_end_to_end.py",
 })
 
 
