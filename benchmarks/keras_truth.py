@@ -83,6 +83,7 @@ class SeededLoader:
         self.sources: dict[int, list[str]] = {}  # id(keras variable) -> HF keys
         self.read: list[str] = []
         self.prefix: str | None = None
+        self.missing: list[str] = []
 
     def full_key(self, key: str) -> str:
         """KerasHub's loaders accept a key without the checkpoint's common prefix (`embed_tokens.weight` for
@@ -103,7 +104,13 @@ class SeededLoader:
         return seeded_tensor(key, tuple(self.hf_shapes[key]), SEED, integer=True)
 
     def port_weight(self, keras_variable, hf_weight_key: str, hook_fn=None) -> None:
-        tensor = self.get_tensor(hf_weight_key)
+        """A key the HF model does not hold (BERT's pooler beside a masked-LM head) is recorded in `missing` and
+        its variable left unwritten, so it counts as having no truth rather than failing the family."""
+        try:
+            tensor = self.get_tensor(hf_weight_key)
+        except KeyError:
+            self.missing.append(hf_weight_key)
+            return
         hf_weight_key = self.read[-1]
         if hook_fn is not None:
             tensor = hook_fn(tensor, list(keras_variable.shape))
@@ -120,6 +127,7 @@ class KerasTruth:
     keras_tree: object
     truth: GroundTruth
     backbone_config: dict = field(default_factory=dict)
+    hf_config: dict = field(default_factory=dict)  # what the converter was given
 
 
 def keras_param_tree(backbone, origin: str):
@@ -146,6 +154,9 @@ def build_truth(case: KerasCase) -> KerasTruth:
 
     hf_tree = read_tree(case.hf_spec)
     config = hf_config_dict(hf_tree)
+    # transformers 5 spells Qwen-MoE's expert count num_local_experts; KerasHub's converters read num_experts
+    if "num_local_experts" in config:
+        config.setdefault("num_experts", config["num_local_experts"])
     module = importlib.import_module(f"keras_hub.src.utils.transformers.{case.converter}")
     backbone_config = module.convert_backbone_config(config)
     backbone = module.backbone_cls(**backbone_config)
@@ -166,7 +177,7 @@ def build_truth(case: KerasCase) -> KerasTruth:
     gt_sources = {v.path: loader.sources[id(v)] for v in backbone.weights if id(v) in loader.sources}
     gt.entries = []
     gt.sources_by_target = lambda: gt_sources  # the ports' HF keys; stacked expert banks are not ports
-    return KerasTruth(case, hf_tree, keras_tree, gt, backbone_config)
+    return KerasTruth(case, hf_tree, keras_tree, gt, backbone_config, config)
 
 
 def score(kt: KerasTruth, mapping, method: str = "ckptmap"):
@@ -185,7 +196,7 @@ def keras_spec(kt: KerasTruth) -> str:
     folder = tempfile.mkdtemp(prefix=f"ckptmap-keras-{kt.case.family}-")
     path = os.path.join(folder, "config.json")
     with open(path, "w") as f:
-        json.dump(hf_config_dict(kt.hf_tree), f)
+        json.dump(kt.hf_config or hf_config_dict(kt.hf_tree), f)
     return f"keras:{path}"
 
 

@@ -17,3 +17,9 @@ def test_a_needed_split_is_not_penalised():
     transpose-then-reshape stays first."""
     chains = search_chains(((64, 32),), ((32, 4, 16),), {"heads": 4, "head_dim": 16, "hidden": 32})
     assert chains[0].describe() == "transpose(1, 0) | reshape[32, 64]->[32, 4, 16]"
+
+
+def test_a_two_row_table_is_never_padded_into_the_vocabulary():
+    """BERT's token-type table [2, H] is no vocabulary table [V, H], even where dims name V."""
+    assert search_chains(((2, 16),), ((256, 16),), {"vocab": 256}) == []
+    assert search_chains(((256, 16),), ((320, 16),), {"vocab": 256})  # a real vocabulary padding stays

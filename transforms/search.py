@@ -25,6 +25,7 @@ from ckptmap.transforms.render import render
 from ckptmap.transforms.structural import Pad, Reshape, Truncate
 
 PAD_MAX_RATIO = 1.5     # pad/truncate only an axis this close in size, unless dims name one side as the vocab
+VOCAB_PAD_MAX_RATIO = 4.0  # even a vocabulary is padded by a fraction of itself, never 2 rows into 256
 PART_ALTERNATIVES = 8   # per-part chains kept when combining the parts of a split
 MIXED_PENALTY = 1.5     # per part laid out unlike the other parts of the same fused tensor
 
@@ -85,7 +86,7 @@ def _layout_chains(src: Shape, tgt: Shape, dkey: DimsKey) -> tuple[Chain, ...]:
 def _pad_allowed(have: int, want: int, dkey: DimsKey) -> bool:
     vocab = {v for k, v in dkey if "vocab" in k}
     if vocab:
-        return bool(vocab & {have, want})
+        return bool(vocab & {have, want}) and max(have, want) <= VOCAB_PAD_MAX_RATIO * min(have, want)
     return max(have, want) <= PAD_MAX_RATIO * min(have, want)
 
 
