@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 
 class CkptmapError(Exception):
     """An error the CLI prints as one line and exits 2 on; never a traceback."""
@@ -32,3 +35,17 @@ class MappingError(CkptmapError):
 
 class SolveError(CkptmapError):
     """The solver could not produce a complete mapping."""
+
+
+@contextlib.contextmanager
+def reading(path: str, error: type[CkptmapError], expected: str) -> Iterator[None]:
+    """Inside the block, the OS's reasons `path` cannot be read become `error` naming it: no such file, a directory
+    where `expected` (say "a JSON file") was wanted, or unreadable. Other errors pass through."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise error("no such file", file=path) from None
+    except IsADirectoryError:
+        raise error(f"expected {expected}, found a directory", file=path) from None
+    except OSError as e:
+        raise error(f"cannot read: {e.strerror or e}", file=path) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ckptmap.errors import CkptmapError, TreeError
+from ckptmap.errors import CkptmapError, TreeError, reading
 
 
 class _DuplicateKey(Exception):
@@ -30,15 +30,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
 def load_json_strict(path: str, error: type[CkptmapError] = TreeError) -> Any:
     """Parse `path` as JSON; missing file, unreadable file, invalid JSON and duplicated keys raise `error`
     (TreeError by default; a mapping file raises MappingError, a verify config VerifyError)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise error("no such file", file=path) from None
-    except IsADirectoryError:
-        raise error("expected a JSON file, found a directory", file=path) from None
-    except OSError as e:
-        raise error(f"cannot read: {e.strerror}", file=path) from None
+    with reading(path, error, "a JSON file"), open(path, "rb") as f:
+        raw = f.read()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 
 from ckptmap import storage
-from ckptmap.errors import CkptmapError, TreeError
+from ckptmap.errors import CkptmapError, TreeError, reading
 from ckptmap.trees.jsonio import load_json_strict, loads_strict
 from ckptmap.trees.model import ParamInfo, ParamTree
 
@@ -103,7 +103,7 @@ def read_header_checked(path: str, error: type[CkptmapError] = TreeError) -> Saf
     """Parse one safetensors file's header and check it against the file (see the module doc); any problem
     raises `error` (TreeError by default; the checkpoint readers pass CheckpointIOError) naming the file and,
     where there is one, the tensor."""
-    try:
+    with reading(path, error, "a .safetensors file"):
         with storage.open_read(path) as f:  # a local file, or any fsspec URL (ranged reads: the header only)
             size = storage.size(path)
             head = f.read(8)
@@ -118,12 +118,6 @@ def read_header_checked(path: str, error: type[CkptmapError] = TreeError) -> Saf
                 raise error(f"truncated safetensors header: it declares {n} bytes but the file has only "
                             f"{size - 8} after the length", file=path)
             raw = f.read(n)
-    except FileNotFoundError:
-        raise error("no such file", file=path) from None
-    except IsADirectoryError:
-        raise error("expected a .safetensors file, found a directory", file=path) from None
-    except OSError as e:
-        raise error(f"cannot read: {e.strerror or e}", file=path) from None
     if len(raw) != n:
         raise error(f"truncated safetensors header: read {len(raw)} of {n} bytes", file=path)
     try:
