@@ -82,3 +82,59 @@ def test_gemma4_26b_passes_at_its_measured_floor(tmp_path):
     assert KL_FLOAT32 < report.logits.kl_max <= report.kl_threshold <= ROUNDOFF_FACTOR * 2e-7
     assert any("own float32 round-off" in n for n in report.notes)
     assert report.long_range["passed"]
+
+
+class _FakeLength:
+    """An evaluator at one length: a target KL per token and the source's own round-off there."""
+
+    def __init__(self, kl_per_token, roundoff):
+        import numpy as np
+
+        from ckptmap.verify.metrics import LogitStats
+
+        kl = np.asarray(kl_per_token, dtype=float)
+        self.stats = LogitStats(float(kl.max()), float(kl.mean()), 0.0, 1.0, 256, kl.size, kl_per_token=kl)
+        self._roundoff, self.measured = roundoff, None
+
+    def evaluate(self, mapping):
+        from ckptmap.verify.evaluate import Evaluation
+
+        return Evaluation(stats=self.stats, roundoff=self.roundoff_floor)
+
+    def roundoff_floor(self):
+        self.measured = self._roundoff
+        return self._roundoff
+
+    def measured_roundoff(self):
+        return self.measured
+
+
+class _FakeEvaluator:
+    def __init__(self, lengths):
+        self.lengths = lengths
+
+    def at_length(self, tokens):
+        return self.lengths[tokens]
+
+
+def _long_range(lengths):
+    from ckptmap.verify.api import PassMark, _long_range as run
+
+    return run(_FakeEvaluator(lengths), None, PassMark("float32"))
+
+
+def test_the_long_check_moves_to_a_shorter_sequence_only_for_a_selection_flip():
+    # the source itself not reproducible at 1024 (deepseek4-tiny: HF float32 vs float64 1.7e-2, MaxText the same)
+    out = _long_range({1024: _FakeLength([1.7e-2] * 1024, 1.7e-2), 512: _FakeLength([2.5e-11] * 512, 1e-12)})
+    assert out["passed"] and out["tokens"] == 512
+    assert out["not_reproducible"][0]["why"] == "source not reproducible in float32"
+    # 4 of 1024 tokens off, the source smooth (gemma4-26b's routing near-tie)
+    flip = [1e-9] * 1020 + [0.38] * 4
+    out = _long_range({1024: _FakeLength(flip, 1.3e-6), 512: _FakeLength([4e-7] * 512, 1.6e-6)})
+    assert out["passed"] and out["tokens"] == 512 and out["not_reproducible"][0]["tokens_over"] == 4
+    # every far position off (a RoPE mismatch): a failure at 1024, no fallback
+    out = _long_range({1024: _FakeLength([1e-9] * 512 + [1.5e-6] * 512, 1e-12)})
+    assert not out["passed"] and out["tokens"] == 1024 and "not_reproducible" not in out
+    # a flip at 1024 and a real failure at 512: fails at 512
+    out = _long_range({1024: _FakeLength(flip, 1e-12), 512: _FakeLength([1e-3] * 512, 1e-12)})
+    assert not out["passed"] and out["tokens"] == 512
