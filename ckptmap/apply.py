@@ -111,20 +111,26 @@ def read_cell(slot: Slot, cell: tuple[int, ...], get: GetArray, grid: tuple[int,
     return arr[_cell_index(arr.ndim, slot.axes, inner)]
 
 
+def cell_outputs(rule: Rule, cell: tuple[int, ...], inputs: tuple) -> tuple:
+    """The rule's chain on one cell's source arrays -> one array per target. A chain that does not fit the arrays,
+    or gives the wrong number of them, is a MappingError naming the sources and the target."""
+    try:
+        outputs = rule.chain.apply(inputs)
+    except Exception as e:  # a chain that does not fit the arrays is a mapping error, with the names
+        names = ", ".join(s.name_at(cell) for s in rule.sources)
+        raise MappingError(f"chain {rule.chain.describe()} failed on {names}: {e}",
+                           key=rule.targets[0].name_at(cell)) from None
+    if len(outputs) != len(rule.targets):
+        raise MappingError(f"chain gives {len(outputs)} arrays for {len(rule.targets)} targets",
+                           key=rule.targets[0].name_at(cell))
+    return outputs
+
+
 def apply_rule(rule: Rule, get: GetArray) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (target name, array) for every target tensor the rule writes."""
     buffers: dict[tuple[int, str], np.ndarray] = {}
     for cell in rule.cells():
-        inputs = tuple(read_cell(s, cell, get, rule.grid) for s in rule.sources)
-        try:
-            outputs = rule.chain.apply(inputs)
-        except Exception as e:  # a chain that does not fit the arrays is a mapping error, with the names
-            names = ", ".join(s.name_at(cell) for s in rule.sources)
-            raise MappingError(f"chain {rule.chain.describe()} failed on {names}: {e}",
-                               key=rule.targets[0].name_at(cell)) from None
-        if len(outputs) != len(rule.targets):
-            raise MappingError(f"chain gives {len(outputs)} arrays for {len(rule.targets)} targets",
-                               key=rule.targets[0].name_at(cell))
+        outputs = cell_outputs(rule, cell, tuple(read_cell(s, cell, get, rule.grid) for s in rule.sources))
         for j, (slot, out) in enumerate(zip(rule.targets, outputs)):
             name = slot.name_at(cell)
             if not slot.axes:

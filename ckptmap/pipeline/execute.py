@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ckptmap.apply import read_cell, stacked_index
+from ckptmap.apply import cell_outputs, read_cell, stacked_index
 from ckptmap.array_copy import contiguous, copy_into
 from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping, Rule
@@ -133,16 +133,8 @@ class Executor:
     def _run_cell(self, state: _RuleState, cell: tuple[int, ...]) -> None:
         rule = state.rule
         inputs = tuple(read_cell(s, cell, lambda n: self._get(state, n), rule.grid) for s in rule.sources)
-        try:
-            outputs = rule.chain.apply(inputs)
-        except Exception as e:  # a chain that does not fit the arrays is a mapping error, with the names
-            names = ", ".join(s.name_at(cell) for s in rule.sources)
-            raise MappingError(f"chain {rule.chain.describe()} failed on {names}: {e}",
-                               key=rule.targets[0].name_at(cell)) from None
+        outputs = cell_outputs(rule, cell, inputs)
         del inputs
-        if len(outputs) != len(rule.targets):
-            raise MappingError(f"chain gives {len(outputs)} arrays for {len(rule.targets)} targets",
-                               key=rule.targets[0].name_at(cell))
         for slot, out in zip(rule.targets, outputs):
             name = slot.name_at(cell)
             out = np.asarray(out)
