@@ -68,7 +68,13 @@ def test_hf_llama_to_a_keras_preset_that_from_preset_loads(tmp_path):
     weights = tmp_path / "model.weights.h5"
     assert main(["convert", "--mapping", str(mapping), "--input", str(tmp_path / "hf"), "--output",
                  f"keras:{weights}", "--quiet"]) == 0
-    assert weights.is_file() and weights.stat().st_size > 0
+    from ckptmap.frameworks.kerashub.preset import build_with
+
+    record = json.loads(mapping.read_text())["meta"]["models"]["target"]
+    fresh = build_with(record, None, str(weights))
+    fresh.load_weights(str(weights))
+    again = np.asarray(fresh({"token_ids": tokens, "padding_mask": np.ones_like(tokens)}))
+    assert np.max(np.abs(again - keras_logits)) <= 1e-6
 
 
 def test_a_keras_output_needs_a_mapping_solved_for_a_keras_model(tmp_path):

@@ -35,6 +35,7 @@ def test_the_runner_computes_causal_lm_logits_from_the_arrays_it_is_given():
     runner.close()
 
 
+@pytest.mark.slow
 def test_a_masked_lm_predicts_every_position_and_its_pooler_is_unread():
     runner = runner_for("keras:bert vocabulary_size=64 num_layers=1 hidden_dim=32 num_heads=4 intermediate_dim=48 "
                         "max_sequence_length=32")

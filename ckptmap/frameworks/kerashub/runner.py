@@ -40,6 +40,21 @@ def _numbered_blocks(backbone, n_layers: int) -> list:
     return [hits[0][i] for i in range(n_layers)] if len(hits) == 1 else []
 
 
+def model_inputs(net, tokens: np.ndarray, *, origin: str = "") -> dict[str, np.ndarray]:
+    """A KerasHub model's input dict for token ids [batch, seq]: a full padding mask, segment 0, every position
+    masked (a MaskedLM predicts all of them). An input it does not know how to fill is an error."""
+    tokens = np.asarray(tokens, dtype=np.int32)
+    batch, seq = tokens.shape
+    fill = {"token_ids": tokens, "padding_mask": np.ones_like(tokens), "segment_ids": np.zeros_like(tokens),
+            "mask_positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
+    keys = list(net.input.keys()) if isinstance(net.input, dict) else [t.name for t in net.inputs]
+    unknown = [k for k in keys if k not in fill]
+    if unknown:
+        raise KerasRunError(f"{type(net).__name__} takes input {unknown[0]!r}, which verify cannot fill (it fills "
+                            f"{', '.join(fill)})", file=origin or None)
+    return {k: fill[k] for k in keys}
+
+
 class KerasRunner:
     """A KerasHub model (ckptmap.frameworks.kerashub.models.KerasModel), built concretely once."""
 
@@ -127,19 +142,7 @@ class KerasRunner:
         return out
 
     def inputs(self, tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """The model's input dict for token ids [batch, seq]: a full padding mask, segment 0, every position
-        masked (a MaskedLM predicts all of them). An input it does not know how to fill is an error."""
-        tokens = np.asarray(tokens, dtype=np.int32)
-        batch, seq = tokens.shape
-        fill = {"token_ids": tokens, "padding_mask": np.ones_like(tokens), "segment_ids": np.zeros_like(tokens),
-                "mask_positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
-        names = [t.name for t in self.net.inputs] if isinstance(self.net.inputs, list) else list(self.net.input)
-        keys = list(self.net.input.keys()) if isinstance(self.net.input, dict) else names
-        unknown = [k for k in keys if k not in fill]
-        if unknown:
-            raise KerasRunError(f"{self.model.class_name} takes input {unknown[0]!r}, which verify cannot fill "
-                                f"(it fills {', '.join(fill)})", file=self.model.origin)
-        return {k: fill[k] for k in keys}
+        return model_inputs(self.net, tokens, origin=self.model.origin)
 
     def _probe_model(self):
         """A functional view of the backbone giving `layer_{i}` and `final_norm`, or None where its blocks are not
