@@ -244,9 +244,11 @@ def _short(text: str) -> str:
     return text.replace("|", "/").strip()
 
 
-def markdown(results: list[dict]) -> str:
+def markdown(results: list[dict], earlier: int | None = None) -> str:
     """The RESULTS.md table: one row per MaxText model (scan settings side by side), from one or more sweep JSONs,
-    oldest first (later files' runs and plan rows win; a run only an earlier file has is marked "earlier sweep")."""
+    oldest first (later files' runs and plan rows win); a run from the first `earlier` files (default: all but
+    the last) is marked "earlier sweep"."""
+    earlier = len(results) - 1 if earlier is None else earlier
     models: dict[str, dict] = {}
     runs: dict[tuple[str, bool], dict] = {}
     for age, res in enumerate(results):
@@ -254,7 +256,7 @@ def markdown(results: list[dict]) -> str:
             models[row["model"]] = row
         for run in res.get("runs", []):
             if "not_run" not in run or (run["model"], run["scan"]) not in runs:
-                runs[(run["model"], run["scan"])] = dict(run, earlier=age < len(results) - 1 and "not_run" not in run)
+                runs[(run["model"], run["scan"])] = dict(run, earlier=age < earlier and "not_run" not in run)
 
     def cell(model: str, scan: bool) -> str:
         run = runs.get((model, scan))
@@ -328,13 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan-only", action="store_true", help="write the plan (counterparts, tiny pairs), run nothing")
     p.add_argument("--plan-json", action="store_true", help=argparse.SUPPRESS)  # the MaxText venv's half
     p.add_argument("--table", nargs="+", metavar="RESULTS_JSON", help="print the markdown table of sweep results")
+    p.add_argument("--earlier", type=int, help="with --table: the first N files are an earlier sweep (default: all "
+                                               "but the last)")
     args = p.parse_args(argv)
     if args.table:
         results = []
         for path in args.table:
             with open(path) as f:
                 results.append(json.load(f))
-        print(markdown(results))
+        print(markdown(results, args.earlier))
         return 0
     if args.plan_json:
         print(json.dumps(plan_in_process(args.only), default=str))
