@@ -91,6 +91,13 @@ def _squeeze(error: Exception) -> str:
     return one_line(f"{type(error).__name__}: {error}")
 
 
+def _forward_answer(arrays: dict, result: dict) -> tuple:
+    """(logits, activations by stage, notes) from the arrays a worker's forward wrote (`logits`, `act:<stage>`)."""
+    logits = arrays.pop("logits")
+    activations = {k[len("act:"):]: v for k, v in arrays.items() if k.startswith("act:")}
+    return logits, activations, list(result.get("notes", []))
+
+
 class LocalBackend:
     """MaxText in this process."""
 
@@ -364,9 +371,7 @@ class WorkerBackend:
             arrays = protocol.load_arrays(result["arrays"], d / "out")
         finally:
             shutil.rmtree(d, ignore_errors=True)
-        logits = arrays.pop("logits")
-        activations = {k[len("act:"):]: v for k, v in arrays.items() if k.startswith("act:")}
-        return logits, activations, list(result.get("notes", []))
+        return _forward_answer(arrays, result)
 
     def fused_layouts(self) -> dict[str, dict]:
         return self._call("fused_layouts")["layouts"]
@@ -403,9 +408,7 @@ class WorkerBackend:
             arrays = protocol.load_arrays(result["arrays"], d / "out")
         finally:
             shutil.rmtree(d, ignore_errors=True)
-        logits = arrays.pop("logits")
-        activations = {k[len("act:"):]: v for k, v in arrays.items() if k.startswith("act:")}
-        return logits, activations, list(result.get("notes", []))
+        return _forward_answer(arrays, result)
 
     def save_checkpoint(self, path: str, params) -> None:
         d = self.worker.scratch()
