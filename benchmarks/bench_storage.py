@@ -16,13 +16,13 @@ import shutil
 import tempfile
 import time
 
+from ckptmap import storage
+from ckptmap.convert import convert
+from ckptmap.mapping import Mapping
+
 
 def run(mapping_path: str, hf_dir: str, workers: int | None = None) -> list[dict]:
     import fsspec
-
-    from ckptmap import storage
-    from ckptmap.convert import convert
-    from ckptmap.mapping import Mapping
 
     mapping = Mapping.load(mapping_path)
     fs = fsspec.filesystem("memory")

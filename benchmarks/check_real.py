@@ -22,7 +22,9 @@ import time
 
 import numpy as np
 
+from ckptmap.atomic import write_json_atomic
 from ckptmap.benchmarks.consumers import Step, run_cli
+from ckptmap.checkpoint_io import read_all, write_all
 
 # the ~100M llama (99.5M parameters): llama2-7b's shape family at hidden 768
 HF_CONFIG = dict(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
@@ -54,8 +56,6 @@ def save_llama(out: str, seed: int = 0) -> int:
 
 def plant_orbax_fault(src: str, dst: str) -> None:
     """Copy of the Orbax checkpoint `src` at `dst` with ORBAX_FAULT planted."""
-    from ckptmap.checkpoint_io import read_all, write_all
-
     arrays = read_all(src)
     t = arrays[ORBAX_FAULT[0]].copy()
     t[:, 3] *= np.float32(1.5)
@@ -65,8 +65,6 @@ def plant_orbax_fault(src: str, dst: str) -> None:
 
 def plant_hf_fault(src: str, dst: str) -> None:
     """Copy of the HF directory `src` at `dst` with HF_FAULT planted (config files copied as they are)."""
-    from ckptmap.checkpoint_io import read_all, write_all
-
     arrays = read_all(src)
     t = arrays[HF_FAULT[0]]
     arrays[HF_FAULT[0]] = t[np.random.default_rng(0).permutation(t.shape[0])]
@@ -160,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print(markdown(result))
     if args.out:
-        from ckptmap.atomic import write_json_atomic
-
         write_json_atomic(args.out, result)
     good = [result["checks"].get(k) for k in ("hf -> maxtext", "maxtext -> hf")]
     bad = [result["checks"].get(k) for k in ("planted orbax", "planted hf")]

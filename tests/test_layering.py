@@ -157,10 +157,10 @@ def _says_why(lines: list[str], lineno: int) -> bool:
 # Modules whose function-local imports are still to be audited: they were being written by others while issue 12's
 # audit ran. Remove a line once its module passes.
 PENDING_AUDIT = frozenset({
-    "benchmarks/check_real.py", "benchmarks/keras_truth.py", "ckptmap/cli/check.py", "ckptmap/convert.py",
+    "benchmarks/keras_truth.py", "ckptmap/convert.py",
     "ckptmap/frameworks/kerashub/__init__.py", "ckptmap/frameworks/kerashub/models.py",
     "ckptmap/frameworks/kerashub/preset.py", "ckptmap/frameworks/kerashub/runner.py", "ckptmap/pipeline/plan.py",
-    "ckptmap/pipeline/sinks.py", "verify/checkpoint_check.py", "verify/checkpoint_models.py", "verify/hf_runner.py",
+    "ckptmap/pipeline/sinks.py", "verify/hf_runner.py",
     "ckptmap/pipeline/distributed.py", "benchmarks/convert_speed.py", "benchmarks/keras_end_to_end.py",
 })
 

@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ckptmap import frameworks, storage
+from ckptmap.apply import apply_rule, read_cell
+from ckptmap.atomic import write_text_atomic
+from ckptmap.checkpoint_io import open_reader
 from ckptmap.errors import CkptmapError
 from ckptmap.mapping import Mapping
 from ckptmap.runner import Forward
 from ckptmap.trees.model import parse_name
+from ckptmap.trees.spec import parse_spec
 from ckptmap.verify.localise import _stage_layers, first_divergence, rules_in_stage, stage_errors
 from ckptmap.verify.metrics import KL_BFLOAT16, KL_FLOAT16, LogitStats, activation_tolerance, compare_logits
 
@@ -159,8 +164,6 @@ class CheckReport:
         return "\n".join(lines)
 
     def save(self, path: str) -> None:
-        from ckptmap.atomic import write_text_atomic
-
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
 
 
@@ -175,9 +178,6 @@ def side_spec(mapping: Mapping, side: str) -> str:
 def open_side(spec_text: str, path: str, device: str, options: dict):
     """The checkpoint at `path` in the model `spec_text` names, through its framework adapter. A SPEC that names
     no framework with a runner (a tree file) falls back to transformers with the checkpoint's own config."""
-    from ckptmap import frameworks
-    from ckptmap.trees.spec import parse_spec
-
     spec = parse_spec(spec_text) if spec_text else None
     adapter = frameworks.for_kind(spec.kind) if spec is not None else None
     if adapter is None or adapter.name == "files":
@@ -223,8 +223,6 @@ def tensor_diffs(mapping: Mapping, rule_indices: list[int], source_reader, conve
     """For the given rules: each target tensor (of `layers`, see in_stage) of the converted checkpoint against the
     mapping applied to the source checkpoint's tensors (cast to the converted tensor's dtype; exact equality expected), with the grid
     cells that differ where the target stacks its cells."""
-    from ckptmap.apply import apply_rule, read_cell
-
     out: list[TensorDiff] = []
     for i in rule_indices:
         rule = mapping.rules[i]
@@ -268,8 +266,6 @@ def check_checkpoints(mapping: Mapping, source_path: str, converted_path: str, *
     the other direction) on the same prompts and compare. `source_spec` / `converted_spec`: the models the sides
     run in (default: the SPECs the mapping was solved for); `hf_config`: the HF side's config where its checkpoint
     has none (default: the mapping's record for its HF side, else the side's SPEC)."""
-    from ckptmap.checkpoint_io import open_reader
-
     timings: dict[str, float] = {}
     source_spec = source_spec or side_spec(mapping, "source")
     converted_spec = converted_spec or side_spec(mapping, "target")
@@ -333,8 +329,6 @@ def check_checkpoints(mapping: Mapping, source_path: str, converted_path: str, *
 
 def paths_exist(*paths: str) -> None:
     """CheckError naming the first path (local, or any URL: ckptmap.storage) that does not exist."""
-    from ckptmap import storage
-
     for p in paths:
         bare = p[len("orbax:"):] if p.startswith("orbax:") else p
         if not storage.exists(bare):

@@ -17,6 +17,7 @@ HF model directory is copied to a local temp directory for from_pretrained.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shlex
 import shutil
@@ -25,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from ckptmap import storage
+from ckptmap import maxtext, orbax_io, storage
+from ckptmap.checkpoint_io import open_reader
 from ckptmap.runner import Forward
-from ckptmap.verify.hf_runner import VerifyError, _decoder_layers, _first_tensor, hf_config, runner_model
+from ckptmap.verify.hf_runner import (HFRunner, VerifyError, _decoder_layers, _first_tensor, hf_config,
+                                     runner_model)
 
 
 def _torch():
@@ -49,8 +52,6 @@ def hf_placement(device: str) -> tuple[Any, str]:
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32
     torch.backends.cudnn.allow_tf32 = False
     if n > 1:
-        import importlib.util
-
         if importlib.util.find_spec("accelerate") is not None:
             return "auto", "cuda:0"
     return {"": 0}, "cuda:0"
@@ -143,9 +144,6 @@ class HFCheckpointModel:
                                   file=path) from None
             self.loader = f"{model_class.__name__}.from_pretrained"
         else:  # one file, npz, Orbax with HF names, a composite's text part: verify's runner, tensors read here
-            from ckptmap.checkpoint_io import open_reader
-            from ckptmap.verify.hf_runner import HFRunner
-
             self._runner = HFRunner(self.config, device="cpu" if device == "cpu" else "auto", threads=None)
             self.device = self._runner.device
             with open_reader(path, step=step) as reader:
@@ -202,8 +200,6 @@ class MaxTextCheckpointModel:
 
     def __init__(self, model_name: str, overrides: list[str], path: str, device: str = "auto",
                  step: int | None = None):
-        from ckptmap import maxtext, orbax_io
-
         name, overrides = model_name, list(overrides)
         if device == "auto":  # the GPUs when there are any (torch's count stands for the machine's)
             device = "gpu" if _torch().cuda.is_available() else "cpu"

@@ -6,6 +6,9 @@ tensors there that differ from the mapping applied to the source. Exit 0 on a pa
 
 from __future__ import annotations
 
+# lazy imports: a subcommand imports its own work when it runs, so that `ckptmap --help` and `ckptmap trees`
+# start without verify (torch on use) or the MaxText worker.
+
 import argparse
 import sys
 
