@@ -84,3 +84,20 @@ def test_a_keras_output_needs_a_mapping_solved_for_a_keras_model(tmp_path):
 
     with pytest.raises(MappingError, match="not a recorded KerasHub model"):
         model_record(Mapping(rules=[]), "target")
+
+
+def test_only_variables_the_mapping_leaves_unmapped_keep_keras_init():
+    from ckptmap.errors import MappingError
+    from ckptmap.frameworks.kerashub.preset import build_with
+    from ckptmap.trees import read_tree
+
+    tree = read_tree("keras:llama3 vocabulary_size=32 num_layers=1 hidden_dim=16 num_query_heads=2 "
+                     "num_key_value_heads=1 intermediate_dim=24")
+    record = tree.meta["model"]
+    arrays = {n: np.full(s, 0.5, np.float32) for n, s in tree.shapes().items() if n != "token_embedding/embeddings"}
+    with pytest.raises(MappingError, match="no tensor for this Keras variable"):
+        build_with(record, arrays, "out")
+    net = build_with(record, arrays, "out", keep_init={"token_embedding/embeddings"})
+    values = {v.path: np.asarray(v.value) for v in net.weights}
+    assert np.all(values["sequence_output_layernorm/scale"] == 0.5)
+    assert not np.all(values["token_embedding/embeddings"] == 0.5)

@@ -8,7 +8,8 @@ The tensors go through ckptmap's own convert (every check, into a temporary `.sa
 variable path); the model the mapping was solved for (its record, `mapping.meta["models"]`, written by solve from
 the `keras:` tree) is then built, its variables assigned by path, and saved by KerasHub itself (`save_to_preset`:
 config.json, model.weights.h5, task.json, metadata.json; or `save_weights`). Nothing is left at OUT on failure.
-A preset written here has no tokenizer or preprocessor assets: `from_preset` loads the backbone and the task
+Variables the mapping records as unmapped (solve --allow-partial; BERT's pooler has no source in an LM-head
+checkpoint) keep KerasHub's initial values, and the report names them. A preset written here has no tokenizer or preprocessor assets: `from_preset` loads the backbone and the task
 (`preprocessor=None`); give the tokenizer's files separately to tokenize text.
 Keras must hold the whole model in memory to save it (its own savers do), so OUT costs the model's size in RAM.
 """
@@ -52,14 +53,15 @@ def model_from_record(record: dict, origin: str):
     return KerasModel(classes[record["backbone"]], task, config, origin)
 
 
-def build_with(record: dict, arrays: dict[str, np.ndarray] | None, origin: str):
+def build_with(record: dict, arrays: dict[str, np.ndarray] | None, origin: str, *, keep_init=()):
     """The Keras model of `record` with `arrays` (Keras variable path -> array) assigned; every variable must get
-    one of its own shape."""
+    one of its own shape, except those in `keep_init` (targets the mapping records as unmapped), which keep
+    KerasHub's initial values."""
     from ckptmap.frameworks.kerashub.models import build
 
     net = build(model_from_record(record, origin), abstract=False)
     if arrays is not None:
-        variables = {v.path: v for v in net.weights}
+        variables = {v.path: v for v in net.weights if not (v.path in keep_init and v.path not in arrays)}
         missing = [n for n in variables if n not in arrays]
         if missing:
             raise MappingError(f"the converted checkpoint has no tensor for this Keras variable ({len(missing)} "
@@ -97,7 +99,11 @@ def write_output(mapping, input_path: str, output: str, *, reverse: bool = False
     try:
         flat = os.path.join(work, "converted.safetensors")
         report = convert(mapping, input_path, flat, reverse=reverse, force=True, **options)
-        net = build_with(record, _read_all(flat), output)
+        arrays = _read_all(flat)
+        unmapped = [n for n in (mapping.reversed().unmapped_targets if reverse else mapping.unmapped_targets)
+                    if n not in arrays]
+        net = build_with(record, arrays, output, keep_init=set(unmapped))
+        kept = sorted(v.path for v in net.weights if v.path in unmapped)
         staged = os.path.join(work, "out" + (WEIGHTS_SUFFIX if out.endswith(WEIGHTS_SUFFIX) else ""))
         if out.endswith(WEIGHTS_SUFFIX):
             net.save_weights(staged)
@@ -113,6 +119,9 @@ def write_output(mapping, input_path: str, output: str, *, reverse: bool = False
     cls = record.get("task") or record["backbone"]
     kind = (f"keras .weights.h5: {cls}(...).load_weights reads it" if out.endswith(WEIGHTS_SUFFIX) else
             f"keras preset: {', '.join(files)}; keras_hub.models.{cls}.from_preset reads it")
+    if kept:  # the mapping says it cannot produce them (solved with --allow-partial): said, never silent
+        kind += (f"; {len(kept)} variables the mapping leaves unmapped keep KerasHub's initial values: "
+                 f"{', '.join(kept[:6])}" + (" ..." if len(kept) > 6 else ""))
     return dataclasses.replace(report, output=output, format=kind, extra_files=[])
 
 
