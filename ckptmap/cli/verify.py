@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     mapping = Mapping.load(args.mapping)
     if args.reverse:
         mapping = mapping.reversed()
-    src, tgt = runners_for(args.source, args.target, device=args.device)
+    from ckptmap.frameworks import complete_pair
+
+    source, target = complete_pair(args.source, args.target)  # e.g. keras:FAMILY sized from the hf:CONFIG source
+    src, tgt = runners_for(source, target, device=args.device)
     try:
         if args.search:
             mapping, report = search_and_verify(mapping, src, tgt, seed=args.seed, seq_len=args.seq_len,
