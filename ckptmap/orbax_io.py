@@ -284,3 +284,39 @@ def save_train_state(step_dir: str, collections: dict, *, step: int = 0, custom_
 
     ocp_v1.save_checkpointables(os.path.abspath(step_dir), {ITEM_NAME: train_state(collections, step)},
                                 custom_metadata=custom_metadata or {})
+
+
+def save_train_state_with(step_dir: str, collections: dict, *, step: int = 0, custom_metadata: dict | None = None,
+                          leaf_type: type, handler, use_compression: bool = True) -> None:
+    """`save_train_state` for leaves of `leaf_type` written by `handler` (an Orbax TypeHandler): the same layout
+    (`step_dir/items/...` and `step_dir/_CHECKPOINT_METADATA`), through Orbax's composite checkpointer, so that
+    a handler can write each leaf as its data arrives."""
+    ocp = import_orbax(step_dir)
+    from orbax.checkpoint._src.serialization import type_handler_registry as registry_lib
+
+    registry = registry_lib.create_type_handler_registry(
+        (leaf_type, handler), *[(t, h) for t, h in registry_lib._DEFAULT_TYPE_HANDLERS if t is not np.ndarray])
+    items = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=use_compression)
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{ITEM_NAME: items}))
+    quiet = _quiet_errors()
+    try:
+        checkpointer.save(os.path.abspath(step_dir),
+                          args=ocp.args.Composite(**{ITEM_NAME: ocp.args.PyTreeSave(train_state(collections, step))}),
+                          custom_metadata=custom_metadata or {})
+    finally:
+        checkpointer.close()
+        quiet()
+
+
+def _quiet_errors():
+    """Keep Orbax from logging a failed write's traceback (the caller reports it as one line) while the absl
+    verbosity is ckptmap's default; returns the function that restores it."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return lambda: None
+    before = absl_logging.get_verbosity()
+    if before != absl_logging.ERROR:  # the user chose a verbosity: leave it
+        return lambda: None
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    return lambda: absl_logging.set_verbosity(before)

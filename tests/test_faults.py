@@ -132,6 +132,8 @@ def test_a_full_disk_is_one_line_no_temp_files_and_nothing_at_the_output(tmp_pat
     cio.write_all(src, hf_arrays())
     out = str(tmp_path / fmt)
     limit = 20_000  # the output is 430 KB in files up to 130 KB: the disk "fills" part way through
+    if fmt == "out.orbax":  # Orbax writes each tensor as it arrives: zstd'd data files of ~16 KB at most
+        limit = 6_000
     proc = subprocess.run([CKPTMAP, *_argv(mapping_path, src, out, "--quiet")], env=ENV, capture_output=True,
                           text=True, timeout=300, preexec_fn=_limit_file_size(limit))
     INJECTED["full_disk"] += 1
