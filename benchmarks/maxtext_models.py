@@ -309,8 +309,10 @@ def markdown(results: list[dict], earlier: int | None = None) -> str:
         per_model[model] = got if have is None or rank.index(got) < rank.index(have) else have
     by_model = {k: sum(1 for v in per_model.values() if v == k) for k in ("pass", "fail", "timeout",
                                                                           "maxtext_cannot_build")}
-    summary = ["", f"Distinct tiny pairs: {len(per_model)}; best scan setting per model: "
-               + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in by_model.items()) + ".",
+    not_run = [m for m, row in models.items() if row.get("hf") and not row.get("same_as") and m not in per_model]
+    summary = ["", f"Distinct tiny pairs: {len(per_model) + len(not_run)}; best scan setting per model: "
+               + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in by_model.items())
+               + f", {len(not_run)} not run" + (f" ({', '.join(sorted(not_run))})" if not_run else "") + ".",
                "Counts (distinct tiny pairs run): " + "; ".join(
         f"{scan}: " + ", ".join(f"{by.get(k, 0)} {k.replace('_', ' ')}" for k in
                                 ("pass", "fail", "timeout", "maxtext_cannot_build"))
