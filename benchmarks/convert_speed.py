@@ -163,7 +163,7 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
     why = maxtext_runnable(mt_python)
     row["maxtext_to_maxtext"] = why or "ran"
     if why is None:
-        measure("hf->mt MaxText to_maxtext.py", [mt_python, "-m", TO_MAXTEXT, f"model_name=llama3.1-8b",
+        measure("hf->mt MaxText to_maxtext.py", [mt_python, "-m", TO_MAXTEXT, "model_name=llama3.1-8b",
                                                    f"base_output_directory={case}/mt_own", "scan_layers=true",
                                                    f"hf_model_path={hf}"], hf, os.path.join(case, "mt_own"))
     back = os.path.join(case, "back")

@@ -52,6 +52,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="split the rules over the nodes of a running Ray cluster (e.g. auto, or ray://host:10001); "
                         "with --processes N, N tasks")
+    p.add_argument("--orbax-compression", action="store_true",
+                   help="zstd-compress Orbax output as MaxText's own conversion does (smaller, CPU-bound; default: "
+                        "uncompressed, which every Orbax and MaxText loader reads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
