@@ -46,6 +46,11 @@ def test_qwen3_omni_thinker_takes_maxtexts_sizes_and_shrinks_both_towers(real_co
     a = thinker["audio_config"]
     assert (a["d_model"], a["encoder_layers"], a["encoder_attention_heads"]) == (32, 2, 2)
     assert o["d_model_for_audio"] == "32" and o["encoder_layers_for_audio"] == "2"
+    # the talker (speech output) is switched off: the model verify builds is the thinker MaxText mirrors
+    assert pair.hf_config["enable_audio_output"] is False
+    from ckptmap.verify.hf_runner import HFRunner
+
+    assert HFRunner(pair.hf_config).model_class.__name__ == "Qwen3OmniMoeThinkerForConditionalGeneration"
 
 
 def test_a_yml_without_use_multimodal_keeps_the_text_model_only(real_configs):

@@ -115,6 +115,13 @@ def tiny_composite(real_hf: dict, tiny_text: dict, real_maxtext: dict) -> tuple[
         overrides.update(tower_overrides(real_tower, tiny, real_maxtext, suffix))
         shrunk = {k: (real_tower[k], tiny[k]) for k in tiny if tiny[k] != real_tower.get(k)}
         notes.append(f"{tower_key} shrunk: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in shrunk.items()))
+    if holder is not out:
+        # the text model and its towers sit in one part of a larger composite (Qwen3-Omni's thinker; its talker and
+        # code2wav speak, MaxText has no counterpart): the other parts are switched off where a flag switches them
+        for k, v in list(out.items()):
+            if k.startswith("enable_") and v is True:
+                out[k] = False
+                notes.append(f"{k} off (parts of the composite beside its text model's: MaxText mirrors none)")
     if not out.get("model_type"):
         kind = composite_type(tiny_text.get("model_type"))
         if kind:
