@@ -113,7 +113,7 @@ def attach_stored(tree, family: str, stored: dict, side: str):
 
 def case_model(family: str, folder: str) -> "bundled.BundledModel":
     """A folder laid out like a bundled family (config.json + trees), e.g. a derived benchmark case
-    (benchmarks/data/derived/<name>, stored as `derived/<name>`), as a BundledModel."""
+    (ckptmap/benchmarks/data/derived/<name>, stored as `derived/<name>`), as a BundledModel."""
     with open(os.path.join(folder, "config.json")) as f:
         return bundled.BundledModel(family, folder, json.load(f))
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--case-dir", default=None,
                     help="with one FAMILY: the folder holding its config.json and trees (a derived benchmark case: "
-                         "--case-dir benchmarks/data/derived/NAME derived/NAME)")
+                         "--case-dir ckptmap/benchmarks/data/derived/NAME derived/NAME)")
     args = ap.parse_args(argv)
     if args.case_dir and len(args.families) != 1:
         ap.error("--case-dir takes exactly one FAMILY (the name its layouts are stored under)")

@@ -1,4 +1,4 @@
-"""Derived benchmark cases (benchmarks/data/derived/<name>): a model in no fixture, built from its real configs by
+"""Derived benchmark cases (ckptmap/benchmarks/data/derived/<name>): a model in no fixture, built from its real configs by
 ckptmap's own readers, with MaxText's ground truth made as for the fixtures."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The committed ground truth (benchmarks/data): it loads, it holds MaxText's real conversion, and it is
+"""The committed ground truth (ckptmap/benchmarks/data): it loads, it holds MaxText's real conversion, and it is
 reproducible from MaxText itself."""
 
 import os

@@ -1,4 +1,4 @@
-"""The benchmark's verify column (`ckptmap bench --methods ckptmap+verify`, benchmarks/suite.py run_verify): runners
+"""The benchmark's verify column (`ckptmap bench --methods ckptmap+verify`, ckptmap/benchmarks/suite.py run_verify): runners
 at exactly the fixtures' configs.
 
 Without MaxText: how the column reads. With MaxText (`maxtext` mark, one tiny model each): a composite whose vision

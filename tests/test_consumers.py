@@ -3,7 +3,7 @@
 tiny HF model saved -> `ckptmap solve --verify` -> `convert` to Orbax -> MaxText's `load_params_from_path` and
 `from_pretrained` -> logits against HF; `convert --reverse` -> transformers' `from_pretrained` -> logits; a
 checkpoint MaxText's own saver wrote -> `convert --reverse` -> `from_pretrained` -> logits against MaxText.
-(benchmarks/consumers.py runs the same steps as separate processes and records time and memory.)
+(ckptmap/benchmarks/consumers.py runs the same steps as separate processes and records time and memory.)
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from test_integrity import (assert_one_line_error, expected_output, hf_arrays, l
 CKPTMAP = os.path.join(os.path.dirname(sys.executable), "ckptmap")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
-# what the runs below injected, by kind (the reliability table in benchmarks/RESULTS.md counts them)
+# what the runs below injected, by kind (the reliability table in ckptmap/benchmarks/RESULTS.md counts them)
 INJECTED = {"sigkill": 0, "full_disk": 0, "race": 0}
 KILL_OUTCOMES: list[tuple[str, float, bool, int]] = []  # (OUT, delay, whole output there, temp files left)
 

@@ -5,7 +5,7 @@ mapping, run through the CLI entry (`ckptmap.cli.main`, in process).
 Every case ends in exit 0 with the right output, or exit 2 with one line on stderr. Never a traceback (any
 exception escaping main() fails the case), never a file at the output path after an error, never a temp file left,
 never an output tensor of another shape than the mapping was solved for. Deterministic (derandomize=True).
-`STATS` counts the cases by kind and outcome (benchmarks/RESULTS.md, "Reliability (issue 15)")."""
+`STATS` counts the cases by kind and outcome (ckptmap/benchmarks/RESULTS.md, "Reliability (issue 15)")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The KerasHub benchmark (benchmarks/keras_truth.py): KerasHub's own converter is the truth, trees-only solve maps it."""
+"""The KerasHub benchmark (ckptmap/benchmarks/keras_truth.py): KerasHub's own converter is the truth, trees-only solve maps it."""
 
 from __future__ import annotations
 

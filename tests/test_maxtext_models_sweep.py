@@ -1,4 +1,4 @@
-"""The sweep over MaxText's models with an HF counterpart (benchmarks/maxtext_models.py, issue 11)."""
+"""The sweep over MaxText's models with an HF counterpart (ckptmap/benchmarks/maxtext_models.py, issue 11)."""
 
 from __future__ import annotations
 

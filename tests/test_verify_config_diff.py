@@ -188,7 +188,7 @@ def test_report_names_each_disagreement_in_table_and_json():
 
 # ---- pass marks ----------------------------------------------------------------------------------------------------
 def test_pass_marks_are_set_from_the_floors():
-    # measured floors of correct mappings (benchmarks/RESULTS.md, "Verify: pass marks from the floors")
+    # measured floors of correct mappings (ckptmap/benchmarks/RESULTS.md, "Verify: pass marks from the floors")
     assert kl_threshold("float32") == KL_FLOAT32
     assert 50 * 1.5e-9 <= KL_FLOAT32 <= 3.8e-6 / 30  # above the attention models' floor, below the llama4 RoPE miss
     assert kl_threshold("float32", recurrent=True) == KL_FLOAT32_RECURRENT >= 20 * 4.3e-8

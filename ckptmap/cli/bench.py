@@ -1,9 +1,9 @@
 """`ckptmap bench`: the benchmark suite against MaxText's own conversion (see ckptmap.benchmarks.suite).
 
 `--quick` (CI): the fixture families, trees only (solver + offline baselines), against the committed ground
-truth, no MaxText venv needed; exits 1 when ckptmap falls below benchmarks/data/quick_thresholds.json.
+truth, no MaxText venv needed; exits 1 when ckptmap falls below ckptmap/benchmarks/data/quick_thresholds.json.
 Without `--quick`: all methods, the ground truth regenerated first when the MaxText venv is there, the table
-written into the `## Benchmark suite` section of benchmarks/RESULTS.md and the plot to benchmarks/accuracy.png.
+written into the `## Benchmark suite` section of ckptmap/benchmarks/RESULTS.md and the plot to ckptmap/benchmarks/accuracy.png.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 
 from ckptmap.errors import CkptmapError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_RESULTS = os.path.join(REPO, "benchmarks", "RESULTS.md")
-DEFAULT_PLOT = os.path.join(REPO, "benchmarks", "accuracy.png")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+DEFAULT_RESULTS = os.path.join(REPO, "ckptmap", "benchmarks", "RESULTS.md")
+DEFAULT_PLOT = os.path.join(REPO, "ckptmap", "benchmarks", "accuracy.png")
 MAXTEXT_PYTHON = os.path.join(REPO, ".venv-maxtext", "bin", "python")
 
 
@@ -35,11 +35,11 @@ def add_parser(sub) -> None:
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="methods to run (default: quick: ckptmap name-greedy shapes-only; full: all)")
     p.add_argument("--out", help="write the summary into the '## Benchmark suite' section of this Markdown file "
-                                 "(default: benchmarks/RESULTS.md without --quick, nothing with it)")
-    p.add_argument("--plot", help="write the accuracy bar plot PNG here (default: benchmarks/accuracy.png "
+                                 "(default: ckptmap/benchmarks/RESULTS.md without --quick, nothing with it)")
+    p.add_argument("--plot", help="write the accuracy bar plot PNG here (default: ckptmap/benchmarks/accuracy.png "
                                   "without --quick)")
     p.add_argument("--json", help="write every run's numbers and per-target verdicts as JSON here")
-    p.add_argument("--thresholds", help="floors file (default benchmarks/data/quick_thresholds.json)")
+    p.add_argument("--thresholds", help="floors file (default ckptmap/benchmarks/data/quick_thresholds.json)")
     p.add_argument("--write-thresholds", action="store_true", help="record this run's ckptmap scores as the floors")
     p.add_argument("--no-regenerate", action="store_true",
                    help="without --quick: score against the committed ground truth instead of regenerating it")

@@ -12,8 +12,8 @@ Each output is removed once measured (disk space); the N-worker Orbax output is 
 The tables (time, throughput as a fraction of cp's, peak RSS, against the largest rule) print as markdown and
 go to `--json`.
 
-    .venv/bin/python benchmarks/convert_speed.py                     # both sizes
-    .venv/bin/python benchmarks/convert_speed.py --size 2GB --dir /work/tmp-bench
+    .venv/bin/python ckptmap/benchmarks/convert_speed.py                     # both sizes
+    .venv/bin/python ckptmap/benchmarks/convert_speed.py --size 2GB --dir /work/tmp-bench
 """
 
 from __future__ import annotations

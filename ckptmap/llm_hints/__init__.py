@@ -2,7 +2,7 @@
 
 `get_priors(src, tgt, mode="off"|"cache"|"gemini")` is the entry point; `Priors.edge_bonus` feeds the
 solver's edge scores, `Priors.value_ops` orders verify's value-op search. Answers are cached per
-(prompt, model) under llm_hints/cache/ (shipped) and ~/.cache/ckptmap/hints (the user's).
+(prompt, model) under ckptmap/llm_hints/cache/ (shipped) and ~/.cache/ckptmap/hints (the user's).
 """
 
 from ckptmap.llm_hints.cache import CacheEntry, HintCache, cache_key, default_dirs

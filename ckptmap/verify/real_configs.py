@@ -30,7 +30,7 @@ def maxtext_python() -> str | None:
     env = os.environ.get("CKPTMAP_MAXTEXT_PYTHON")
     if env:
         return env
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     path = os.path.join(repo, ".venv-maxtext", "bin", "python")
     return path if os.path.exists(path) else None
 

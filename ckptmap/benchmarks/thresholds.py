@@ -1,4 +1,4 @@
-"""The accuracy floor `ckptmap bench --quick` enforces (benchmarks/data/quick_thresholds.json).
+"""The accuracy floor `ckptmap bench --quick` enforces (ckptmap/benchmarks/data/quick_thresholds.json).
 
 `{"floors": [{"method": "ckptmap", "metric": "pct_structural", "min": {"llama3.1/scan0": 100.0, ...}}, ...]}`
 (one floor per method; a file holding a single floor at the top level is read too): for each case listed, the

@@ -1,4 +1,4 @@
-"""Convert through remote storage against the same conversion on local disk (benchmarks/RESULTS.md, "Remote storage").
+"""Convert through remote storage against the same conversion on local disk (ckptmap/benchmarks/RESULTS.md, "Remote storage").
 
     python -m ckptmap.benchmarks.bench_storage --mapping M.json --input HF_DIR [--workers N]
 

@@ -1,7 +1,7 @@
 """The hints cache: one JSON file per (prompt, model), named by the sha256 of both.
 
 Lookup goes through a list of directories, first hit wins: by default the user's dir
-(~/.cache/ckptmap/hints, or $CKPTMAP_HINTS_DIR) over the packaged llm_hints/cache/ that ships recorded answers.
+(~/.cache/ckptmap/hints, or $CKPTMAP_HINTS_DIR) over the packaged ckptmap/llm_hints/cache/ that ships recorded answers.
 New answers are written to the first directory only, atomically.
 
 An entry stores the model's answer, not the priors derived from it, so a better parser improves old entries.

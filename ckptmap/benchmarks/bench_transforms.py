@@ -4,7 +4,7 @@ Pairs are drawn (seeded) from the HF and MaxText shapes of a few real model conf
 correspondences (q_proj -> query, fused qkv -> q/k/v, gate/up pairs, experts, padded vocab), half are random pairs
 from the same model, as the solver tries for candidate edges. Timed cold (caches cleared first) and warm.
 
-    .venv/bin/python benchmarks/bench_transforms.py [--pairs 1000] [--seed 0]
+    .venv/bin/python ckptmap/benchmarks/bench_transforms.py [--pairs 1000] [--seed 0]
 """
 
 from __future__ import annotations

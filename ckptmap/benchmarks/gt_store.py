@@ -1,7 +1,7 @@
 """The ground truth on disk: MaxText's own HF -> MaxText mapping, as data, and the tensors it produces.
 
 Written by `ckptmap.benchmarks.ground_truth` (in the MaxText venv), read here without MaxText. Per family
-under `benchmarks/data/<family>/`, per scan in {0, 1}:
+under `ckptmap/benchmarks/data/<family>/`, per scan in {0, 1}:
 
 - `param_mapping.scan{s}.json`: MaxText's PARAM_MAPPING entries in order, each
   `{"maxtext": KEY, "hf": VALUE, "hooks": [hook names]}`. KEY is a name or `{"tuple": [names]}` (one HF

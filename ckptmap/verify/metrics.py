@@ -1,7 +1,7 @@
 """Logit and activation metrics: KL(source || target) per token, max |logit diff|, top-1 agreement, relative
 activation error; the pass marks (per-token max KL) and the long sequence verify checks last.
 
-Pass marks, each set from the floor measured on correct mappings (benchmarks/RESULTS.md, "Verify: pass marks"):
+Pass marks, each set from the floor measured on correct mappings (ckptmap/benchmarks/RESULTS.md, "Verify: pass marks"):
 - float32: KL_FLOAT32 (a correct mapping's round-off: 1e-12 .. 1.5e-9 on attention models; a wrong RoPE scaling,
   theta or activation gives 1e-6 and more); KL_FLOAT32_RECURRENT(_LONG) where gated-delta-net layers' scans set a
   higher floor (qwen3.5, qwen3-next);
@@ -33,7 +33,7 @@ KL_FLOAT32_TIED_CAST = 1e-4
 # logits on the run's inputs. Two float32 computations each that far from the exact logits differ by up to twice the
 # logit error (KL x4); different op orders and fusions (XLA vs torch) add the rest: tiny gemma4-26b at 64 tokens,
 # own round-off 3.9e-8, HF eager vs sdpa attention 7.2e-8, MaxText 1.8e-7 (4.6x); gemma4-31b at 1024 tokens,
-# see benchmarks/RESULTS.md. Attention models without that amplification sit at 1e-12 .. 2e-10, where 25x stays
+# see ckptmap/benchmarks/RESULTS.md. Attention models without that amplification sit at 1e-12 .. 2e-10, where 25x stays
 # under KL_FLOAT32 and the fixed mark holds.
 ROUNDOFF_FACTOR = 25.0
 # ... where that round-off is smooth: at most this. Smooth round-off measured at most 1.6e-6 (tiny gemma4-26b, 512

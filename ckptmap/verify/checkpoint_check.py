@@ -37,7 +37,7 @@ from ckptmap.verify.metrics import KL_BFLOAT16, KL_FLOAT16, LogitStats, activati
 # Max per-token KL for a converted checkpoint to pass, by the lowest precision the two checkpoints store.
 # float32: the issue's mark for real weights (100x verify's random-weight mark: a real model's peaked distributions
 # and full-size reductions raise the round-off floor; a correct 100M llama conversion measures ~1e-11, a wrong tensor
-# 1e-2 and more, benchmarks/RESULTS.md "ckptmap check"); half precision: verify's marks (the models' own round-off).
+# 1e-2 and more, ckptmap/benchmarks/RESULTS.md "ckptmap check"); half precision: verify's marks (the models' own round-off).
 KL_CHECK = {"float32": 1e-5, "bfloat16": KL_BFLOAT16, "float16": KL_FLOAT16}
 DEFAULT_PROMPTS = 4      # seeded token sequences
 DEFAULT_SEQ_LEN = 64     # tokens each

@@ -49,7 +49,7 @@ def get_priors(src: ParamTree, tgt: ParamTree, *, dims: dict | None = None, mode
                sleep: Callable[[float], None] = time.sleep, policy: RetryPolicy = RetryPolicy()) -> Priors:
     """Priors for mapping `src` onto `tgt` (edge bonuses over src -> tgt templates, value ops on tgt).
 
-    `cache_dir` replaces the default lookup (user dir over the packaged llm_hints/cache/) with that one
+    `cache_dir` replaces the default lookup (user dir over the packaged ckptmap/llm_hints/cache/) with that one
     directory. In "cache" mode an exact (prompt, model) hit is used first, then the entry recorded for the
     most similar two template sets in either direction (cache.MIN_SIMILARITY); a miss gives empty priors
     and a HintsWarning.

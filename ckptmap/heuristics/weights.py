@@ -2,7 +2,7 @@
 
 The solver maximises the sum of candidate scores (heuristics.candidates.score_parts): a candidate's score is
 `base + name * NAME + layout * LAYOUT - cost * COST + prior * PRIOR + ...`, its parts in `Candidate.parts`.
-`benchmarks/calibrate_weights.py` checks these values on a split of the benchmark cases: it tunes nothing by
+`ckptmap/benchmarks/calibrate_weights.py` checks these values on a split of the benchmark cases: it tunes nothing by
 itself, it reports the accuracy on the cases held out from whoever changes a weight, so a change that only helps
 the cases it was tried on shows.
 

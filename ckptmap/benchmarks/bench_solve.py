@@ -1,10 +1,10 @@
 """Solve time and peak memory: full-size trees (llama3.1-405b, deepseek3-671b unscanned) and every tiny family.
 
 Each case runs in a fresh subprocess so that its peak RSS is its own. The full-size trees are committed under
-benchmarks/data/fullsize/ (HF side read from the real configs on the meta device, MaxText side by `jax.eval_shape`
+ckptmap/benchmarks/data/fullsize/ (HF side read from the real configs on the meta device, MaxText side by `jax.eval_shape`
 of the real model in the MaxText worker), gzipped name -> shape JSON.
 
-    .venv/bin/python benchmarks/bench_solve.py            # prints a Markdown table
+    .venv/bin/python ckptmap/benchmarks/bench_solve.py            # prints a Markdown table
 Targets (issue 4): full-size < 30 s and < 2 GB peak on 2 cores; each tiny family < 2 s.
 """
 
@@ -15,9 +15,9 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.realpath(__file__))
 FULLSIZE = os.path.join(HERE, "data", "fullsize")
-TINY = os.path.join(HERE, "..", "tests", "data", "maxtext_tiny")
+TINY = os.path.join(HERE, "..", "..", "tests", "data", "maxtext_tiny")
 
 CHILD = r"""
 import gzip, json, resource, sys, time

@@ -1,4 +1,4 @@
-"""`ckptmap check` on a real-shaped ~100M-parameter llama (benchmarks/RESULTS.md, "ckptmap check (issue 14)").
+"""`ckptmap check` on a real-shaped ~100M-parameter llama (ckptmap/benchmarks/RESULTS.md, "ckptmap check (issue 14)").
 
     python -m ckptmap.benchmarks.check_real [--workdir DIR] [--mapping M.json] [--out results.json]
                                             [--write-mapping M.json]
@@ -8,7 +8,7 @@ HF llama (hidden 768, 8 layers, 12 heads / 4 kv heads, vocab 32000, float32, see
 --reverse` to an HF directory -> `check --reverse`; then one tensor planted wrong in each converted checkpoint (a
 layer of the stacked query kernel scaled, a layer's down projection permuted) -> `check` must exit 1 and name it.
 Each ckptmap step runs as its own process, timed, with the peak RSS of its process tree (the MaxText worker
-included), as benchmarks/consumers.py measures.
+included), as ckptmap/benchmarks/consumers.py measures.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from ckptmap.benchmarks import gt_store
 from ckptmap.benchmarks.gt_store import GroundTruth
 from ckptmap.trees import ParamTree, read_tree
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 FIXTURES = os.path.join(REPO, "tests", "data", "maxtext_tiny")
 DERIVED_PREFIX = "derived/"  # derived cases (ckptmap.benchmarks.derived) are families `derived/<name>`
 
@@ -43,7 +43,7 @@ class Case:
 
     @property
     def derived(self) -> bool:
-        """A model in no fixture, derived from its real configs (benchmarks/data/derived/<name>)."""
+        """A model in no fixture, derived from its real configs (ckptmap/benchmarks/data/derived/<name>)."""
         return is_derived(self.family)
 
 

@@ -2,7 +2,7 @@
 
 Runs in the MaxText venv (Python 3.12, maxtext 0.2.5):
 
-    .venv-maxtext/bin/python -m ckptmap.benchmarks.ground_truth --out benchmarks/data
+    .venv-maxtext/bin/python -m ckptmap.benchmarks.ground_truth --out ckptmap/benchmarks/data
 
 For each fixture family (tests/data/maxtext_tiny/<family>) and scan in {0, 1} it builds a real MaxText config
 (pyconfig with the fixture's overrides), asks MaxText for the mapping and hooks at that config, and converts
@@ -34,7 +34,7 @@ from ckptmap.benchmarks.gt_store import GroundTruth, MappingEntry
 from ckptmap.mapping import write_json_atomic
 from ckptmap.runner import seeded_tensor
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 FIXTURES = os.path.join(REPO, "tests", "data", "maxtext_tiny")
 SHARED_FIXTURES = "/work/shared/fixtures/maxtext_tiny"
 # attention=dot_product: the CPU attention kernel; MaxText refuses its default for deepseek3.2's sparse indexer,
@@ -260,7 +260,7 @@ def ensure_fixtures(fixtures: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ckptmap.benchmarks.ground_truth", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=gt_store.DATA_DIR, help="output folder (benchmarks/data)")
+    parser.add_argument("--out", default=gt_store.DATA_DIR, help="output folder (ckptmap/benchmarks/data)")
     parser.add_argument("--fixtures", default=FIXTURES, help="folder of fixture families (tests/data/maxtext_tiny)")
     parser.add_argument("--families", nargs="*", help="only these families (default: all in --fixtures, and the "
                         "derived cases, `derived/<name>`, under --out)")

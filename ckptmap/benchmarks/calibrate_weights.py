@@ -7,7 +7,7 @@ The fixture families (and derived cases) are split once, by a hash of the family
 both halves is solved from its trees alone (code layouts off: what names and layouts decide), and the share of
 targets right (exact + structural) is reported per half. Reading it: a weight whose change helps the tuning half
 but not the held-out half was tuned to those cases; a weight whose change moves nothing carries no information on
-these cases. Nothing is written back: changing a weight stays a reviewed edit of heuristics/weights.py.
+these cases. Nothing is written back: changing a weight stays a reviewed edit of ckptmap/heuristics/weights.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Benchmark: `hf:` trees of full-size configs (time and peak memory, one subprocess per config).
 
-    .venv/bin/python benchmarks/bench_trees.py                 # measure every tests/data/hf_configs/*.json
-    .venv/bin/python benchmarks/bench_trees.py --results       # ... and rewrite `## Tree readers` in RESULTS.md
-    .venv-maxtext/bin/python benchmarks/bench_trees.py --dump-configs   # refresh the config files
+    .venv/bin/python ckptmap/benchmarks/bench_trees.py                 # measure every tests/data/hf_configs/*.json
+    .venv/bin/python ckptmap/benchmarks/bench_trees.py --results       # ... and rewrite `## Tree readers` in RESULTS.md
+    .venv-maxtext/bin/python ckptmap/benchmarks/bench_trees.py --dump-configs   # refresh the config files
 
 The configs are the real hyperparameters of each model as MaxText's checkpoint conversion writes them
 (maxtext/checkpoint_conversion/utils/hf_model_configs.py), dumped with `.to_dict()`; they are data, not code.
@@ -23,9 +23,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 CONFIG_DIR = os.path.join(ROOT, "tests", "data", "hf_configs")
-RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
+RESULTS = os.path.join(ROOT, "ckptmap", "benchmarks", "RESULTS.md")
 SECTION = "## Tree readers"
 
 # file name -> (MaxText HF_MODEL_CONFIGS key, sub-config to keep or None)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               f"read {r['read_s']:5.2f}s  wall {r['wall_s']:5.2f}s  cpu {r['cpu_s']:5.2f}s  "
               f"peak {r['peak_rss_mb']:6.0f} MB", flush=True)
     if args.results:
-        command = "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_trees.py --results" + (
+        command = "HF_HUB_OFFLINE=1 .venv/bin/python ckptmap/benchmarks/bench_trees.py --results" + (
             " " + " ".join(args.names) if args.names else "")
         with open(RESULTS) if os.path.exists(RESULTS) else open(os.devnull) as f:
             text = f.read()

@@ -4,7 +4,7 @@ The HF and MaxText (scanned) trees of a llama with the given sizes are written a
 maps them, seeded bfloat16 HF tensors are written as sharded safetensors, and then, each in a fresh process (so that
 its peak RSS is its own): HF -> MaxText (sharded safetensors), MaxText -> HF (--reverse), and a bit-exact check.
 
-    .venv/bin/python benchmarks/bench_convert.py [--hidden 2048 --mlp 5632 --layers 16 --vocab 32000] [--dir DIR]
+    .venv/bin/python ckptmap/benchmarks/bench_convert.py [--hidden 2048 --mlp 5632 --layers 16 --vocab 32000] [--dir DIR]
 """
 
 from __future__ import annotations

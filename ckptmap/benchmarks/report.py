@@ -156,7 +156,7 @@ def markdown(result: SuiteResult, *, command: str, date: str, extra: str = "") -
         f"Machine: {machine()}. Date: {date}. Command: `{command}`. Wall time {result.seconds:.0f} s.", "",
         "Cases are fixture families (tests/data/maxtext_tiny) x scan (unscanned = scan0, scanned = scan1), HF -> "
         "MaxText. Ground truth: MaxText 0.2.5's own PARAM_MAPPING/HOOK_FNS applied to seeded integer HF tensors "
-        "(`benchmarks/data`, made by `.venv-maxtext/bin/python -m ckptmap.benchmarks.ground_truth`). A cell "
+        "(`ckptmap/benchmarks/data`, made by `.venv-maxtext/bin/python -m ckptmap.benchmarks.ground_truth`). A cell "
         "reads `% exactly right / % structurally right (unmapped count)`: exact = tensor equal to MaxText's; "
         "structural = equal up to the value ops shapes cannot show (scalar a*x+b, RoPE half<->interleaved on the "
         "last axis), i.e. right sources, stacking and shape chain. \"Sources as MaxText's\": of the targets a "

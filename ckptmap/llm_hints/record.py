@@ -3,7 +3,7 @@
     python -m ckptmap.llm_hints.record --source SRC.json --target TGT.json --answer ANSWER.json \\
         --recorded-by "who wrote it" [--dims hidden=64 heads=4 ...] [--model M] [--cache-dir DIR] [--filename F]
 
-The answer is a JSON object in RESPONSE_SCHEMA's form. This is how the committed llm_hints/cache/ entries
+The answer is a JSON object in RESPONSE_SCHEMA's form. This is how the committed ckptmap/llm_hints/cache/ entries
 were made, and how an answer obtained elsewhere (another model, a person) is added for offline use.
 """
 

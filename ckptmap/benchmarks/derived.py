@@ -4,7 +4,7 @@
 
 derives the tiny pair from the real configs (`ckptmap.verify.tiny.derive_tiny`), reads both tiny models with
 ckptmap's own tree readers (`hf:` on the meta device, `maxtext:` through the MaxText worker, scan 0 and 1) and
-writes `benchmarks/data/derived/<name>/` with the files a fixture family has:
+writes `ckptmap/benchmarks/data/derived/<name>/` with the files a fixture family has:
 
 - `config.json`: `hf_config`, `maxtext_model_name`, `maxtext_overrides`, `maxtext_config_values` (scan0/scan1);
 - `real_configs.json`: the real configs the tiny pair was derived from (`ckptmap.verify.real_configs`);
