@@ -74,3 +74,16 @@ def test_a_number_every_part_of_a_module_carries_is_no_ordinal():
     for i in range(2):
         rule = m.rule_for_target(f"layer_{i}/moe_block_{i}/experts/expert_intermediate_dense")
         assert all(".w3." in n for n in rule.source_names()), rule.source_names()
+
+
+def test_a_masked_lm_heads_transform_goes_to_the_mlm_head_not_the_pooler():
+    """BERT's cls.predictions.transform.dense is KerasHub's mlm_head/intermediate_dense; a pooler a masked-LM
+    checkpoint does not hold stays unmapped rather than taking it."""
+    src = _tree({"cls.predictions.transform.dense.weight": (16, 16), "cls.predictions.transform.dense.bias": (16,)},
+                "hf")
+    tgt = _tree({"mlm_head/intermediate_dense/kernel": (16, 16), "mlm_head/intermediate_dense/bias": (16,),
+                 "pooled_dense/kernel": (16, 16), "pooled_dense/bias": (16,)}, "keras")
+    m = solve(src, tgt).mapping
+    assert m.rule_for_target("mlm_head/intermediate_dense/kernel").source_names() == \
+        ["cls.predictions.transform.dense.weight"]
+    assert sorted(m.unmapped_targets) == ["pooled_dense/bias", "pooled_dense/kernel"]

@@ -73,6 +73,8 @@ SUBWORD = {
     # MLP's gate, or a MoE router): ROLE_ALIASES resolves it against the other name. `intermediate` is the
     # unsplit input projection (BERT's only one); heuristics.roles reads it as `up` beside a gate sibling.
     "gate": "gate", "gating": "gate", "up": "wi_1", "down": "wo", "intermediate": "wi",
+    # A masked-LM head across conventions: BERT's `cls.predictions.*`, KerasHub's `mlm_head/*`.
+    "mlm": "lm_head", "predictions": "lm_head",
 }
 
 # Words naming a packed projection inside a longer token (`in_proj_qkv`, `attn_qkv`, `to_kv`): the packed concept
