@@ -46,6 +46,8 @@ def test_qwen3_omni_thinker_takes_maxtexts_sizes_and_shrinks_both_towers(real_co
     a = thinker["audio_config"]
     assert (a["d_model"], a["encoder_layers"], a["encoder_attention_heads"]) == (32, 2, 2)
     assert o["d_model_for_audio"] == "32" and o["encoder_layers_for_audio"] == "2"
+    # the towers' outputs have the tiny text width on MaxText's side too (the paired config says 3584, MaxText 2048)
+    assert o["out_hidden_size_for_vit"] == o["output_dim_for_audio"] == str(text["hidden_size"])
     # the talker (speech output) is switched off: the model verify builds is the thinker MaxText mirrors
     assert pair.hf_config["enable_audio_output"] is False
     from ckptmap.verify.hf_runner import HFRunner

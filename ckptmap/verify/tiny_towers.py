@@ -83,6 +83,13 @@ def tower_overrides(real_tower: dict, tiny: dict, real_maxtext: dict, suffix: st
     for mt_key, real_v in real_maxtext.items():
         if not mt_key.endswith(suffix):
             continue
+        if mt_key[: -len(suffix)] in TOWER_OUT_KEYS:
+            # the features handed to the text model have its width, whatever the paired config says (Qwen3-Omni's
+            # says 3584 for MaxText's 2048)
+            width = next((tiny[k] for k in TOWER_OUT_KEYS if k in tiny), None)
+            if width is not None:
+                out[mt_key] = str(width)
+            continue
         same = [k for k, v in real_tower.items() if v == real_v and k in tiny and not isinstance(v, bool)]
         if not same:
             continue
