@@ -59,7 +59,7 @@ HELD_OUT = {
     "gpt2": KerasCase("gpt2", "hf:gpt2 n_embd=64 n_head=4 n_layer=2 vocab_size=256 n_positions=1024",
                       "convert_gpt2"),
     "bert": KerasCase("bert", "hf:bert hidden_size=64 num_attention_heads=4 num_hidden_layers=2 "
-                              "intermediate_size=128 vocab_size=256 max_position_embeddings=64 type_vocab_size=2",
+                              "intermediate_size=128 vocab_size=256 max_position_embeddings=1024 type_vocab_size=2",
                       "convert_bert"),
 }
 
