@@ -29,12 +29,23 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+
+def _repo_root(start: str) -> str:
+    """The checkout holding pyproject.toml above this file (wherever the benchmarks folder lives)."""
+    d = os.path.dirname(os.path.realpath(start))
+    while d != os.path.dirname(d) and not os.path.exists(os.path.join(d, "pyproject.toml")):
+        d = os.path.dirname(d)
+    return d
+
+
+REPO = _repo_root(__file__)
 
 # llama shapes (hidden, heads, kv heads, head_dim, mlp, layers, vocab): llama-3.2-1B's layers with a 32000 vocab
 # (2.2 GB), and llama-3.1-8B (16.1 GB)
-SIZES = {"2GB": (2048, 32, 8, 64, 8192, 16, 32000), "16GB": (4096, 32, 8, 128, 14336, 32, 128256)}
+# ("tiny": a 20 MB smoke run of the whole script)
+SIZES = {"tiny": (256, 8, 2, 32, 1024, 2, 8000), "2GB": (2048, 32, 8, 64, 8192, 16, 32000),
+         "16GB": (4096, 32, 8, 128, 14336, 32, 128256)}
 TO_MAXTEXT = "maxtext.checkpoint_conversion.to_maxtext"
 
 
@@ -115,7 +126,7 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
              one_worker: bool = True) -> None:
     from ckptmap.solver import solve
     from ckptmap.trees import read_tree
-    from bench_convert import llama_trees
+    from ckptmap.benchmarks.bench_convert import llama_trees
 
     hidden, heads, kv, head_dim, mlp, layers, vocab = SIZES[label]
     case = os.path.join(work, label)
