@@ -59,3 +59,10 @@ def test_a_yml_without_use_multimodal_keeps_the_text_model_only(real_configs):
     pair = derive_tiny("gemma3-4b", real_configs["gemma3-4b"])  # its yml describes a tower MaxText leaves out
     assert pair.hf_config["model_type"] == "gemma3_text" and pair.text_config is pair.hf_config
     assert not [o for o in pair.maxtext_overrides if "_for_vit" in o]
+
+
+def test_the_tiny_pair_ties_embeddings_as_maxtext_does(real_configs):
+    # the paired Qwen3-VL-30B-A3B config's text part says tied; MaxText's yml (base.yml) does not tie
+    pair = derive_tiny("qwen3-vl-30b-a3b", real_configs["qwen3-vl-30b-a3b"])
+    assert pair.text_config["tie_word_embeddings"] is False and pair.hf_config["tie_word_embeddings"] is False
+    assert derive_tiny("qwen3-vl-2b", real_configs["qwen3-vl-2b"]).text_config["tie_word_embeddings"] is True

@@ -30,7 +30,7 @@ from ckptmap.verify.tiny_hf import tiny_hf_config, unspell_per_layer_config
 from ckptmap.verify.tiny_keys import MAXTEXT_LLAMA31_ROPE, MAXTEXT_TO_HF_KEYS, MAXTEXT_TO_HF_LISTS, TinyConfigError
 from ckptmap.verify.tiny_towers import text_part, tiny_composite
 from ckptmap.verify.tiny_translate import (adopt_maxtext_geometry, reconcile_llama31_rope, reconcile_rope,
-                                           scale_sections, tiny_maxtext_overrides, tiny_rotary)
+                                           reconcile_tied, scale_sections, tiny_maxtext_overrides, tiny_rotary)
 
 # derive_tiny and check_tiny live here; the rest is re-exported from the modules that hold it
 __all__ = ["TinyPair", "derive_tiny", "check_tiny", "TinyConfigError", "tiny_hf_config", "tiny_maxtext_overrides",
@@ -72,6 +72,7 @@ def derive_tiny(maxtext_model: str, real: dict | None = None) -> TinyPair:
     notes += reconcile_rope(hf_cfg, real["maxtext"])
     notes += reconcile_activation(hf_cfg, real["maxtext"])
     notes += reconcile_llama31_rope(hf_cfg, real["maxtext"], maxtext_model)
+    notes += reconcile_tied(hf_cfg, real["maxtext"])
     overrides = tiny_maxtext_overrides(real["maxtext"], real["hf"], hf_cfg)
     rotary, rotary_notes = tiny_rotary(hf_cfg, text_part(real["hf"]), real["maxtext"])
     overrides += [f"{k}={v}" for k, v in rotary.items()]

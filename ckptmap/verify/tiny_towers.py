@@ -111,6 +111,9 @@ def tiny_composite(real_hf: dict, tiny_text: dict, real_maxtext: dict) -> tuple[
     out = copy.deepcopy(real_hf)
     holder = text_holder(out)
     holder["text_config"] = tiny_text
+    for d in (out, holder):  # the composite ties its head as its text part does
+        if "tie_word_embeddings" in d and "tie_word_embeddings" in tiny_text:
+            d["tie_word_embeddings"] = tiny_text["tie_word_embeddings"]
     overrides: dict[str, str] = {}
     notes = []
     for tower_key, suffix in TOWER_SUFFIX.items():

@@ -248,3 +248,16 @@ def adopt_maxtext_geometry(real_hf_text: dict, real_maxtext: dict) -> list[str]:
             real_hf_text[hf_key] = v
     return [f"the paired HF config's text part disagrees with MaxText's yml on the query heads: MaxText's sizes "
             f"taken ({', '.join(changed)})"]
+
+
+def reconcile_tied(tiny_hf_text: dict, real_maxtext: dict) -> list[str]:
+    """Give the tiny HF text config the embedding tying MaxText's model has (`logits_via_embedding` in its yml, else
+    base.yml's false): a paired config can say otherwise (Qwen3-VL-30B-A3B's text part says tied, its top level and
+    MaxText untied), and no mapping of the weights repairs that. Changes tiny_hf_text in place; returns notes."""
+    if "tie_word_embeddings" not in tiny_hf_text:
+        return []
+    want = bool(real_maxtext.get("logits_via_embedding", False))
+    if bool(tiny_hf_text["tie_word_embeddings"]) == want:
+        return []
+    tiny_hf_text["tie_word_embeddings"] = want
+    return [f"tie_word_embeddings -> {want} (MaxText's logits_via_embedding)"]
