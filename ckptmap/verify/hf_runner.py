@@ -355,21 +355,27 @@ class HFRunner:
             hooks.append(head.register_forward_pre_hook(grab_input("final_norm"), with_kwargs=True))
         try:
             with torch.no_grad():
-                ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=self.device)
-                extra = {}
-                if positions is not None:
-                    extra["position_ids"] = torch.as_tensor(np.array(positions, dtype=np.int64), dtype=torch.long,
-                                                            device=self.device)
-                    # an explicit all-ones mask: without one, transformers reads position ids that do not step by
-                    # 1 as packed sequences and masks across them
-                    extra["attention_mask"] = torch.ones_like(ids)
-                out = model(input_ids=ids, use_cache=False, **extra)
+                out = model(**self._model_inputs(tokens, positions))
         finally:
             for h in hooks:
                 h.remove()
         logits = out.logits.float().cpu().numpy()
         activations = {k: v.float().cpu().numpy() for k, v in acts.items()}
         return Forward(logits=logits, activations=activations)
+
+    def _model_inputs(self, tokens: np.ndarray, positions=None) -> dict:
+        """The keyword arguments of one forward call: token ids [batch, seq], and the position ids when given."""
+        import torch
+
+        ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=self.device)
+        inputs = {"input_ids": ids, "use_cache": False}
+        if positions is not None:
+            inputs["position_ids"] = torch.as_tensor(np.array(positions, dtype=np.int64), dtype=torch.long,
+                                                     device=self.device)
+            # an explicit all-ones mask: without one, transformers reads position ids that do not step by 1 as
+            # packed sequences and masks across them
+            inputs["attention_mask"] = torch.ones_like(ids)
+        return inputs
 
     def unread_params(self, params: dict[str, np.ndarray], tokens: np.ndarray) -> set[str]:
         """Names (as `param_shapes` gives them) of the parameters the forward pass on `tokens` does not read (a
@@ -455,14 +461,8 @@ class HFRunner:
                 model.set_experts_implementation("eager")
             except (ValueError, AttributeError):
                 pass
-        ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=self.device)
-        extra = {}
-        if positions is not None:
-            extra["position_ids"] = torch.as_tensor(np.array(positions, dtype=np.int64), dtype=torch.long,
-                                                    device=self.device)
-            extra["attention_mask"] = torch.ones_like(ids)
         with torch.no_grad():
-            out = model(input_ids=ids, use_cache=False, **extra)
+            out = model(**self._model_inputs(tokens, positions))
         return out.logits.cpu().numpy().astype(np.float64)
 
     def close(self) -> None:
