@@ -18,7 +18,7 @@ RESPONSES = DATA / "llm_hints" / "responses"
 GOOD = (RESPONSES / "llama3.1.scan0.txt").read_text()
 QUERY = "params-decoder-layers_0-self_attention-query-kernel"
 Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
-# The config numbers the committed tiny entries were recorded with (llm_hints/cache/*.json, "prompt").
+# The config numbers the committed tiny entries were recorded with (ckptmap/llm_hints/cache/*.json, "prompt").
 RECORDED_DIMS = {"hidden": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "mlp": 128, "layers": 2, "vocab": 256}
 
 
