@@ -4,8 +4,9 @@ against transformers' on the same tokens.
 
     python -m ckptmap.benchmarks.keras_end_to_end [FAMILY ...] [--work DIR] [--json OUT]
 
-Families: llama3, gemma3, qwen3, mixtral (decoders: CausalLM logits) and bert (an encoder: HF's BertLMHeadModel
-against KerasHub's BertMaskedLM, the masked-LM logits at every position of an unmasked bidirectional pass).
+Families: llama3, gemma3, qwen3, mixtral (decoders: CausalLM logits) and bert (an encoder saved as
+BertForPreTraining, the class real BERT checkpoints are, pooler included: its masked-LM logits against KerasHub's
+BertMaskedLM, the masked-LM logits at every position of an unmasked bidirectional pass).
 One row per family: verify's max KL (64 tokens) and its pass, then from_preset's max |logit diff| and max KL over
 32 tokens, or the step that failed and why. `--bert-floor`: what the BERT measure reads with right weights.
 """
@@ -31,7 +32,8 @@ FAMILIES = {
     "mixtral": {"model_type": "mixtral", **_BASE, "num_local_experts": 4, "num_experts_per_tok": 2,
                 "tie_word_embeddings": False},
     "bert": {"model_type": "bert", "vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "intermediate_size": 96, "max_position_embeddings": 1024},
+             "num_attention_heads": 4, "intermediate_size": 96, "max_position_embeddings": 1024,
+             "architectures": ["BertForPreTraining"]},
 }
 
 
@@ -45,7 +47,8 @@ def kl_max(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
 
 
 def hf_checkpoint(directory: str, config: dict):
-    """A tiny HF causal/MLM model with transformers' own init, saved to `directory`; returns the model."""
+    """A tiny HF model with transformers' own init, saved to `directory`; returns the model. The causal LM, or
+    the class the config's `architectures` names (BERT: BertForPreTraining, whose checkpoint holds the pooler)."""
     import torch
     import transformers
 
@@ -54,7 +57,9 @@ def hf_checkpoint(directory: str, config: dict):
         json.dump(config, f)
     torch.manual_seed(0)
     cfg = transformers.AutoConfig.from_pretrained(directory)
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    named = (config.get("architectures") or [None])[0]
+    cls = getattr(transformers, named) if named else None
+    model = (cls(cfg) if cls is not None else transformers.AutoModelForCausalLM.from_config(cfg)).eval()
     model.save_pretrained(directory)
     return model
 
@@ -94,7 +99,9 @@ def run_family(family: str, work: str) -> dict:
     tokens = np.random.default_rng(1).integers(0, 128, size=(1, 32)).astype(np.int32)
     keras_logits = np.asarray(keras_model(model_inputs(keras_model, tokens)), dtype=np.float32)
     with torch.no_grad():
-        hf_logits = hf_model(torch.tensor(tokens, dtype=torch.long)).logits.float().numpy()
+        out = hf_model(torch.tensor(tokens, dtype=torch.long))
+        hf_logits = getattr(out, "logits", None)
+        hf_logits = (out.prediction_logits if hf_logits is None else hf_logits).float().numpy()
     row["preset_class"] = type(keras_model).__name__
     row["preset_max_abs_diff"] = float(np.max(np.abs(keras_logits - hf_logits)))
     row["preset_kl"] = kl_max(hf_logits, keras_logits)
