@@ -248,7 +248,7 @@ def test_deepseek_v4_hash_routing_table_gets_expert_ids():
     from ckptmap.verify.evaluate import index_ranges
     from ckptmap.verify.hf_runner import HFRunner
 
-    path = os.path.join(HERE, "..", "benchmarks", "data", "derived", "deepseek4", "config.json")
+    path = os.path.join(HERE, "..", "ckptmap", "benchmarks", "data", "derived", "deepseek4", "config.json")
     with open(path) as f:
         hf = json.load(f)["hf_config"]
     runner = HFRunner(hf)
