@@ -76,7 +76,8 @@ def test_qwen35_tiny_rotary_fits_the_tiny_head_dim_on_both_sides(real):
 
 def test_tiny_rotary_changes_nothing_that_already_fits(real):
     vl = derive_tiny("qwen3-vl-2b", real["qwen3-vl-2b"])  # full rotary, sections of 64 frequencies -> 8
-    assert vl.hf_config["rope_parameters"]["mrope_section"] == [3, 3, 2]
+    # the tiny pair keeps the composite config; the rotary lives in its text part
+    assert vl.hf_config["text_config"]["rope_parameters"]["mrope_section"] == [3, 3, 2]
     assert vl.overrides_dict()["mrope_section"] == "[3,3,2]" and "partial_rotary_factor" not in vl.overrides_dict()
     nxt = derive_tiny("qwen3-next-80b-a3b", real["qwen3-next-80b-a3b"])  # 0.25 of 16 = 4 channels: fits
     assert nxt.hf_config["rope_parameters"]["partial_rotary_factor"] == 0.25
