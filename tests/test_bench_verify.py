@@ -39,14 +39,34 @@ def test_verify_cell_says_what_was_not_checked_renamed_or_inconsistent():
 def test_the_hf_runner_is_the_one_holding_the_fixtures_tensors_name_and_shape(tmp_path, family, names):
     from ckptmap import verify
     from ckptmap.benchmarks.cases import load_case
-    from ckptmap.benchmarks.suite import _hf_runner_covering, fixture_specs
+    from ckptmap.benchmarks.suite import fixture_specs
 
     case = load_case(family, 0)
     src_spec, _ = fixture_specs(case, str(tmp_path))
     shapes = case.src.shapes()
-    runner = _hf_runner_covering(verify, src_spec, {n: tuple(shapes[n]) for n in names})
+    runner = verify.runner_covering(src_spec, "cpu", {n: tuple(shapes[n]) for n in names})
     assert runner.layout == "saved"
     assert all(runner.param_shapes()[n] == tuple(shapes[n]) for n in names)
+
+
+def test_the_hf_runner_follows_the_tree_solve_reads(tmp_path):
+    """`solve --verify` reads the HF tree as `save_pretrained` writes it: Qwen3-VL-MoE's fused experts as the
+    modules hold them, [E, 2I, H], not the released checkpoints' [E, H, 2I] of the runner's checkpoint layout; the
+    runner verify builds takes the tree's layout (what the solved chain expects)."""
+    from ckptmap import verify
+    from ckptmap.benchmarks.cases import load_case
+    from ckptmap.benchmarks.suite import fixture_specs
+    from ckptmap.trees import read_tree
+
+    src_spec, _ = fixture_specs(load_case("qwen3-vl-moe", 0), str(tmp_path))
+    shapes = read_tree(src_spec).shapes()
+    needed = {n: tuple(s) for n, s in shapes.items() if n.endswith(("experts.gate_up_proj", "experts.down_proj"))}
+    assert needed
+    saved = verify.runner_for(src_spec, "cpu").param_shapes()
+    assert any(saved.get(n) != s for n, s in needed.items())  # the checkpoint layout differs from the tree's
+    runner = verify.runner_covering(src_spec, "cpu", needed)
+    assert runner.layout == "memory"
+    assert {n: runner.param_shapes()[n] for n in needed} == needed
 
 
 # ---- with MaxText ------------------------------------------------------------------------------------------

@@ -158,29 +158,6 @@ def fixture_specs(case: Case, directory: str) -> tuple[str, str]:
     return f"hf:{hf_path}", " ".join(shlex.quote(t) for t in [f"maxtext:{fixture['maxtext_model_name']}", *overrides])
 
 
-def _hf_runner_covering(verify, spec: str, needed: dict[str, tuple[int, ...]]):
-    """The HF runner whose tensors (name and shape) cover the most of `needed` (the source tensors the mapping
-    reads, with the case's shapes): checkpoint names and layouts first, the torch modules' own (fused experts, as
-    some fixtures name them) where those cover more."""
-    def cover(runner) -> int:
-        shapes = runner.param_shapes()
-        shapes.update({a: shapes[c] for a, c in runner.aliases.items() if c in shapes})
-        return sum(1 for n, shape in needed.items() if tuple(shapes.get(n, ())) == tuple(shape))
-
-    saved = verify.runner_for(spec, "cpu")
-    if cover(saved) == len(needed):
-        return saved
-    try:
-        memory = verify.runner_for(spec, "cpu", hf_layout="memory")
-    except Exception:
-        return saved
-    if cover(memory) > cover(saved):
-        saved.close()
-        return memory
-    memory.close()
-    return saved
-
-
 MAX_REFERENCE_ELEMENTS = 50_000_000
 
 
@@ -270,7 +247,7 @@ def run_verify(case: Case, solved) -> tuple[Mapping, dict]:
                 extra["reconciled"] = reconciled
             if left:
                 extra["not_reconciled"] = left
-            runners.insert(0, _hf_runner_covering(verify, src_spec, needed))
+            runners.insert(0, verify.runner_covering(src_spec, "cpu", needed))
             renames = target_renames(solved.mapping, case.tgt.shapes(), runners[1].param_shapes())
             mapping, report = verify.search_and_verify(Retargeted(solved, renames) if renames else solved, *runners)
             mapping = retarget(mapping, invert(renames))

@@ -206,7 +206,7 @@ def run(args) -> int:
     report = None
     if args.verify:
         say("verifying with random-weight forward passes of both models")
-        mapping, report = _verify(args, result, src_spec, tgt_spec, priors)
+        mapping, report = _verify(args, result, (src_spec, src), (tgt_spec, tgt), priors)
 
     if mapping.unmapped_targets and not args.allow_partial:
         print(f"ckptmap solve: {len(mapping.unmapped_targets)} target parameters could not be mapped; "
@@ -270,10 +270,23 @@ def _record(mapping, src_spec: str, tgt_spec: str, src, tgt, bundled_model, repo
     mapping_record.seal(mapping)
 
 
-def _verify(args, result, src_spec: str, tgt_spec: str, priors):
+def _verify(args, result, src_side: tuple, tgt_side: tuple, priors):
+    """Verify `result` with one runner per (SPEC, tree) side, each in the layout of the tree the solve read
+    (`verify.runner_covering`: the tensors the mapping reads or writes, with that tree's shapes)."""
     from ckptmap import verify
 
-    src_runner, tgt_runner = verify.runners_for(src_spec, tgt_spec, args.device)
+    runners = []
+    try:
+        for (spec, tree), names in ((src_side, result.mapping.source_names()),
+                                    (tgt_side, result.mapping.target_names())):
+            shapes = tree.shapes()
+            needed = {n: tuple(shapes[n]) for n in names if n in shapes}
+            runners.append(verify.runner_covering(spec, args.device, needed))
+    except Exception:
+        for r in runners:
+            r.close()
+        raise
+    src_runner, tgt_runner = runners
     try:
         mapping, report = verify.search_and_verify(result, src_runner, tgt_runner, priors=priors)
     finally:

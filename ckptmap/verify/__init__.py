@@ -17,9 +17,9 @@ from ckptmap.verify.config_diff import Disagreement, diff_configs
 from ckptmap.verify.hf_runner import HFRunner, VerifyError
 from ckptmap.verify.metrics import KL_FLOAT32, KL_THRESHOLDS, LONG_RANGE_TOKENS, LogitStats, compare_logits
 from ckptmap.verify.report import VerifyReport
-from ckptmap.verify.specs import runner_for, runners_for, tiny_specs
+from ckptmap.verify.specs import runner_covering, runner_for, runners_for, tiny_specs
 from ckptmap.verify.tiny import TinyPair, derive_tiny
 
-__all__ = ["verify_mapping", "search_and_verify", "runners_for", "runner_for", "tiny_specs", "VerifyReport",
-           "HFRunner", "VerifyError", "compare_logits", "LogitStats", "KL_THRESHOLDS", "derive_tiny", "TinyPair",
-           "merged_dims", "diff_configs", "Disagreement", "KL_FLOAT32", "LONG_RANGE_TOKENS"]
+__all__ = ["verify_mapping", "search_and_verify", "runners_for", "runner_for", "runner_covering", "tiny_specs",
+           "VerifyReport", "HFRunner", "VerifyError", "compare_logits", "LogitStats", "KL_THRESHOLDS", "derive_tiny",
+           "TinyPair", "merged_dims", "diff_configs", "Disagreement", "KL_FLOAT32", "LONG_RANGE_TOKENS"]

@@ -43,6 +43,32 @@ def runners_for(src_spec: str, tgt_spec: str, device: str = "cpu", *, hf_layout:
     return src, tgt
 
 
+def runner_covering(spec_text: str, device: str, needed: dict[str, tuple[int, ...]]):
+    """The runner for `spec_text` whose tensors (name and shape, tied aliases included) cover the most of `needed`
+    (the tensors of that side's tree that the mapping reads or writes, with the tree's shapes), so that verify runs
+    the layout the solve read. Checkpoint layout ("saved") first; an HF model's own module layout ("memory") where
+    that covers more: transformers' `save_pretrained` keeps Qwen3-VL-MoE's fused experts as the modules hold them,
+    [E, 2I, H], while the runner's checkpoint layout follows released checkpoints, [E, H, 2I]. Frameworks with one
+    layout give the same runner either way."""
+    def cover(runner) -> int:
+        shapes = runner.param_shapes()
+        shapes.update({a: shapes[c] for a, c in getattr(runner, "aliases", {}).items() if c in shapes})
+        return sum(1 for n, shape in needed.items() if tuple(shapes.get(n, ())) == tuple(shape))
+
+    saved = runner_for(spec_text, device)
+    if getattr(saved, "framework", "") != "hf" or cover(saved) == len(needed):
+        return saved
+    try:
+        memory = runner_for(spec_text, device, hf_layout="memory")
+    except VerifyError:  # no module layout to offer: the checkpoint layout stays
+        return saved
+    if cover(memory) > cover(saved):
+        saved.close()
+        return memory
+    memory.close()
+    return saved
+
+
 def tiny_dir() -> str:
     """Where tiny HF configs are written: $CKPTMAP_CACHE_DIR/tiny, else ~/.cache/ckptmap/tiny."""
     return cache_dir("tiny")
