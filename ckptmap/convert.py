@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from ckptmap import mapping_record
 from ckptmap.apply import check_rules
@@ -26,7 +27,10 @@ from ckptmap.errors import CkptmapError, MappingError
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.pipeline.execute import Executor
 from ckptmap.pipeline.plan import RulePlan, check_planned_shapes, plan_mapping
-from ckptmap.pipeline.sinks import OrderedSink, SafetensorsSink
+from ckptmap.pipeline.sinks import OrderedSink, SafetensorsSink, safetensors_layout, write_index
+from ckptmap.checkpoint_io.commit import _remove, _temp_beside
+from ckptmap.checkpoint_io.writers import CheckpointWriter
+from ckptmap.hf_model_dir import model_dir_files
 from ckptmap.pipeline.sources import prefetcher, threaded_read
 
 
@@ -228,7 +232,7 @@ def _sink(out: str, kind: str, plans: list[RulePlan], max_shard_bytes: int, forc
         if kind == "safetensors":
             return SafetensorsSink(path, plans, max_shard_bytes=None, single=True, overwrite=force)
         if kind == "orbax":
-            from ckptmap.pipeline.orbax_sink import OrbaxSink
+            from ckptmap.pipeline.orbax_sink import OrbaxSink  # lazy: loads Orbax and TensorStore
 
             return OrbaxSink(path, plans, overwrite=force, use_compression=orbax_compression)
         return OrderedSink(open_writer(out, kind, max_shard_bytes=max_shard_bytes, overwrite=force), plans)
@@ -310,10 +314,7 @@ def _convert_on_ray(mapping: Mapping, input_path: str, out: str, plans: list[Rul
                     unused: dict, start: float, stale: list[str]) -> ConvertReport:
     """The driver of a conversion split over Ray tasks: lay out the shards, hand each task its share, then write
     the index once and move the directory into place (nothing at OUT on any error)."""
-    from ckptmap.checkpoint_io.commit import _remove, _temp_beside
-    from ckptmap.checkpoint_io.writers import CheckpointWriter
-    from ckptmap.pipeline.distributed import assign, run_shares
-    from ckptmap.pipeline.sinks import safetensors_layout, write_index
+    from ckptmap.pipeline.distributed import assign, run_shares  # lazy: distributed imports this module (cycle)
 
     path = output_path(out)
     layout = safetensors_layout(plans, max_shard_bytes, path)
@@ -372,7 +373,6 @@ def _hf_files(writer: SafetensorsSink, mapping: Mapping, hf_config: dict | None,
     config = hf_config or (mapping.meta.get("hf_config") if _output_side_is_hf(mapping) else None)
     if not config:
         return []
-    from ckptmap.hf_model_dir import model_dir_files
 
     files = model_dir_files(config, dtype)
     writer.extra_files.update(files)
@@ -380,7 +380,5 @@ def _hf_files(writer: SafetensorsSink, mapping: Mapping, hf_config: dict | None,
 
 
 def _progress_bar(total: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, disable=not enabled, unit="tensor", desc="convert", file=sys.stderr,
                 dynamic_ncols=True, leave=False)

@@ -154,13 +154,7 @@ def _says_why(lines: list[str], lineno: int) -> bool:
 
 # Modules whose function-local imports are still to be audited: they were being written by others while issue 12's
 # audit ran. Remove a line once its module passes.
-PENDING_AUDIT = frozenset({
-    "ckptmap/benchmarks/keras_truth.py", "ckptmap/convert.py",
-    "ckptmap/frameworks/kerashub/__init__.py", "ckptmap/frameworks/kerashub/models.py",
-    "ckptmap/frameworks/kerashub/preset.py", "ckptmap/frameworks/kerashub/runner.py", "ckptmap/pipeline/plan.py",
-    "ckptmap/pipeline/sinks.py", "ckptmap/verify/hf_runner.py",
-    "ckptmap/pipeline/distributed.py", "ckptmap/benchmarks/convert_speed.py", "ckptmap/benchmarks/keras_end_to_end.py",
-})
+PENDING_AUDIT = frozenset({"ckptmap/verify/hf_runner.py"})
 
 
 def test_function_local_imports_are_heavy_or_say_why():

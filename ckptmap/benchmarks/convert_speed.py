@@ -28,6 +28,14 @@ import shutil
 import subprocess
 import sys
 import time
+import numpy as np
+from ckptmap.pipeline.plan import RulePlan, TargetPlan
+from ckptmap.pipeline.sinks import SafetensorsSink
+from ckptmap.solver import solve
+from ckptmap.trees import read_tree
+from ckptmap.benchmarks.bench_convert import llama_trees
+from ckptmap.pipeline.plan import plan_mapping
+from ckptmap.checkpoint_io import open_reader
 
 
 
@@ -86,10 +94,7 @@ def write_hf(path: str, shapes: dict[str, list[int]], max_shard: int = 5 * 10**9
     """A sharded bf16 safetensors directory of seeded normal values (std 0.02, like trained weights: Orbax's
     zstd finds little to compress, as on real checkpoints), written with ckptmap's planned writer."""
     import ml_dtypes
-    import numpy as np
 
-    from ckptmap.pipeline.plan import RulePlan, TargetPlan
-    from ckptmap.pipeline.sinks import SafetensorsSink
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
     plans = [RulePlan(i, (), (TargetPlan(n, tuple(s), bf16, i),), 0, 0) for i, (n, s) in enumerate(shapes.items())]
@@ -124,9 +129,6 @@ def maxtext_runnable(python: str) -> str | None:
 
 def run_size(label: str, work: str, workers: int, mt_python: str, results: dict, save=lambda: None,
              one_worker: bool = True) -> None:
-    from ckptmap.solver import solve
-    from ckptmap.trees import read_tree
-    from ckptmap.benchmarks.bench_convert import llama_trees
 
     hidden, heads, kv, head_dim, mlp, layers, vocab = SIZES[label]
     case = os.path.join(work, label)
@@ -139,9 +141,7 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
     mapping = solve(read_tree(os.path.join(case, "hf.json")), read_tree(os.path.join(case, "mt.json"))).mapping
     mapping_path = os.path.join(case, "mapping.json")
     mapping.save(mapping_path)
-    from ckptmap.pipeline.plan import plan_mapping
     import ml_dtypes
-    import numpy as np
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
     plans = plan_mapping(mapping, lambda n: tuple(hf_shapes[n]), lambda n: bf16)
@@ -184,7 +184,6 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
     r = measure(f"mt->hf ckptmap {workers} workers", ckptmap_cmd(mapping_path, "orbax:" + mt, back, workers, True),
                 mt, back, keep=True)
     if r["rc"] == 0:  # the round trip is bit-exact
-        from ckptmap.checkpoint_io import open_reader
 
         with open_reader(hf) as a, open_reader(back) as b:
             row["round_trip_bit_exact"] = all(a.read(n).tobytes() == b.read(n).tobytes() for n in a.names())

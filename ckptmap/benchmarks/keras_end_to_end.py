@@ -20,6 +20,12 @@ import sys
 import tempfile
 
 import numpy as np
+from ckptmap.cli import main
+from ckptmap.frameworks.kerashub.preset import load_preset
+from ckptmap.frameworks.kerashub.runner import model_inputs
+from ckptmap.frameworks.kerashub.models import keras_hub
+from ckptmap.verify.weights import random_params
+from ckptmap.atomic import write_json_atomic
 
 # tiny HF configs (vocab 128 but max positions 1024, so no two tables share a shape; float32)
 _BASE = {"vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -68,9 +74,6 @@ def run_family(family: str, work: str) -> dict:
     """One row: {"family", "verify_kl", "verify_passed", "preset_max_abs_diff", "preset_kl", "error"?}."""
     import torch
 
-    from ckptmap.cli import main
-    from ckptmap.frameworks.kerashub.preset import load_preset
-    from ckptmap.frameworks.kerashub.runner import model_inputs
 
     row: dict = {"family": family}
     hf_dir = os.path.join(work, family, "hf")
@@ -117,9 +120,6 @@ def bert_measure_floor(work: str, seq_lens=(64, 1024)) -> dict:
     import torch
     import transformers
 
-    from ckptmap.frameworks.kerashub.models import keras_hub
-    from ckptmap.frameworks.kerashub.runner import model_inputs
-    from ckptmap.verify.weights import random_params
 
     kh = keras_hub()
     c = FAMILIES["bert"]
@@ -174,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
-        from ckptmap.atomic import write_json_atomic
 
         write_json_atomic(args.json, rows)
     return 0 if all(r.get("preset_kl") is not None and r.get("verify_passed") for r in rows) else 1

@@ -28,6 +28,14 @@ import numpy as np
 from ckptmap.benchmarks.gt_store import SEED, GroundTruth
 from ckptmap.errors import CkptmapError
 from ckptmap.runner import seeded_tensor
+from ckptmap.trees.model import ParamInfo, ParamTree
+from ckptmap.trees import read_tree
+from ckptmap.benchmarks.scoring import score_mapping
+import json
+import tempfile
+from ckptmap import frameworks
+from ckptmap.solver import solve
+from ckptmap.verify import runners_for, search_and_verify
 
 _SIZES = ("hidden_size=64 num_attention_heads=4 num_key_value_heads=2 head_dim=16 intermediate_size=128 "
           "num_hidden_layers=2 vocab_size=256 pad_token_id=0 bos_token_id=1 eos_token_id=2")
@@ -133,7 +141,6 @@ class KerasTruth:
 def keras_param_tree(backbone, origin: str):
     """ParamTree of a Keras model's variables, named by `variable.path` (`transformer_layer_0/self_attention/
     query/kernel`), shapes as built."""
-    from ckptmap.trees.model import ParamInfo, ParamTree
 
     items = [ParamInfo(v.path, tuple(int(d) for d in v.shape), str(v.dtype)) for v in backbone.weights]
     return ParamTree.from_items(items, origin=origin, framework="keras")
@@ -150,7 +157,6 @@ def hf_config_dict(hf_tree) -> dict:
 def build_truth(case: KerasCase) -> KerasTruth:
     """Run KerasHub's converter for `case` on seeded HF tensors; see the module docstring."""
     _keras_env()
-    from ckptmap.trees import read_tree
 
     hf_tree = read_tree(case.hf_spec)
     config = hf_config_dict(hf_tree)
@@ -181,7 +187,6 @@ def build_truth(case: KerasCase) -> KerasTruth:
 
 
 def score(kt: KerasTruth, mapping, method: str = "ckptmap"):
-    from ckptmap.benchmarks.scoring import score_mapping
 
     hf_shapes = {p.name: tuple(p.shape) for p in kt.hf_tree}
     return score_mapping(mapping, kt.truth, hf_shapes, method=method)
@@ -190,8 +195,6 @@ def score(kt: KerasTruth, mapping, method: str = "ckptmap"):
 def keras_spec(kt: KerasTruth) -> str:
     """The `keras:` SPEC of the same model (ckptmap.frameworks.kerashub): the HF config written to a temporary
     folder, which the adapter turns into sizes through the same KerasHub converter."""
-    import json
-    import tempfile
 
     folder = tempfile.mkdtemp(prefix=f"ckptmap-keras-{kt.case.family}-")
     path = os.path.join(folder, "config.json")
@@ -203,8 +206,6 @@ def keras_spec(kt: KerasTruth) -> str:
 def target_tree(kt: KerasTruth):
     """The Keras tree the solver sees: the `keras:` adapter's reader when it is registered (the production path),
     else the tree of the backbone the truth was built on. Every truth variable must be in it."""
-    from ckptmap import frameworks
-    from ckptmap.trees import read_tree
 
     if frameworks.for_prefix("keras") is None:
         return kt.keras_tree
@@ -217,7 +218,6 @@ def target_tree(kt: KerasTruth):
 
 
 def solve_trees(kt: KerasTruth):
-    from ckptmap.solver import solve
 
     return solve(kt.hf_tree, target_tree(kt))
 
@@ -241,8 +241,6 @@ def run_case(case: KerasCase, *, verify: bool = False) -> dict:
 
 def _verify_row(case: KerasCase, kt: KerasTruth, result) -> dict:
     """solve --verify's search between the HF runner and the KerasHub runner (ckptmap.frameworks.kerashub)."""
-    from ckptmap import frameworks
-    from ckptmap.verify import runners_for, search_and_verify
 
     if frameworks.for_prefix("keras") is None:
         return {"verify": "no keras adapter registered"}

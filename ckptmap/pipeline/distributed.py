@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 
 from ckptmap.errors import CkptmapError
 from ckptmap.mapping import Mapping
+import os
+import socket
+from ckptmap import mapping_record
+from ckptmap.checkpoint_io import open_reader
+from ckptmap.convert import _dtype, count_nonfinite, default_max_memory, default_workers, plan_conversion
+from ckptmap.pipeline.execute import Executor
+from ckptmap.pipeline.sinks import ShardFiles, safetensors_layout
+from ckptmap.pipeline.sources import prefetcher, threaded_read
 
 
 @dataclass
@@ -51,15 +59,7 @@ def convert_share(mapping: Mapping, input_path: str, step: int | None, tmp_dir: 
                   max_memory: int | None) -> ShareResult:
     """The work of one process: plan again from the input (the same plan the driver made), then write the
     tensors of `shards` into their files in `tmp_dir`."""
-    import os
-    import socket
 
-    from ckptmap import mapping_record
-    from ckptmap.checkpoint_io import open_reader
-    from ckptmap.convert import _dtype, count_nonfinite, default_max_memory, default_workers, plan_conversion
-    from ckptmap.pipeline.execute import Executor
-    from ckptmap.pipeline.sinks import ShardFiles, safetensors_layout
-    from ckptmap.pipeline.sources import prefetcher, threaded_read
 
     cast = _dtype(cast_name)
     workers = default_workers() if workers is None else workers

@@ -14,6 +14,10 @@ import numpy as np
 
 from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping, Rule, Slot
+from ckptmap.transforms.combinators import Chain, Parallel, branch_arity
+from ckptmap.transforms.constant import Fill
+from ckptmap.transforms.expr import np_dtype
+from ckptmap.transforms.value import Cast
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,6 @@ def op_dtypes(op, in_shapes: tuple, in_dtypes: tuple) -> tuple[tuple, tuple]:
     the op's own shape rule; dtypes by kind: a cast gives its dtype, a fill float32, a chain or parallel op
     composes its parts, every other op (layout, fusion, and value ops, which round back to their input's dtype)
     keeps its inputs' dtype (their common one when the count changes)."""
-    from ckptmap.transforms.combinators import Chain, Parallel, branch_arity
-    from ckptmap.transforms.constant import Fill
-    from ckptmap.transforms.expr import np_dtype
-    from ckptmap.transforms.value import Cast
 
     if isinstance(op, Chain):
         shapes, dtypes = tuple(in_shapes), tuple(in_dtypes)

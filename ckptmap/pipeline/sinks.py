@@ -23,6 +23,7 @@ from ckptmap.checkpoint_io.commit import _remove, _temp_beside
 from ckptmap.pipeline import fileio
 from ckptmap.pipeline.plan import RulePlan, TargetPlan
 from ckptmap.trees.safetensors_tree import INDEX_NAME, dump_header
+from ckptmap.checkpoint_io.base import write_failure
 
 
 @dataclass
@@ -180,7 +181,6 @@ class PlannedWriter(CheckpointWriter):
         try:
             self._write(name, array)
         except OSError as e:
-            from ckptmap.checkpoint_io.base import write_failure
 
             raise write_failure(e, file=self.path, key=name) from None
         with self._lock:

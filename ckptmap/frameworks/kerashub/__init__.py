@@ -9,9 +9,16 @@ the "flax" layout. keras and keras_hub are imported only when a `keras:` SPEC is
 
 from __future__ import annotations
 
+import os
+import shlex
+
 from ckptmap.frameworks import register
 from ckptmap.frameworks.base import Adapter
 from ckptmap.trees.spec import TreeSpec
+
+# lazy imports: the registry imports every adapter to parse any SPEC; this adapter's own modules load on the first
+# keras: SPEC (preset pulls in convert and its pipeline, models and runner reach keras_hub and TensorFlow, which
+# must load after OR-Tools).
 
 
 def parse(prefix: str, target: str, rest: list[str], raw: tuple, parsed: dict, text: str) -> TreeSpec:
@@ -43,9 +50,6 @@ def runner(spec: TreeSpec, device: str, layout: str):
 def complete(spec: TreeSpec, partner: TreeSpec) -> str | None:
     """`keras:FAMILY` (or a class) with no sizes, paired with an `hf:CONFIG` SPEC: `keras:FAMILY hf=CONFIG.json`, so
     KerasHub's own converter derives the sizes from the HF config. None when the SPEC needs nothing."""
-    import os
-    import shlex
-
     from ckptmap.frameworks.kerashub.models import RESERVED_KEYS
 
     sized = any(k not in RESERVED_KEYS for k in spec.overrides) or "hf" in spec.overrides

@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptmap.errors import TreeError
+from ckptmap.trees import hf_config
+from ckptmap.trees.jsonio import load_json_strict
+from ckptmap.trees.hf_config import looks_like_config
 
 # Overrides that choose the model rather than size it.
 RESERVED_KEYS = ("hf", "task")
@@ -126,7 +129,6 @@ def _hf_converter(hf: dict, file: str):
 
 def hf_config_dict(path: str) -> dict:
     """An HF config file as the complete dict transformers writes (defaults filled in), for KerasHub's converters."""
-    from ckptmap.trees import hf_config
 
     config = hf_config.config_for_file(path, {})[0]
     return config.to_dict()
@@ -151,7 +153,6 @@ def from_hf(path: str, spec: str) -> tuple[Any, dict, dict]:
 
 def _keras_preset_config(path: str, spec: str) -> tuple[Any, Any, dict]:
     """(backbone class, task class or None, config) from a KerasHub preset's config.json (and task.json)."""
-    from ckptmap.trees.jsonio import load_json_strict
 
     doc = load_json_strict(path)
     classes = model_classes()
@@ -192,8 +193,6 @@ def describe(target: str, overrides: dict[str, Any], spec: str) -> KerasModel:
     hf = None
     path = os.path.join(target, "config.json") if os.path.isdir(target) else target
     if os.path.isdir(target) or target.endswith(".json"):
-        from ckptmap.trees.hf_config import looks_like_config
-        from ckptmap.trees.jsonio import load_json_strict
 
         if not os.path.exists(path):
             raise TreeError("no such file", file=path)

@@ -24,6 +24,12 @@ import tempfile
 import numpy as np
 
 from ckptmap.errors import CkptmapError, MappingError
+from ckptmap.frameworks.kerashub.models import KerasModel, model_classes
+from ckptmap.frameworks.kerashub.models import build
+from ckptmap.checkpoint_io import open_reader
+from ckptmap.convert import convert
+from ckptmap.frameworks.kerashub.models import keras_hub, model_classes
+from ckptmap.trees.jsonio import load_json_strict
 
 WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -40,7 +46,6 @@ def model_record(mapping, side: str) -> dict:
 
 def model_from_record(record: dict, origin: str):
     """A KerasModel (ckptmap.frameworks.kerashub.models) from a recorded {"backbone", "task", "config"}."""
-    from ckptmap.frameworks.kerashub.models import KerasModel, model_classes
 
     classes = model_classes()
     for key in ("backbone", "task"):
@@ -57,7 +62,6 @@ def build_with(record: dict, arrays: dict[str, np.ndarray] | None, origin: str, 
     """The Keras model of `record` with `arrays` (Keras variable path -> array) assigned; every variable must get
     one of its own shape, except those in `keep_init` (targets the mapping records as unmapped), which keep
     KerasHub's initial values."""
-    from ckptmap.frameworks.kerashub.models import build
 
     net = build(model_from_record(record, origin), abstract=False)
     if arrays is not None:
@@ -76,7 +80,6 @@ def build_with(record: dict, arrays: dict[str, np.ndarray] | None, origin: str, 
 
 
 def _read_all(path: str) -> dict[str, np.ndarray]:
-    from ckptmap.checkpoint_io import open_reader
 
     with open_reader(path) as reader:
         return {n: np.asarray(reader.read(n)) for n in reader.names()}
@@ -86,7 +89,6 @@ def write_output(mapping, input_path: str, output: str, *, reverse: bool = False
     """Convert `input_path` through `mapping` into a KerasHub preset directory or `.weights.h5` at `output`;
     returns convert's ConvertReport with this output. `options` go to ckptmap.convert.convert (dtype, step,
     progress, ...)."""
-    from ckptmap.convert import convert
 
     side = "source" if reverse else "target"
     record = model_record(mapping, side)
@@ -128,8 +130,6 @@ def write_output(mapping, input_path: str, output: str, *, reverse: bool = False
 def load_preset(path: str):
     """KerasHub's own loader on a preset directory written here: the task class its task.json names (else the
     backbone), `from_preset(path)` with no preprocessor."""
-    from ckptmap.frameworks.kerashub.models import keras_hub, model_classes
-    from ckptmap.trees.jsonio import load_json_strict
 
     kh = keras_hub()
     task_json = os.path.join(path, "task.json")

@@ -23,6 +23,9 @@ import numpy as np
 
 from ckptmap.errors import CkptmapError
 from ckptmap.runner import Forward
+from ckptmap.errors import TreeError
+from ckptmap.frameworks.kerashub.models import build
+from ckptmap.frameworks.kerashub.tree import tree_of
 
 
 class KerasRunError(CkptmapError):
@@ -64,9 +67,6 @@ class KerasRunner:
     def __init__(self, model, device: str = "cpu"):
         if device in ("cpu", "auto"):
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        from ckptmap.errors import TreeError
-        from ckptmap.frameworks.kerashub.models import build
-        from ckptmap.frameworks.kerashub.tree import tree_of
 
         if model.task_cls is None:
             raise KerasRunError(f"{model.backbone_cls.__name__} alone has no vocabulary output to compare; give its "
