@@ -105,6 +105,16 @@ def test_random_params_are_seeded_and_every_tensor_varies(llama):
     assert not np.array_equal(a["model.norm.weight"], c["model.norm.weight"])
 
 
+def test_a_per_layer_gain_is_drawn_near_one_not_as_a_bias():
+    """Gemma 4's `layer_scalar` [1] multiplies each layer's output: drawn as a bias (~0.1 N) it shrinks the residual
+    stream layer by layer; drawn as a norm scale is, it stays near 1. A bias stays a small vector."""
+    shapes = {f"model.layers.{i}.layer_scalar": (1,) for i in range(16)} | {"model.layers.0.mlp.up_proj.bias": (64,)}
+    p = random_params(shapes, seed=0)
+    gains = np.concatenate([p[f"model.layers.{i}.layer_scalar"] for i in range(16)])
+    assert gains.min() > 0.2 and abs(gains.mean() - 1.0) < 0.2
+    assert abs(p["model.layers.0.mlp.up_proj.bias"]).max() < 0.5
+
+
 def test_tied_names_share_one_array():
     runner = HFRunner({**LLAMA, "tie_word_embeddings": True})
     assert runner.aliases == {"lm_head.weight": "model.embed_tokens.weight"}

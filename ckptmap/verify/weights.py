@@ -15,6 +15,10 @@ from ckptmap.verify.tied_cast import round_to_bf16
 from ckptmap.trees.model import parse_name
 
 _NORM_WORDS = ("norm", "layernorm", "ln", "rms", "ln_f", "ln_1", "ln_2")
+# A per-layer gain (Gemma 4's `layer_scalar` [1], which multiplies the layer's output; init 1.0) is drawn near 1 as a
+# norm scale is: drawn as a bias (~0.1 N, either sign) it shrinks the residual stream ~10x per layer toward the norms'
+# eps, and the tiny gemma4-e2b then amplifies float32 round-off to a max KL of 0.125 against its own float64 run.
+_GAIN_WORDS = ("scalar",)
 _EMBED_WORDS = ("embed", "embedding", "embeddings", "wte", "tok_embeddings", "token_embedder", "embed_tokens")
 
 
@@ -27,10 +31,13 @@ def _words(name: str) -> set[str]:
 
 
 def tensor_role(name: str, shape: tuple[int, ...]) -> str:
-    """'norm' (a per-channel scale), 'vector' (a bias or other 1-D), 'embedding' or 'matrix', from name and rank."""
+    """'norm' (a per-channel scale), 'gain' (a per-layer multiplier), 'vector' (a bias or other 1-D), 'embedding'
+    or 'matrix', from name and rank."""
     words = _words(name)
     if len(shape) <= 1:
-        return "norm" if words & set(_NORM_WORDS) else "vector"
+        if words & set(_NORM_WORDS):
+            return "norm"
+        return "gain" if words & set(_GAIN_WORDS) else "vector"
     if words & set(_EMBED_WORDS):
         return "embedding"
     return "matrix"
@@ -39,7 +46,7 @@ def tensor_role(name: str, shape: tuple[int, ...]) -> str:
 def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0, scale: float | None = None) -> np.ndarray:
     """One seeded tensor, scaled by its role.
 
-    norms ~ 1 + 0.25 N (non-constant, positive on average, whether the model adds 1 or not); biases ~ 0.1 N;
+    norms and gains ~ 1 + 0.25 N (non-constant, positive on average, whether the model adds 1 or not); biases ~ 0.1 N;
     matrices ~ N(0, 1/fan_in) with fan_in the smaller of the last two dims (torch [out, in] and fused-expert
     [experts, out, in] layouts alike; an embedding [vocab, hidden] gets 1/hidden, so that tied logits stay ~1 and
     a bf16 cast on the logits path costs a KL near 1e-6, not near the threshold). `scale`, when given (the std of
@@ -49,7 +56,7 @@ def random_tensor(name: str, shape: tuple[int, ...], seed: int = 0, scale: float
     shape = tuple(int(d) for d in shape)
     unit = seeded_tensor(name, shape, seed) / np.float32(0.02)  # ~ N(0, 1)
     role = tensor_role(name, shape)
-    if role == "norm":
+    if role in ("norm", "gain"):
         return (1.0 + 0.25 * unit).astype(np.float32)
     if role == "vector":
         return (0.1 * unit).astype(np.float32)
