@@ -4,21 +4,11 @@ that describes another model than MaxText's yml (Qwen3-Omni's thinker) takes the
 
 from __future__ import annotations
 
-import json
 import os
-
-import pytest
 
 from ckptmap.verify.tiny import check_tiny, derive_tiny
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REAL = os.path.join(os.path.dirname(__file__), "data", "verify", "real_configs.json")
-
-
-@pytest.fixture(scope="module")
-def real_configs():
-    with open(REAL) as f:
-        return json.load(f)
 
 
 def test_qwen3_vl_keeps_its_vision_tower_shrunk_on_both_sides(real_configs):
