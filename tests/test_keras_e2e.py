@@ -12,32 +12,13 @@ import pytest
 if importlib.util.find_spec("keras_hub") is None:
     pytest.skip("KerasHub is not installed", allow_module_level=True)
 
+from ckptmap.benchmarks.keras_end_to_end import hf_checkpoint  # noqa: E402
 from ckptmap.cli import main  # noqa: E402
+from ckptmap.verify.metrics import compare_logits  # noqa: E402
 
 LLAMA = {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96, "tie_word_embeddings": False,
          "rms_norm_eps": 1e-6}
-
-
-def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
-    p = p_logits.astype(np.float64) - np.max(p_logits, -1, keepdims=True)
-    q = q_logits.astype(np.float64) - np.max(q_logits, -1, keepdims=True)
-    logp = p - np.log(np.exp(p).sum(-1, keepdims=True))
-    logq = q - np.log(np.exp(q).sum(-1, keepdims=True))
-    return float(np.max((np.exp(logp) * (logp - logq)).sum(-1)))
-
-
-def _hf_checkpoint(tmp_path, config: dict):
-    import torch
-    import transformers
-
-    (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    torch.manual_seed(0)
-    cfg = transformers.AutoConfig.from_pretrained(tmp_path / "hf")
-    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
-    model.save_pretrained(tmp_path / "hf")
-    return model
 
 
 @pytest.mark.slow
@@ -46,7 +27,7 @@ def test_hf_llama_to_a_keras_preset_that_from_preset_loads(tmp_path):
 
     from ckptmap.frameworks.kerashub.preset import load_preset
 
-    hf_model = _hf_checkpoint(tmp_path, LLAMA)
+    hf_model = hf_checkpoint(str(tmp_path / "hf"), LLAMA)
     mapping = tmp_path / "m.json"
     assert main(["solve", "--source", f"hf:{tmp_path / 'hf'}", "--target", "keras:llama3", "--verify", "--quiet",
                  "--out", str(mapping)]) == 0
@@ -63,7 +44,7 @@ def test_hf_llama_to_a_keras_preset_that_from_preset_loads(tmp_path):
     with torch.no_grad():
         hf_logits = hf_model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
     assert np.max(np.abs(keras_logits - hf_logits)) <= 1e-4
-    assert _kl(hf_logits, keras_logits) <= 1e-6
+    assert compare_logits(hf_logits, keras_logits).kl_max <= 1e-6
 
     weights = tmp_path / "model.weights.h5"
     assert main(["convert", "--mapping", str(mapping), "--input", str(tmp_path / "hf"), "--output",

@@ -20,12 +20,14 @@ import sys
 import tempfile
 
 import numpy as np
-from ckptmap.cli import main
+
+from ckptmap.atomic import write_json_atomic
+from ckptmap import cli
+from ckptmap.frameworks.kerashub.models import keras_hub
 from ckptmap.frameworks.kerashub.preset import load_preset
 from ckptmap.frameworks.kerashub.runner import model_inputs
-from ckptmap.frameworks.kerashub.models import keras_hub
+from ckptmap.verify.metrics import compare_logits
 from ckptmap.verify.weights import random_params
-from ckptmap.atomic import write_json_atomic
 
 # tiny HF configs (vocab 128 but max positions 1024, so no two tables share a shape; float32)
 _BASE = {"vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -41,15 +43,6 @@ FAMILIES = {
              "num_attention_heads": 4, "intermediate_size": 96, "max_position_embeddings": 1024,
              "architectures": ["BertForPreTraining"]},
 }
-
-
-def kl_max(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
-    """max over positions of KL(softmax p || softmax q), float64."""
-    p = p_logits.astype(np.float64) - np.max(p_logits, -1, keepdims=True)
-    q = q_logits.astype(np.float64) - np.max(q_logits, -1, keepdims=True)
-    logp = p - np.log(np.exp(p).sum(-1, keepdims=True))
-    logq = q - np.log(np.exp(q).sum(-1, keepdims=True))
-    return float(np.max((np.exp(logp) * (logp - logq)).sum(-1)))
 
 
 def hf_checkpoint(directory: str, config: dict):
@@ -80,7 +73,7 @@ def run_family(family: str, work: str) -> dict:
     hf_model = hf_checkpoint(hf_dir, FAMILIES[family])
     mapping = os.path.join(work, family, "mapping.json")
     report = os.path.join(work, family, "verify.json")
-    rc = main(["solve", "--source", f"hf:{hf_dir}", "--target", f"keras:{family}", "--verify", "--quiet",
+    rc = cli.main(["solve", "--source", f"hf:{hf_dir}", "--target", f"keras:{family}", "--verify", "--quiet",
                "--out", mapping, "--report", report])
     if os.path.exists(report):
         with open(report) as f:
@@ -93,7 +86,7 @@ def run_family(family: str, work: str) -> dict:
         row.setdefault("error", f"solve exited {rc}")
         return row
     preset = os.path.join(work, family, "preset")
-    rc = main(["convert", "--mapping", mapping, "--input", hf_dir, "--output", f"keras:{preset}", "--quiet",
+    rc = cli.main(["convert", "--mapping", mapping, "--input", hf_dir, "--output", f"keras:{preset}", "--quiet",
                "--force"])
     if rc != 0:
         row["error"] = f"convert exited {rc}"
@@ -107,7 +100,7 @@ def run_family(family: str, work: str) -> dict:
         hf_logits = (out.prediction_logits if hf_logits is None else hf_logits).float().numpy()
     row["preset_class"] = type(keras_model).__name__
     row["preset_max_abs_diff"] = float(np.max(np.abs(keras_logits - hf_logits)))
-    row["preset_kl"] = kl_max(hf_logits, keras_logits)
+    row["preset_kl"] = compare_logits(hf_logits, keras_logits).kl_max
     return row
 
 
@@ -146,7 +139,7 @@ def bert_measure_floor(work: str, seq_lens=(64, 1024)) -> dict:
         with torch.no_grad():
             h = hf(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
         k = np.asarray(mlm(model_inputs(mlm, tokens)), dtype=np.float32)
-        out[n] = {"kl_max": kl_max(h, k), "max_abs_diff": float(np.max(np.abs(h - k)))}
+        out[n] = {"kl_max": compare_logits(h, k).kl_max, "max_abs_diff": float(np.max(np.abs(h - k)))}
     return out
 
 

@@ -23,12 +23,10 @@ import tempfile
 
 import numpy as np
 
-from ckptmap.errors import CkptmapError, MappingError
-from ckptmap.frameworks.kerashub.models import KerasModel, model_classes
-from ckptmap.frameworks.kerashub.models import build
 from ckptmap.checkpoint_io import open_reader
 from ckptmap.convert import convert
-from ckptmap.frameworks.kerashub.models import keras_hub, model_classes
+from ckptmap.errors import CkptmapError, MappingError
+from ckptmap.frameworks.kerashub.models import KerasModel, build, keras_hub, model_classes
 from ckptmap.trees.jsonio import load_json_strict
 
 WEIGHTS_SUFFIX = ".weights.h5"
