@@ -31,7 +31,7 @@ from ckptmap.pipeline.sinks import OrderedSink, SafetensorsSink, safetensors_lay
 from ckptmap.checkpoint_io.commit import _remove, _temp_beside
 from ckptmap.checkpoint_io.writers import CheckpointWriter
 from ckptmap.hf_model_dir import model_dir_files
-from ckptmap.pipeline.sources import prefetcher, threaded_read
+from ckptmap.pipeline.sources import prefetcher, sliced_inputs, threaded_read
 
 
 @dataclass
@@ -112,13 +112,44 @@ def _shared_names(rule: Rule) -> set[str]:
     return {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
 
 
+def _exponent_masks() -> dict:
+    """dtype -> (unsigned view, sign-less mask, exponent mask) of the IEEE-like float formats: a value is NaN when
+    its sign-less bits exceed the exponent mask, Inf when they equal it."""
+    import ml_dtypes
+
+    return {np.dtype(np.float16): (np.uint16, 0x7FFF, 0x7C00),
+            np.dtype(ml_dtypes.bfloat16): (np.uint16, 0x7FFF, 0x7F80),
+            np.dtype(np.float32): (np.uint32, 0x7FFFFFFF, 0x7F800000),
+            np.dtype(np.float64): (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
+
+
+_MASKS: dict | None = None
+
+
 def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> tuple[int, int]:
     """(NaN count, Inf count) of a float array, in chunks (no temporary the size of the tensor); 0, 0 for
-    integer and bool arrays."""
+    integer and bool arrays. IEEE formats are checked on their bits (one integer pass per chunk in the usual
+    all-finite case, ~2.5x numpy's isfinite on bfloat16)."""
+    global _MASKS
     if array.dtype.kind in "biuOSU" or array.size == 0:
         return 0, 0
-    flat = array.reshape(-1)
+    if _MASKS is None:
+        _MASKS = _exponent_masks()
+    flat = np.ascontiguousarray(array).reshape(-1)
+    masks = _MASKS.get(flat.dtype)
     nan = inf = 0
+    if masks is not None:
+        raw, sign_less, exponent = masks
+        bits = flat.view(raw)
+        buf = np.empty(min(chunk, bits.size), raw)
+        for i in range(0, bits.size, chunk):
+            part = buf[:min(chunk, bits.size - i)]
+            np.bitwise_and(bits[i:i + chunk], raw(sign_less), out=part)
+            if part.max() >= exponent:
+                n_bad = int(np.count_nonzero(part >= exponent))
+                n_inf = int(np.count_nonzero(part == exponent))
+                nan, inf = nan + n_bad - n_inf, inf + n_inf
+        return nan, inf
     try:
         for i in range(0, flat.size, chunk):
             part = flat[i:i + chunk]
@@ -215,10 +246,11 @@ def default_workers() -> int:
 MIN_BUDGET = 256 * 1024**2
 
 
-def default_max_memory(plans: list[RulePlan], workers: int) -> int:
+def default_max_memory(plans: list[RulePlan], workers: int, *, parts_out: bool = False,
+                       sliced: frozenset[str] = frozenset()) -> int:
     """The default cap on bytes in flight: 1.5x the largest rule (so a smaller rule runs beside it), at least
-    256 MB."""
-    largest = max((p.memory(workers) for p in plans), default=0)
+    256 MB (a rule's bytes as RulePlan.memory counts them for this writer and reader)."""
+    largest = max((p.memory(workers, parts_out=parts_out, sliced=sliced) for p in plans), default=0)
     return max(MIN_BUDGET, int(1.5 * largest))
 
 
@@ -271,7 +303,6 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
                                    step, hf_config, workers, max_memory, processes, ray_address, unused, start,
                                    stale)
         workers = default_workers() if workers is None else int(workers)
-        limit = default_max_memory(plans, workers) if max_memory is None else max_memory
         total = sum(len(p.targets) for p in plans)
         bar = _progress_bar(total, progress)
         bar_lock = threading.Lock()
@@ -287,10 +318,16 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
         try:
             if kind == "sharded":
                 extra = _hf_files(sink, mapping, hf_config, dtype)
+            parts_out = getattr(sink, "accepts_parts", False)
+            sliced = sliced_inputs(reader, plans)
+            limit = (default_max_memory(plans, workers, parts_out=parts_out, sliced=sliced) if max_memory is None
+                     else max_memory)
             executor = Executor(threaded_read(reader), sink.write, workers=workers, max_memory=limit,
                                 check_nonfinite=count_nonfinite, want=want, prefetch=prefetcher(reader),
                                 on_tensor=tick, out_file=output_path(output_path_), cast=cast,
-                                on_fail=getattr(sink, "cancel", None))
+                                on_fail=getattr(sink, "cancel", None),
+                                write_part=sink.write_part if parts_out else None,
+                                read_part=getattr(reader, "read_part", None), sliced=sliced)
             stats = executor.run(mapping, plans)
             sink.commit()
         except BaseException:

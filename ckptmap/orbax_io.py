@@ -215,6 +215,44 @@ def restore_parameters(meta: OrbaxMetadata, names: list[str] | None = None) -> d
     return out
 
 
+def read_context(item_dir: str):
+    """One TensorStore context for reading a checkpoint's arrays (Orbax's own: its OCDBT cache pool), or None
+    when this Orbax has no such helper (then arrays are restored through Orbax)."""
+    try:
+        from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+    except ImportError:
+        return None
+    return ts_utils.get_ts_context(use_ocdbt=_is_ocdbt(item_dir))
+
+
+def _is_ocdbt(item_dir: str) -> bool:
+    try:
+        return any(f == "manifest.ocdbt" or f.startswith("ocdbt.process_") for f in os.listdir(item_dir))
+    except OSError:
+        return False
+
+
+def open_array(meta: OrbaxMetadata, name: str, context):
+    """A read-only TensorStore handle on the stored parameter `name` ('-'-joined), opened with Orbax's own read
+    spec (OCDBT or not, Zarr v2 or v3); None when it does not open so (the caller restores through Orbax, which
+    reports the damage)."""
+    if context is None:
+        return None
+    import tensorstore as ts
+    from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+
+    item_dir = os.path.abspath(meta.location.item_dir)
+    relative = ".".join(meta.root_path + tuple(name.split("-")))
+    use_ocdbt = _is_ocdbt(item_dir)
+    for zarr3 in (False, True):
+        spec = ts_utils.ArrayReadSpec(item_dir, relative, use_zarr3=zarr3, use_ocdbt=use_ocdbt).json
+        try:
+            return ts.open(spec, open=True, read=True, context=context).result()
+        except Exception:  # noqa: BLE001 - the other Zarr version, or Orbax's restore names the problem
+            continue
+    return None
+
+
 def _map_leaves(tree: Any, fn) -> Any:
     if isinstance(tree, dict):
         return {k: _map_leaves(v, fn) for k, v in tree.items()}
@@ -287,10 +325,12 @@ def save_train_state(step_dir: str, collections: dict, *, step: int = 0, custom_
 
 
 def save_train_state_with(step_dir: str, collections: dict, *, step: int = 0, custom_metadata: dict | None = None,
-                          leaf_type: type, handler, use_compression: bool = True) -> None:
+                          leaf_type: type, handler, use_compression: bool = True,
+                          save_args: dict | None = None) -> None:
     """`save_train_state` for leaves of `leaf_type` written by `handler` (an Orbax TypeHandler): the same layout
     (`step_dir/items/...` and `step_dir/_CHECKPOINT_METADATA`), through Orbax's composite checkpointer, so that
-    a handler can write each leaf as its data arrives."""
+    a handler can write each leaf as its data arrives. `save_args` (the collections' tree of Orbax SaveArgs,
+    e.g. each array's chunking) defaults to Orbax's."""
     ocp = import_orbax(step_dir)
     from orbax.checkpoint._src.serialization import type_handler_registry as registry_lib
 
@@ -300,8 +340,10 @@ def save_train_state_with(step_dir: str, collections: dict, *, step: int = 0, cu
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{ITEM_NAME: items}))
     quiet = _quiet_errors()
     try:
+        item = train_state(collections, step)
+        args = None if save_args is None else train_state(save_args, ocp.SaveArgs())
         checkpointer.save(os.path.abspath(step_dir),
-                          args=ocp.args.Composite(**{ITEM_NAME: ocp.args.PyTreeSave(train_state(collections, step))}),
+                          args=ocp.args.Composite(**{ITEM_NAME: ocp.args.PyTreeSave(item, save_args=args)}),
                           custom_metadata=custom_metadata or {})
     finally:
         checkpointer.close()

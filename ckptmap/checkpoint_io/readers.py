@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import zipfile
 import zlib
 
@@ -294,6 +295,8 @@ class OrbaxReader(CheckpointReader):
     The metadata is checked at open (shapes, dtypes numpy knows, array data present beside it) and every
     restored array against it."""
 
+    thread_safe = True  # reads go through TensorStore; Orbax's restore, the fallback, runs one at a time
+
     def __init__(self, path: str, step: int | None = None):
         self.path = path
         try:
@@ -303,6 +306,9 @@ class OrbaxReader(CheckpointReader):
         except Exception as e:  # damaged metadata can trip Orbax (or our walk of its tree) anywhere
             raise CheckpointIOError(f"cannot read the Orbax metadata ({_unreadable(e)})", file=path) from None
         self.item_dir = self._meta.location.item_dir
+        self._lock = threading.Lock()
+        self._context = False  # the TensorStore context, made at the first read
+        self._stores: dict[str, object] = {}
         self._dtypes: dict[str, np.dtype] = {}
         for name, (shape, dtype) in self._meta.entries.items():
             if not all(isinstance(d, int) and d >= 0 for d in shape):
@@ -342,9 +348,59 @@ class OrbaxReader(CheckpointReader):
     def dtype(self, name: str) -> np.dtype:
         return self._dtypes[self._stored(name)]
 
+    def _store(self, name: str):
+        """The TensorStore handle on a stored name, opened once (None: restore through Orbax instead)."""
+        with self._lock:
+            if name not in self._stores:
+                if self._context is False:
+                    self._context = orbax_io.read_context(self.item_dir)
+                self._stores[name] = orbax_io.open_array(self._meta, name, self._context)
+            return self._stores[name]
+
     def read(self, name: str) -> np.ndarray:
-        """One parameter, restored alone (memory: that array, never the whole checkpoint)."""
+        """One parameter, read alone (memory: that array, never the whole checkpoint); from any thread."""
         name = self._stored(name)
+        store = self._store(name)
+        if store is None:
+            with self._lock:
+                arr = self._restore(name)
+        else:
+            arr = self._read_store(store, name, ())
+        shape = self._meta.entries[name][0]
+        if tuple(arr.shape) != tuple(shape) or arr.dtype != self._dtypes[name]:
+            raise CheckpointIOError(f"the data holds {arr.dtype} {list(arr.shape)}, the metadata says "
+                                    f"{self._dtypes[name]} {list(shape)}", file=self.item_dir, key=name)
+        return arr
+
+    def reads_slices(self, name: str, axes: tuple[int, ...]) -> bool:
+        """Whether `read_part` reads one index along `axes` without reading the rest: the array is stored in
+        chunks one index thick along each of them."""
+        store = self._store(self._stored(name))
+        if store is None or not axes:
+            return False
+        chunk = store.chunk_layout.read_chunk.shape
+        return chunk is not None and all(a < len(chunk) and chunk[a] == 1 for a in axes)
+
+    def read_part(self, name: str, index: tuple) -> np.ndarray:
+        """`read(name)[index]`, reading only the chunks it covers (see `reads_slices`)."""
+        name = self._stored(name)
+        store = self._store(name)
+        if store is None:
+            return self.read(name)[index]
+        arr = self._read_store(store, name, index)
+        if arr.dtype != self._dtypes[name]:
+            raise CheckpointIOError(f"the data holds {arr.dtype}, the metadata says {self._dtypes[name]}",
+                                    file=self.item_dir, key=name)
+        return arr
+
+    def _read_store(self, store, name: str, index: tuple) -> np.ndarray:
+        try:
+            return np.asarray((store[index] if index else store).read().result())
+        except Exception as e:  # missing or damaged chunks
+            raise CheckpointIOError(f"cannot read the stored array ({_unreadable(e)})", file=self.item_dir,
+                                    key=name) from None
+
+    def _restore(self, name: str) -> np.ndarray:
         try:
             arr = orbax_io.restore_parameters(self._meta, [name]).get(name)
         except orbax_io.OrbaxError as e:
@@ -355,8 +411,4 @@ class OrbaxReader(CheckpointReader):
         if arr is None:
             raise CheckpointIOError("the metadata lists this tensor but its data was not restored",
                                     file=self.item_dir, key=name)
-        shape = self._meta.entries[name][0]
-        if tuple(arr.shape) != tuple(shape) or arr.dtype != self._dtypes[name]:
-            raise CheckpointIOError(f"the data holds {arr.dtype} {list(arr.shape)}, the metadata says "
-                                    f"{self._dtypes[name]} {list(shape)}", file=self.item_dir, key=name)
         return arr

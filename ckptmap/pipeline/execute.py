@@ -36,15 +36,15 @@ class RunStats:
 class _RuleState:
     """One admitted rule: its kept inputs, stacked buffers and the count of cells still to run."""
 
-    def __init__(self, rule: Rule, plan: RulePlan):
+    def __init__(self, rule: Rule, plan: RulePlan, *, parts_out: bool = False, sliced: frozenset[str] = frozenset()):
         self.rule = rule
         self.plan = plan
         self.targets = {t.name: t for t in plan.targets}
         self.kept: dict[str, np.ndarray] = {}
-        self.shared = {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
+        self.shared = {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()} - sliced
         self.buffers: dict[str, np.ndarray] = {}
         for slot in rule.targets:
-            if slot.axes:
+            if slot.axes and not parts_out:
                 for name in slot.names():
                     t = self.targets[name]
                     self.buffers[name] = np.empty(t.shape, t.dtype)
@@ -54,15 +54,24 @@ class _RuleState:
 
 
 class Executor:
-    """`run(mapping, plans)`: every rule through `read(name)` -> chain -> `write(name, array)`."""
+    """`run(mapping, plans)`: every rule through `read(name)` -> chain -> `write(name, array)`.
+
+    With `write_part(name, index, array)` a stacked target goes to the writer cell by cell, as slices, and is
+    never assembled; with `read_part(name, index)` the stacked inputs named in `sliced` are read one cell's slice
+    at a time instead of whole. Either way a rule holds a few cells' bytes, not its whole stacked tensors."""
 
     def __init__(self, read: Callable[[str], np.ndarray], write: Callable[[str, np.ndarray], None], *,
                  workers: int, max_memory: int | None, check_nonfinite: Callable | None = None,
                  want: dict | None = None, prefetch: Callable[[str], None] | None = None,
                  on_tensor: Callable[[str], None] | None = None, out_file: str | None = None,
-                 cast: np.dtype | None = None, on_fail: Callable[[], None] | None = None):
+                 cast: np.dtype | None = None, on_fail: Callable[[], None] | None = None,
+                 write_part: Callable[[str, tuple, np.ndarray], None] | None = None,
+                 read_part: Callable[[str, tuple], np.ndarray] | None = None, sliced: frozenset[str] = frozenset()):
         self.read = read
         self.write = write
+        self.write_part = write_part
+        self.read_part = read_part
+        self.sliced = frozenset(sliced) if read_part is not None else frozenset()
         self.workers = max(1, int(workers))
         self.budget = MemoryBudget(max_memory)
         self.check_nonfinite = check_nonfinite
@@ -103,6 +112,27 @@ class Executor:
                         self.stats.nonfinite[name] = bad
         return arr
 
+    def memory(self, plan: RulePlan) -> int:
+        """The bytes `plan` holds while it runs here (see RulePlan.memory)."""
+        return plan.memory(self.workers, parts_out=self.write_part is not None, sliced=self.sliced)
+
+    def _read_slice(self, slot, cell: tuple[int, ...], grid: tuple[int, ...]) -> np.ndarray:
+        """One cell's slice of a stacked input, read alone; its NaN/Inf are counted slice by slice."""
+        name = slot.name_at(cell)
+        info = self._stacked_inputs[name][0]
+        sizes = grid[slot.depth:]
+        if len(slot.axes) != len(sizes) or any(a >= info.ndim for a in slot.axes):
+            raise MappingError(f"the slot stacks grid {list(sizes)} at axes {list(slot.axes)} of a tensor of "
+                               f"{info.ndim} dims", key=name)
+        arr = np.asarray(self.read_part(name, stacked_index(info.ndim, slot, cell)))
+        if self.check_nonfinite is not None:
+            bad = self.check_nonfinite(arr)
+            if bad != (0, 0):
+                with self._lock:
+                    nan, inf = self.stats.nonfinite.get(name, (0, 0))
+                    self.stats.nonfinite[name] = (nan + bad[0], inf + bad[1])
+        return arr
+
     def _check(self, name: str, array: np.ndarray, state: _RuleState) -> None:
         plan = state.targets.get(name)
         want = self.want.get(name)
@@ -130,15 +160,30 @@ class Executor:
         if self.on_tensor is not None:
             self.on_tensor(name)
 
+    def _emit_part(self, name: str, slot, cell: tuple[int, ...], out: np.ndarray, state: _RuleState) -> None:
+        t = state.targets[name]
+        idx = stacked_index(len(t.shape), slot, cell)
+        want = tuple(n for n, i in zip(t.shape, idx) if isinstance(i, slice))
+        if out.shape != want:
+            raise MappingError(f"a cell's output {list(out.shape)} does not fit the stacked target "
+                               f"{list(t.shape)} at axes {list(slot.axes)}", file=self.out_file, key=name)
+        self._dtype_ok(name, out.dtype, state)
+        if out.dtype != t.dtype:
+            out = out.astype(t.dtype)
+        self.write_part(name, idx, contiguous(out))
+
     def _run_cell(self, state: _RuleState, cell: tuple[int, ...]) -> None:
         rule = state.rule
-        inputs = tuple(read_cell(s, cell, lambda n: self._get(state, n), rule.grid) for s in rule.sources)
+        inputs = tuple(self._read_slice(s, cell, rule.grid) if s.axes and s.name_at(cell) in self.sliced
+                       else read_cell(s, cell, lambda n: self._get(state, n), rule.grid) for s in rule.sources)
         outputs = cell_outputs(rule, cell, inputs)
         del inputs
         for slot, out in zip(rule.targets, outputs):
             name = slot.name_at(cell)
             out = np.asarray(out)
-            if slot.axes:
+            if slot.axes and self.write_part is not None:
+                self._emit_part(name, slot, cell, out, state)
+            elif slot.axes:
                 buf = state.buffers[name]
                 idx = stacked_index(buf.ndim, slot, cell)
                 if buf[idx].shape != out.shape:
@@ -173,9 +218,13 @@ class Executor:
             if not self._stop.is_set():
                 self._emit(name, buf, state)
             del buf
+        if self.write_part is not None and self.on_tensor is not None:  # stacked targets went out in parts
+            for slot in state.rule.targets:
+                for name in (slot.names() if slot.axes else ()):
+                    self.on_tensor(name)
         with self._lock:
             self.stats.largest_rule_bytes = max(self.stats.largest_rule_bytes, state.plan.out_bytes)
-        self.budget.release(state.plan.memory(self.workers))
+        self.budget.release(self.memory(state.plan))
 
     def _fail(self, e: BaseException) -> None:
         with self._lock:
@@ -188,21 +237,25 @@ class Executor:
     # --------------------------------------------------------------------------------------------- the run
     def run(self, mapping: Mapping, plans: list[RulePlan]) -> RunStats:
         """Run every rule (plans[i] for mapping.rules[plans[i].index]); raises the first error any thread hit."""
+        self._stacked_inputs: dict[str, list] = {}
+        for plan in plans:
+            for s in plan.stacked_sources:
+                self._stacked_inputs.setdefault(s.name, []).append(s)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool:
             for plan in plans:
                 rule = mapping.rules[plan.index]
-                if not self.budget.acquire(plan.memory(self.workers), self._stop):
+                if not self.budget.acquire(self.memory(plan), self._stop):
                     break
                 if self._stop.is_set():
-                    self.budget.release(plan.memory(self.workers))
+                    self.budget.release(self.memory(plan))
                     break
                 if self.prefetch is not None:
                     for name in plan.sources:
                         self.prefetch(name)
                 try:
-                    state = _RuleState(rule, plan)
+                    state = _RuleState(rule, plan, parts_out=self.write_part is not None, sliced=self.sliced)
                 except MemoryError as e:
-                    self.budget.release(plan.memory(self.workers))
+                    self.budget.release(self.memory(plan))
                     self._fail(e)
                     break
                 chunks = _chunks(state.cells, self.workers)

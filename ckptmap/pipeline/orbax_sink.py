@@ -11,6 +11,7 @@ write for numpy arrays (leaves typed `np.ndarray`, so MaxText and Orbax restore 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import errno
 import os
@@ -19,6 +20,7 @@ import threading
 import numpy as np
 
 from ckptmap import orbax_io
+from ckptmap.array_copy import contiguous
 from ckptmap.checkpoint_io.base import _unreadable, write_failure
 from ckptmap.checkpoint_io.commit import _remove, _temp_beside
 from ckptmap.checkpoint_io.writers import nest_names, scan_layers_of
@@ -28,8 +30,9 @@ from ckptmap.pipeline.sinks import PlannedWriter
 
 
 class PendingTensor:
-    """A leaf whose array a worker hands over later (`give`, any thread); `written` is resolved once TensorStore
-    has written it (or failed)."""
+    """A leaf whose data workers hand over later, from any thread: the whole array (`give`) or one cell's slice
+    at a time (`give_part`, a stacked target's chunks). `written` is resolved once TensorStore has written every
+    element (or failed)."""
 
     def __init__(self, name: str, shape: tuple[int, ...], dtype: np.dtype):
         self.name, self.shape, self.dtype = name, tuple(shape), np.dtype(dtype)
@@ -37,51 +40,72 @@ class PendingTensor:
         self.ndim = len(self.shape)
         self.written: concurrent.futures.Future = concurrent.futures.Future()
         self._lock = threading.Lock()
-        self._value: list = []  # [array] or [exception]
-        self._waiter: tuple | None = None  # (loop, asyncio future) of the coroutine waiting for the array
+        self._items: collections.deque = collections.deque()  # (index or None, array, future) or an exception
+        self._closed = False
+        self._waiter: tuple | None = None  # (loop, asyncio future) of the coroutine waiting for the next item
 
-    def give(self, value) -> None:
-        """Hand over the array (or an exception that fails this tensor)."""
+    def give(self, value) -> concurrent.futures.Future:
+        """Hand over the whole array (or an exception that fails this tensor)."""
+        if isinstance(value, BaseException):
+            self._put(value)
+            return self.written
+        return self._put((None, value, self.written))
+
+    def give_part(self, index: tuple, part: np.ndarray) -> concurrent.futures.Future:
+        """Hand over the slice `index` of the array; the future resolves once TensorStore has written it."""
+        return self._put((index, part, concurrent.futures.Future()))
+
+    def _put(self, item):
         with self._lock:
-            if self._value:
-                return
-            self._value.append(value)
-            waiter = self._waiter
+            if self._closed:  # failed or cancelled: nothing more is taken
+                fut = concurrent.futures.Future()
+                fut.set_exception(CkptmapError("the conversion stopped", key=self.name))
+                return fut if not isinstance(item, BaseException) else None
+            if isinstance(item, BaseException):
+                self._closed = True
+                self._items.clear()
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
         if waiter is not None:
-            self._wake(*waiter)
-
-    def _wake(self, loop, fut) -> None:
-        def deliver():
-            if not fut.done():
-                fut.set_result(None)
-        try:
-            loop.call_soon_threadsafe(deliver)
-        except RuntimeError:  # the save's loop is gone: nothing waits any more
-            pass
+            loop, fut = waiter
+            try:
+                loop.call_soon_threadsafe(lambda: fut.done() or fut.set_result(None))
+            except RuntimeError:  # the save's loop is gone: nothing waits any more
+                pass
+        return None if isinstance(item, BaseException) else item[2]
 
     async def take(self):
-        """The array, once given (raises the exception given instead)."""
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        with self._lock:
-            ready = bool(self._value)
-            self._waiter = (loop, fut)
-        if not ready:
+        """The next (index, array, future) handed over (raises the exception given instead)."""
+        while True:
+            loop = asyncio.get_running_loop()
+            with self._lock:
+                if self._items:
+                    item = self._items.popleft()
+                    break
+                fut = loop.create_future()
+                self._waiter = (loop, fut)
             await fut
-        with self._lock:
-            value = self._value.pop()
-            self._value.append(None)  # the array's memory goes once written; a second give is ignored
-        if isinstance(value, BaseException):
-            raise value
-        return value
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 def _pending_handler():
-    """Orbax's NumpyHandler for PendingTensor leaves: no defensive copy, each array written when it arrives. A
-    failed write fails its tensor's `written` (the sink reports it) rather than Orbax's gather, so no coroutine
-    is left with an exception nobody reads."""
+    """Orbax's NumpyHandler for PendingTensor leaves: no defensive copy, each array (or each part of it) written
+    when it arrives, parts side by side. A failed write fails its tensor's `written` and the part's future (the
+    sink reports it) rather than Orbax's gather, so no coroutine is left with an exception nobody reads."""
     import tensorstore as ts
     from orbax.checkpoint import type_handlers
+
+    async def write_part(store, index, array, fut):
+        try:
+            await store[index].write(array, can_reference_source_data_indefinitely=True)
+        except BaseException as e:  # noqa: BLE001 - handed to the worker waiting on it
+            if not fut.done():
+                fut.set_exception(e)
+            raise
+        if not fut.done():
+            fut.set_result(True)
 
     class PendingHandler(type_handlers.NumpyHandler):
         def __init__(self):
@@ -89,11 +113,21 @@ def _pending_handler():
 
         async def _open_and_write(self, value, tspec, ts_context):
             try:
-                array = await value.take()
-                t = await ts.open(ts.Spec(tspec), create=True, open=True, context=ts_context)
-                await t.write(array, can_reference_source_data_indefinitely=True)
-                del array
+                store = await ts.open(ts.Spec(tspec), create=True, open=True, context=ts_context)
+                done, writes = 0, []
+                while done < value.size:
+                    index, array, fut = await value.take()
+                    if index is None:  # the whole array
+                        await store.write(array, can_reference_source_data_indefinitely=True)
+                        done = value.size
+                    else:
+                        writes.append(asyncio.ensure_future(write_part(store, index, array, fut)))
+                        done += array.size
+                    del array
+                if writes:
+                    await asyncio.gather(*writes)
             except BaseException as e:  # noqa: BLE001 - handed to the worker waiting on it
+                value.give(e if isinstance(e, Exception) else CkptmapError("the conversion stopped", key=value.name))
                 if not value.written.done():
                     value.written.set_exception(e)
                 return
@@ -105,33 +139,41 @@ def _pending_handler():
 
 class OrbaxSink(PlannedWriter):
     """`path/<step>/items`, the train state MaxText's own conversion writes, saved by Orbax while the workers
-    produce the tensors. `write` returns once TensorStore has the tensor's bytes (so the budget holds);
-    `use_compression` is Orbax's zstd (its default, and MaxText's)."""
+    produce the tensors. `write` returns once TensorStore has the tensor's bytes (so the budget holds), and
+    `write_part` once it has one cell's slice of a stacked target: such a target is stored in chunks of one slice
+    each (Orbax's `shard_axes` on its stacked axes), so every slice is whole chunks, written on its own and side
+    by side with the others, and no stacked array is ever assembled. `use_compression` is Orbax's zstd (its
+    default, and MaxText's)."""
+
+    accepts_parts = True
 
     def __init__(self, path: str, plans: list[RulePlan], step: int = 0, *, overwrite: bool = True,
                  use_compression: bool = True):
         targets = {t.name: t for p in plans for t in p.targets}
         super().__init__(path, targets, overwrite=overwrite)
-        orbax_io.import_orbax(path)
+        ocp = orbax_io.import_orbax(path)
         self.step = step
         self._pending = {n: PendingTensor(n, t.shape, t.dtype) for n, t in targets.items()}
         self._tmp = _temp_beside(path, directory=True)
         self._error: BaseException | None = None
         names = frozenset(targets)
         tree = nest_names({orbax_io.stored_name(n, names): self._pending[n] for n in targets}, path)
+        save_args = nest_names({orbax_io.stored_name(n, names): ocp.SaveArgs(shard_axes=t.stacked_axes)
+                                for n, t in targets.items()}, path)
         scan = scan_layers_of(targets)
         self._thread = threading.Thread(target=self._save, name="ckptmap-orbax-save", daemon=True,
-                                        args=(tree, {} if scan is None else {"scan_layers": scan}, use_compression))
+                                        args=(tree, save_args, {} if scan is None else {"scan_layers": scan},
+                                              use_compression))
         self._thread.start()
 
     @property
     def load_path(self) -> str:
         return os.path.join(self.path, str(self.step), orbax_io.ITEM_NAME)
 
-    def _save(self, tree: dict, custom_metadata: dict, use_compression: bool) -> None:
+    def _save(self, tree: dict, save_args: dict, custom_metadata: dict, use_compression: bool) -> None:
         try:
             orbax_io.save_train_state_with(os.path.join(self._tmp, str(self.step)), tree, step=self.step,
-                                           custom_metadata=custom_metadata,
+                                           custom_metadata=custom_metadata, save_args=save_args,
                                            leaf_type=PendingTensor, handler=_pending_handler(),
                                            use_compression=use_compression)
         except BaseException as e:  # reported by commit, or by the next write
@@ -141,10 +183,14 @@ class OrbaxSink(PlannedWriter):
                     p.written.set_exception(e)
 
     def _write(self, name: str, array: np.ndarray) -> None:
-        p = self._pending[name]
-        p.give(np.ascontiguousarray(array))
+        self._wait(self._pending[name].give(contiguous(array)))
+
+    def _write_part(self, name: str, index: tuple, array: np.ndarray) -> None:
+        self._wait(self._pending[name].give_part(index, contiguous(array)))
+
+    def _wait(self, written: concurrent.futures.Future) -> None:
         try:
-            p.written.result()
+            written.result()
         except BaseException as e:
             raise self._failure(e) from None
 

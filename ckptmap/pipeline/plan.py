@@ -28,10 +28,22 @@ class TargetPlan:
     shape: tuple[int, ...]
     dtype: np.dtype
     rule: int
+    stacked_axes: tuple[int, ...] = ()  # the axes that hold the rule's grid (one slice per cell), if stacked
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class StackedInput:
+    """An input tensor that holds the rule's grid at `axes`: its bytes, and one cell's slice of it."""
+
+    name: str
+    nbytes: int
+    slice_bytes: int
+    axes: tuple[int, ...]
+    ndim: int
 
 
 @dataclass(frozen=True)
@@ -49,17 +61,25 @@ class RulePlan:
     shared_in_bytes: int = 0  # inputs kept for the whole rule (stacked or read by every cell)
     cell_in_bytes: int = 0  # the largest input read by one cell only
     cells: int = 1
+    stacked_cell_out_bytes: int = 0  # one cell's slices of the stacked targets
+    stacked_sources: tuple[StackedInput, ...] = ()
 
     @property
     def out_bytes(self) -> int:
         return sum(t.nbytes for t in self.targets)
 
-    def memory(self, workers: int = 1) -> int:
-        """Bytes this rule may hold while it runs on `workers` threads: its stacked targets (assembled whole),
-        the inputs it keeps, and per thread at work one cell's input and output (twice: the chain's result and
-        its C-ordered copy)."""
-        per_cell = self.cell_in_bytes + 2 * self.cell_out_bytes
-        return self.stacked_out_bytes + self.shared_in_bytes + max(1, min(workers, self.cells)) * per_cell
+    def memory(self, workers: int = 1, *, parts_out: bool = False, sliced: frozenset[str] = frozenset()) -> int:
+        """Bytes this rule may hold while it runs on `workers` threads: its stacked targets (assembled whole, or
+        with `parts_out` one cell's slices per thread, handed to a writer that takes parts), the inputs it keeps
+        (a stacked input in `sliced` is read one cell's slice at a time instead), and per thread at work one
+        cell's input and output (twice: the chain's result and its C-ordered copy)."""
+        kept_sliced = sum(s.nbytes for s in self.stacked_sources if s.name in sliced)
+        per_cell_sliced = sum(s.slice_bytes for s in self.stacked_sources if s.name in sliced)
+        per_cell = self.cell_in_bytes + per_cell_sliced + 2 * self.cell_out_bytes
+        if parts_out:
+            per_cell += 2 * self.stacked_cell_out_bytes
+        stacked = 0 if parts_out else self.stacked_out_bytes
+        return stacked + self.shared_in_bytes - kept_sliced + max(1, min(workers, self.cells)) * per_cell
 
 
 def op_dtypes(op, in_shapes: tuple, in_dtypes: tuple) -> tuple[tuple, tuple]:
@@ -107,6 +127,11 @@ def _stacked_shape(slot: Slot, cell_shape: tuple[int, ...], grid: tuple[int, ...
     return tuple(shape)
 
 
+def _slices(slot: Slot, grid: tuple[int, ...]) -> int:
+    """How many cells' slices a stacked tensor of `slot` holds."""
+    return max(1, int(np.prod(grid[slot.depth:], dtype=np.int64)))
+
+
 def _is_last(slot: Slot, cell: tuple[int, ...], grid: tuple[int, ...]) -> bool:
     return all(i == n - 1 for i, n in zip(cell[slot.depth:], grid[slot.depth:]))
 
@@ -137,19 +162,27 @@ def plan_rule(index: int, rule: Rule, shape_of, dtype_of, cast: np.dtype | None)
             if slot.axes and not _is_last(slot, cell, rule.grid):
                 continue
             full = _stacked_shape(slot, shape, rule.grid) if slot.axes else shape
-            plan = TargetPlan(slot.name_at(cell), full, np.dtype(cast if cast is not None else dtype), index)
+            plan = TargetPlan(slot.name_at(cell), full, np.dtype(cast if cast is not None else dtype), index,
+                              tuple(slot.axes))
             (stacked_targets if slot.axes else targets).append(plan)
     targets += stacked_targets  # the executor writes a rule's stacked targets once its last cell is done
     sources = tuple(dict.fromkeys(rule.source_names()))
     size = {n: int(np.prod(shape_of(n), dtype=np.int64)) * np.dtype(dtype_of(n)).itemsize for n in sources}
     shared = {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
     stacked = {n for s in rule.targets if s.axes for n in s.names()}
+    by_name = {t.name: t for t in targets}
+    stacked_cell_out = sum(max((by_name[n].nbytes // _slices(s, rule.grid) for n in s.names() if n in by_name),
+                               default=0) for s in rule.targets if s.axes)
+    stacked_sources = tuple(dict.fromkeys(StackedInput(n, size[n], size[n] // _slices(s, rule.grid), tuple(s.axes),
+                                                       len(shape_of(n)))
+                                          for s in rule.sources if s.axes for n in s.names()))
     return RulePlan(index, sources, tuple(targets), sum(size.values()), max(size.values(), default=0),
                     stacked_out_bytes=sum(t.nbytes for t in targets if t.name in stacked),
                     cell_out_bytes=max((t.nbytes for t in targets if t.name not in stacked), default=0),
                     shared_in_bytes=sum(v for n, v in size.items() if n in shared),
                     cell_in_bytes=max((v for n, v in size.items() if n not in shared), default=0),
-                    cells=max(1, int(np.prod(rule.grid, dtype=np.int64))))
+                    cells=max(1, int(np.prod(rule.grid, dtype=np.int64))),
+                    stacked_cell_out_bytes=stacked_cell_out, stacked_sources=stacked_sources)
 
 
 def plan_mapping(mapping: Mapping, shape_of, dtype_of, cast: np.dtype | None = None) -> list[RulePlan]:

@@ -150,6 +150,10 @@ class ShardFiles:
             _remove(path)
 
 
+def _index_text(index: tuple) -> str:
+    return "[" + ", ".join(":" if isinstance(i, slice) else str(i) for i in index) + "]"
+
+
 def _raw_bytes(array: np.ndarray):
     """A C-ordered array's bytes as a flat uint8 buffer (any dtype, 0-d included)."""
     if array.size == 0:
@@ -165,6 +169,7 @@ class PlannedWriter(CheckpointWriter):
         super().__init__(path, overwrite=overwrite)
         self.targets = targets
         self._lock = threading.Lock()
+        self._parts: dict[str, int] = {}  # elements written so far of targets written slice by slice
 
     def write(self, name: str, array: np.ndarray) -> None:
         plan = self.targets.get(name)
@@ -185,6 +190,39 @@ class PlannedWriter(CheckpointWriter):
             raise write_failure(e, file=self.path, key=name) from None
         with self._lock:
             self.bytes_written += array.nbytes
+
+    accepts_parts = False  # True where `write_part` writes a stacked target slice by slice
+
+    def write_part(self, name: str, index: tuple, array: np.ndarray) -> None:
+        """One cell's slice of a stacked target: `index` holds an int at each of the target's stacked axes and
+        a full slice elsewhere. The target counts as written once its slices cover all of its elements; a slice
+        of another shape or dtype than planned, or one past the target's size, is an error."""
+        plan = self.targets.get(name)
+        if plan is None:
+            raise CheckpointIOError("the conversion plan has no such target", file=self.path, key=name)
+        array = np.asarray(array)
+        want = tuple(n for n, i in zip(plan.shape, index) if not isinstance(i, (int, np.integer)))
+        if len(index) != len(plan.shape) or tuple(array.shape) != want or array.dtype != plan.dtype:
+            raise CheckpointIOError(f"got a slice {array.dtype} {list(array.shape)} at {_index_text(index)}, "
+                                    f"planned {plan.dtype} {list(want)} of {list(plan.shape)}", file=self.path,
+                                    key=name)
+        size = int(np.prod(plan.shape, dtype=np.int64))
+        with self._lock:
+            done = self._parts.get(name, 0) + array.size
+            if name in self._names or done > size:
+                raise CheckpointIOError("tensor written twice", file=self.path, key=name)
+            self._parts[name] = done
+        try:
+            self._write_part(name, index, array)
+        except OSError as e:
+            raise write_failure(e, file=self.path, key=name) from None
+        with self._lock:
+            self.bytes_written += array.nbytes
+            if done == size:
+                self._names.add(name)
+
+    def _write_part(self, name: str, index: tuple, array: np.ndarray) -> None:
+        raise CheckpointIOError("this writer takes whole tensors only", file=self.path, key=name)
 
     def check_complete(self) -> None:
         missing = [n for n in self.targets if n not in self._names]

@@ -1,5 +1,6 @@
 """How the pipeline reads an opened checkpoint from several threads: safetensors tensors are memory maps (each
-read is its own map, safe from any thread), every other reader is called one thread at a time; `prefetcher`
+read is its own map, safe from any thread), Orbax arrays TensorStore reads (whole, or one cell's slice where
+the chunks allow: `sliced_inputs`), every other reader is called one thread at a time; `prefetcher`
 starts the kernel's read-ahead of a tensor's bytes before the rule that needs it runs."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ckptmap.pipeline import fileio
 
 def threaded_read(reader: CheckpointReader) -> Callable[[str], np.ndarray]:
     """reader.read, safe to call from several threads at once."""
-    if isinstance(reader, (SafetensorsFileReader, SafetensorsDirReader)):
+    if isinstance(reader, (SafetensorsFileReader, SafetensorsDirReader)) or getattr(reader, "thread_safe", False):
         return reader.read
     lock = threading.Lock()
 
@@ -23,6 +24,15 @@ def threaded_read(reader: CheckpointReader) -> Callable[[str], np.ndarray]:
         with lock:
             return reader.read(name)
     return read
+
+
+def sliced_inputs(reader: CheckpointReader, plans) -> frozenset[str]:
+    """The stacked inputs the reader reads one cell's slice at a time (chunks one index thick along the grid's
+    axes), instead of whole; empty for readers that read whole tensors only."""
+    reads_slices = getattr(reader, "reads_slices", None)
+    if reads_slices is None:
+        return frozenset()
+    return frozenset(s.name for p in plans for s in p.stacked_sources if reads_slices(s.name, s.axes))
 
 
 def byte_range(reader: CheckpointReader, name: str) -> tuple[str, int, int] | None:
