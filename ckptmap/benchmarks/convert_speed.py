@@ -12,8 +12,26 @@ Each output is removed once measured (disk space); the N-worker Orbax output is 
 The tables (time, throughput as a fraction of cp's, peak RSS, against the largest rule) print as markdown and
 go to `--json`.
 
-    .venv/bin/python ckptmap/benchmarks/convert_speed.py                     # both sizes
-    .venv/bin/python ckptmap/benchmarks/convert_speed.py --size 2GB --dir /work/tmp-bench
+MaxText's `to_maxtext.py` (MaxText 0.2.5) needs torch, which `.venv-maxtext` lacks: pass `--maxtext-python` of a
+venv that has both (maxtext_torch_venv.sh builds one); without it the run says why and goes on. The HF input gets
+a llama-3.1 config.json of its shapes. to_maxtext runs with llama3.1-8b's mapping, scanned, its defaults otherwise
+(lazy loading, 16 simulated CPU devices, bf16, zstd-compressed OCDBT/zarr3 output), `hardware=cpu
+skip_jax_distributed_system=true`, JAX_PLATFORMS=cpu and HF_HUB_OFFLINE=1; for shapes other than llama-3.1-8B's
+with MaxText's shape overrides and through to_maxtext_hf_config.py (MaxText takes the HF config of its mapping from
+its own table per model_name, not from the checkpoint). Its output is checked as an Orbax checkpoint of the
+MaxText tree, and (up to COMPARE_VALUES_UP_TO) compared with ckptmap's tensor by tensor: query and key differ by
+design, to_maxtext's llama3.1 hooks interleave the RoPE halves of both and scale the query by 1/sqrt(head_dim),
+the shapes-only mapping here does neither. Its memory model (from `to_maxtext.main` and
+`utils.save_weights_to_checkpoint` / `shard_jax_weights`; measured ~1 GB + 1.83x the checkpoint): every
+converted tensor is built and `jax.device_put` onto the 16 simulated devices before the Orbax save starts, so the
+whole model is resident, and Orbax's `transfer_arrays_to_host` copies every shard to host at once while it writes
+(~0.7x more); eager loading (`lazy_load_tensors=false`) also holds the mmap'd HF tensors and the numpy tree
+(~1 GB + 3.5x). The run is skipped when that predicted peak is over MemAvailable (`--maxtext-anyway` runs it).
+
+    .venv/bin/python -m ckptmap.benchmarks.convert_speed                     # both sizes
+    .venv/bin/python -m ckptmap.benchmarks.convert_speed --size 2GB --dir /work/tmp-bench
+    .venv/bin/python -m ckptmap.benchmarks.convert_speed --size tiny --dir /work/tmp-cs-tiny \\
+        --maxtext-python /work/venv-mt-torch/bin/python                      # with MaxText's to_maxtext.py
 """
 
 from __future__ import annotations
@@ -24,11 +42,13 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 import numpy as np
+from ckptmap.atomic import write_json_atomic
 from ckptmap.pipeline.plan import RulePlan, TargetPlan
 from ckptmap.pipeline.sinks import SafetensorsSink
 from ckptmap.solver import solve
@@ -55,6 +75,16 @@ REPO = _repo_root(__file__)
 SIZES = {"tiny": (256, 8, 2, 32, 1024, 2, 8000), "2GB": (2048, 32, 8, 64, 8192, 16, 32000),
          "16GB": (4096, 32, 8, 128, 14336, 32, 128256)}
 TO_MAXTEXT = "maxtext.checkpoint_conversion.to_maxtext"
+TO_MAXTEXT_HF_CONFIG = os.path.join(REPO, "ckptmap", "benchmarks", "to_maxtext_hf_config.py")
+# on a CPU host: no TPU/GPU distributed system to join (to_maxtext itself sets jax_platforms=cpu)
+MAXTEXT_CPU_ARGS = ("hardware=cpu", "skip_jax_distributed_system=true")
+# to_maxtext's peak memory with its defaults, measured (RESULTS.md, "Convert speed"): every converted tensor as a
+# jax.Array plus Orbax's host copies of them while it saves, 1.83x the checkpoint above ~1 GB of imports (two
+# sizes); rounded up
+MAXTEXT_PEAK_PER_BYTE = 2.0
+MAXTEXT_PEAK_BASE = 1.2e9
+# to_maxtext's output is compared with ckptmap's tensor by tensor up to this input size (reading both back)
+COMPARE_VALUES_UP_TO = 3 * 10**9
 
 
 def files_under(path: str) -> list[str]:
@@ -90,20 +120,43 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
             else []}
 
 
-def write_hf(path: str, shapes: dict[str, list[int]], max_shard: int = 5 * 10**9) -> None:
-    """A sharded bf16 safetensors directory of seeded normal values (std 0.02, like trained weights: Orbax's
-    zstd finds little to compress, as on real checkpoints), written with ckptmap's planned writer."""
+def write_hf(path: str, shapes: dict[str, list[int]], max_shard: int = 5 * 10**9, config: dict | None = None) -> None:
+    """A sharded bf16 safetensors directory of seeded normal values (std 0.02, like trained weights), written with
+    ckptmap's planned writer; `config`, when given, goes beside it as config.json. Each tensor takes its sign and
+    exponent bits from one shared normal block and draws its 7 mantissa bits afresh, so no tensor or layer repeats
+    another: zstd (MaxText's Orbax output is compressed) finds what it finds on a real checkpoint, the skewed
+    exponents, not whole layers equal to the one before."""
     import ml_dtypes
 
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
     plans = [RulePlan(i, (), (TargetPlan(n, tuple(s), bf16, i),), 0, 0) for i, (n, s) in enumerate(shapes.items())]
-    block = (np.random.default_rng(0).standard_normal(size=(1 << 25) + 17, dtype=np.float32) * 0.02).astype(bf16)
+    rng = np.random.default_rng(0)
+    block = (rng.standard_normal(size=(1 << 25) + 17, dtype=np.float32) * 0.02).astype(bf16).view(np.uint16)
     sink = SafetensorsSink(path, plans, max_shard_bytes=max_shard)
     with sink:
         for name, shape in shapes.items():
             n = int(np.prod(shape))
-            sink.write(name, np.resize(block, n).reshape(shape))
+            bits = np.resize(block, n) & np.uint16(0xFF80)
+            bits |= rng.integers(0, 128, size=n, dtype=np.uint16)
+            sink.write(name, bits.view(bf16).reshape(shape))
+    if config is not None:
+        write_json_atomic(os.path.join(path, "config.json"), config)
+
+
+def llama_config(hidden: int, heads: int, kv: int, head_dim: int, mlp: int, layers: int, vocab: int) -> dict:
+    """The config.json of a llama-3.1-like model of these shapes, as transformers' LlamaConfig writes it: bf16,
+    untied embeddings, llama-3.1's RoPE (theta 500000, llama3 scaling) and norm epsilon (llama-3.1-8B's own
+    config for SIZES["16GB"])."""
+    from transformers import LlamaConfig
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    cfg = LlamaConfig(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim,
+                      intermediate_size=mlp, num_hidden_layers=layers, vocab_size=vocab, tie_word_embeddings=False,
+                      rms_norm_eps=1e-5, max_position_embeddings=131072, rope_parameters=rope,
+                      bos_token_id=128000 if vocab > 128001 else 1, eos_token_id=128001 if vocab > 128001 else 2, dtype="bfloat16", architectures=["LlamaForCausalLM"])
+    return cfg.to_diff_dict()
 
 
 def ckptmap_cmd(mapping: str, src: str, dst: str, workers: int, reverse: bool) -> list[str]:
@@ -116,19 +169,86 @@ def cp_cmd(src: str, dst: str) -> list[str]:
     return ["sh", "-c", f'cp -r "{src}" "{dst}" && find "{dst}" -type f -exec sync {{}} +']
 
 
+def maxtext_env() -> dict:
+    """The environment of a to_maxtext run: CPU only, offline (it reads the local HF directory, no hub)."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
 def maxtext_runnable(python: str) -> str | None:
-    """None when MaxText's to_maxtext.py can run in `python`'s venv; else why not."""
+    """None when MaxText's to_maxtext.py can run in `python`'s venv (torch and MaxText's checkpoint_conversion
+    import); else why not."""
     if not os.path.exists(python):
         return f"no MaxText venv at {python}"
-    p = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
+    p = subprocess.run([python, "-c", "import torch, maxtext.checkpoint_conversion"], capture_output=True, text=True,
+                       env=maxtext_env())
+    if p.returncode and "No module named 'torch'" in p.stderr:
+        return (f"MaxText's to_maxtext.py reads HF safetensors with safe_open(framework='pt') and converts torch "
+                f"tensors, and {python} has no torch (PyPI has only the multi-GB CUDA build of torch for Python "
+                f"3.12: build a throwaway venv with ckptmap/benchmarks/maxtext_torch_venv.sh)")
     if p.returncode:
-        return ("MaxText's to_maxtext.py reads HF safetensors with safe_open(framework='pt') and converts torch "
-                "tensors, and its venv has no torch (PyPI has only the multi-GB CUDA build of torch for Python 3.12)")
+        return f"{python} cannot import torch and maxtext.checkpoint_conversion: {p.stderr.strip().splitlines()[-1:]}"
     return None
 
 
+def mem_available() -> int:
+    """MemAvailable of /proc/meminfo, bytes (what the machine can give a new process without swapping)."""
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+
+
+def maxtext_fits(nbytes: int, available: int) -> str | None:
+    """None when to_maxtext's predicted peak for an `nbytes` checkpoint fits in `available` bytes; else why not
+    (run anyway, it would be OOM-killed or swap on a machine shared with others)."""
+    need = MAXTEXT_PEAK_PER_BYTE * nbytes + MAXTEXT_PEAK_BASE
+    if need <= available:
+        return None
+    return (f"not run: its predicted peak memory, {need / 1e9:.1f} GB ({MAXTEXT_PEAK_PER_BYTE:g}x the checkpoint + "
+            f"{MAXTEXT_PEAK_BASE / 1e9:g} GB: all converted tensors as jax.Arrays plus Orbax's host copies while it "
+            f"saves), is over the {available / 1e9:.1f} GB available (--maxtext-anyway runs it)")
+
+
+def to_maxtext_cmd(python: str, hf: str, out: str, shape: tuple[int, ...]) -> list[str]:
+    """MaxText's own HF -> Orbax conversion of the HF directory `hf` into `out` (its checkpoint is out/0/items):
+    llama3.1-8b's mapping, scanned layers, its defaults otherwise (lazy loading, 16 simulated CPU devices, bf16
+    save), on CPU without a distributed system, output files synced like cp's. For shapes other than llama-3.1-8B's
+    (`shape` as in SIZES) the MaxText model's shapes are overridden and to_maxtext runs through
+    to_maxtext_hf_config.py, which gives it the checkpoint's config.json (MaxText reads its HF config from its own
+    table per model_name)."""
+    args = ["model_name=llama3.1-8b", f"hf_model_path={hf}", f"base_output_directory={out}", "scan_layers=true",
+            *MAXTEXT_CPU_ARGS]
+    if tuple(shape) == SIZES["16GB"]:
+        run = [python, "-m", TO_MAXTEXT, *args]
+    else:
+        hidden, heads, kv, head_dim, mlp, layers, vocab = shape
+        run = [python, TO_MAXTEXT_HF_CONFIG, *args, "override_model_config=true", f"base_emb_dim={hidden}",
+               f"base_num_query_heads={heads}", f"base_num_kv_heads={kv}", f"head_dim={head_dim}",
+               f"base_mlp_dim={mlp}", f"base_num_decoder_layers={layers}", f"vocab_size={vocab}"]
+    return ["sh", "-c", f'{shlex.join(run)} && find "{out}" -type f -exec sync {{}} +']
+
+
+def check_maxtext_output(own: str, ours: str, mt_shapes: dict[str, list[int]], compare_values: bool) -> dict:
+    """Is to_maxtext's output `own` an Orbax checkpoint of the MaxText tree `mt_shapes` (names and shapes), in which
+    dtypes; with `compare_values`, which of its tensors equal ckptmap's output `ours` bit for bit (one tensor of
+    each in memory at a time)."""
+    try:
+        with open_reader("orbax:" + own) as r:
+            got = {n: list(r.shape(n)) for n in r.names()}
+            out: dict = {"tensors": len(got), "tree_matches": got == mt_shapes,
+                         "dtypes": sorted({str(r.dtype(n)) for n in got})}
+            if got != mt_shapes:
+                out["tree_differs_at"] = sorted(n for n in set(got) | set(mt_shapes) if got.get(n) != mt_shapes.get(n))
+            elif compare_values:
+                with open_reader("orbax:" + ours) as c:
+                    same = [n for n in got if r.read(n).tobytes() == c.read(n).tobytes()]
+                out["equal_to_ckptmap"] = same
+                out["differ_from_ckptmap"] = [n for n in got if n not in same]
+    except Exception as e:  # a damaged or foreign checkpoint is a finding of the benchmark, not its crash
+        return {"unreadable": f"{type(e).__name__}: {e}"}
+    return out
+
+
 def run_size(label: str, work: str, workers: int, mt_python: str, results: dict, save=lambda: None,
-             one_worker: bool = True) -> None:
+             one_worker: bool = True, maxtext_anyway: bool = False) -> None:
 
     hidden, heads, kv, head_dim, mlp, layers, vocab = SIZES[label]
     case = os.path.join(work, label)
@@ -148,16 +268,16 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
     largest = max(p.out_bytes for p in plans)
     hf = os.path.join(case, "hf")
     t0 = time.perf_counter()
-    write_hf(hf, hf_shapes)
+    write_hf(hf, hf_shapes, config=llama_config(*SIZES[label]))
     nbytes = size_of(hf)
     row = results.setdefault(label, {"bytes": nbytes, "largest_rule_bytes": largest, "tensors": len(hf_shapes),
                                      "write_input_s": round(time.perf_counter() - t0, 1), "cases": {}})
     print(f"[{label}] HF input {nbytes / 1e9:.2f} GB, largest rule {largest / 1e9:.2f} GB", file=sys.stderr)
 
-    def measure(key: str, cmd: list[str], src: str, dst: str, keep: bool = False) -> dict:
+    def measure(key: str, cmd: list[str], src: str, dst: str, keep: bool = False, env: dict | None = None) -> dict:
         shutil.rmtree(dst, ignore_errors=True)
         evict(src)
-        r = timed(cmd)
+        r = timed(cmd, env)
         r["out_bytes"] = size_of(dst) if os.path.exists(dst) else 0
         print(f"[{label}] {key}: {r}", file=sys.stderr)
         row["cases"][key] = r
@@ -171,12 +291,17 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
     if one_worker:
         measure("hf->mt ckptmap 1 worker", ckptmap_cmd(mapping_path, hf, mt, 1, False), hf, mt)
     measure(f"hf->mt ckptmap {workers} workers", ckptmap_cmd(mapping_path, hf, mt, workers, False), hf, mt, keep=True)
-    why = maxtext_runnable(mt_python)
+    why = maxtext_runnable(mt_python) or (None if maxtext_anyway else maxtext_fits(nbytes, mem_available()))
     row["maxtext_to_maxtext"] = why or "ran"
     if why is None:
-        measure("hf->mt MaxText to_maxtext.py", [mt_python, "-m", TO_MAXTEXT, "model_name=llama3.1-8b",
-                                                   f"base_output_directory={case}/mt_own", "scan_layers=true",
-                                                   f"hf_model_path={hf}"], hf, os.path.join(case, "mt_own"))
+        own = os.path.join(case, "mt_own")
+        cmd = to_maxtext_cmd(mt_python, hf, own, SIZES[label])
+        row["maxtext_command"] = cmd[-1]
+        r = measure("hf->mt MaxText to_maxtext.py", cmd, hf, own, keep=True, env=maxtext_env())
+        if r["rc"] == 0:
+            row["maxtext_output"] = check_maxtext_output(own, mt, mt_shapes, nbytes <= COMPARE_VALUES_UP_TO)
+            print(f"[{label}] MaxText's output: {row['maxtext_output']}", file=sys.stderr)
+        shutil.rmtree(own, ignore_errors=True)
     back = os.path.join(case, "back")
     measure("mt->hf cp", cp_cmd(mt, os.path.join(case, "cp")), mt, os.path.join(case, "cp"))
     if one_worker:
@@ -216,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default="/work/tmp-convert-speed", help="work folder on the disk to measure")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--maxtext-python", default=os.path.join(REPO, ".venv-maxtext", "bin", "python"))
+    ap.add_argument("--maxtext-anyway", action="store_true",
+                    help="run to_maxtext.py even where its predicted peak memory is over what the machine has free")
     ap.add_argument("--json", default=None, help="write the results here too")
     ap.add_argument("--one-worker-up-to", default="16GB", choices=sorted(SIZES),
                     help="run the 1-worker conversions only for sizes up to this one (time on a busy machine)")
@@ -235,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for label in args.size:
             one = list(SIZES).index(label) <= list(SIZES).index(args.one_worker_up_to)
-            run_size(label, args.dir, args.workers, args.maxtext_python, results, save, one_worker=one)
+            run_size(label, args.dir, args.workers, args.maxtext_python, results, save, one_worker=one,
+                     maxtext_anyway=args.maxtext_anyway)
     finally:
         save()
     print(json.dumps(meta))
@@ -243,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, row in results.items():
         print(f"{label}: round trip bit-exact: {row.get('round_trip_bit_exact')}; MaxText to_maxtext.py: "
               f"{row.get('maxtext_to_maxtext')}")
+        if "maxtext_command" in row:
+            own = row["cases"]["hf->mt MaxText to_maxtext.py"]
+            print(f"{label}: to_maxtext: {row['maxtext_command']}\n{label}: its output {own['out_bytes'] / 1e9:.3f} GB "
+                  f"(ckptmap's {row['cases'][f'hf->mt ckptmap {args.workers} workers']['out_bytes'] / 1e9:.3f} GB): "
+                  f"{row.get('maxtext_output')}")
     return 0
 
 
