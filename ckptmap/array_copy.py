@@ -2,9 +2,11 @@
 
 numpy copies a transposed view element by element in the destination's order, so every read jumps a whole row
 of the source: about 100-250 MB/s for 2-byte elements, well under a disk's speed. `copy_into` copies in tiles
-small enough for the CPU cache along the source's fastest axis and the destination's, which is several times
-faster, and on raw unsigned views of the bytes (bfloat16 and float8 as uint16 / uint8) so that numpy's plain
-integer loops run, without holding the GIL, and other threads convert beside it.
+that are long along the source's fastest axis and short along the destination's (TILE_LONG x TILE_SHORT
+elements), and on raw unsigned views of the bytes (bfloat16 and float8 as uint16 / uint8) so that numpy's plain
+integer loops run, without holding the GIL, and other threads convert beside it. Measured on this project's
+2-core VM (2026-12-07, a [14336, 4096] uint16 transpose): square 181 x 181 tiles 300 MB/s, 1024 x 16 tiles
+~1.0-1.2 GB/s, numpy's own copy 150 MB/s.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import itertools
 
 import numpy as np
 
-TILE_BYTES = 1 << 16  # one tile's bytes along the two crossing axes: fits L2 on every current CPU
+TILE_BYTES = 1 << 16  # arrays under 4 tiles' bytes are copied by numpy directly
+TILE_LONG = 1024  # elements along the source's fastest axis: whole cache lines of the source read in a row
+TILE_SHORT = 16  # elements along the destination's fastest axis: 16 source rows in flight, in L1
 _RAW = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -46,11 +50,11 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     if a < 0 or a == b or s.size * s.itemsize < 4 * TILE_BYTES:
         d[...] = s
         return
-    side = max(16, int((TILE_BYTES / s.itemsize) ** 0.5))
+    side = {a: TILE_LONG, b: TILE_SHORT}
     # the crossing axes in tiles, every other axis one index at a time (its stride is a whole tile or more)
-    steps = [range(0, n, side) if ax in (a, b) else range(n) for ax, n in enumerate(s.shape)]
+    steps = [range(0, n, side[ax]) if ax in side else range(n) for ax, n in enumerate(s.shape)]
     for start in itertools.product(*steps):
-        idx = tuple(slice(i, i + side) if ax in (a, b) else i for ax, i in enumerate(start))
+        idx = tuple(slice(i, i + side[ax]) if ax in side else i for ax, i in enumerate(start))
         d[idx] = s[idx]
 
 

@@ -10,6 +10,7 @@ The first error stops the run: no new cell starts, and the caller aborts the wri
 
 from __future__ import annotations
 
+import collections
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from ckptmap.array_copy import contiguous, copy_into
 from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.pipeline.budget import MemoryBudget
-from ckptmap.pipeline.plan import RulePlan
+from ckptmap.pipeline.plan import WRITE_BEHIND_CELLS, RulePlan
 
 
 @dataclass
@@ -160,7 +161,9 @@ class Executor:
         if self.on_tensor is not None:
             self.on_tensor(name)
 
-    def _emit_part(self, name: str, slot, cell: tuple[int, ...], out: np.ndarray, state: _RuleState) -> None:
+    def _emit_part(self, name: str, slot, cell: tuple[int, ...], out: np.ndarray,
+                   state: _RuleState) -> Callable[[], None]:
+        """Hand one cell's slice of a stacked target to the writer; returns the wait for its write."""
         t = state.targets[name]
         idx = stacked_index(len(t.shape), slot, cell)
         want = tuple(n for n, i in zip(t.shape, idx) if isinstance(i, slice))
@@ -170,10 +173,12 @@ class Executor:
         self._dtype_ok(name, out.dtype, state)
         if out.dtype != t.dtype:
             out = out.astype(t.dtype)
-        self.write_part(name, idx, contiguous(out))
+        return self.write_part(name, idx, contiguous(out))
 
-    def _run_cell(self, state: _RuleState, cell: tuple[int, ...]) -> None:
+    def _run_cell(self, state: _RuleState, cell: tuple[int, ...]) -> list[Callable[[], None]]:
+        """Run one cell; returns the waits of the slices it handed to a part-taking writer."""
         rule = state.rule
+        waits = []
         inputs = tuple(self._read_slice(s, cell, rule.grid) if s.axes and s.name_at(cell) in self.sliced
                        else read_cell(s, cell, lambda n: self._get(state, n), rule.grid) for s in rule.sources)
         outputs = cell_outputs(rule, cell, inputs)
@@ -182,7 +187,7 @@ class Executor:
             name = slot.name_at(cell)
             out = np.asarray(out)
             if slot.axes and self.write_part is not None:
-                self._emit_part(name, slot, cell, out, state)
+                waits.append(self._emit_part(name, slot, cell, out, state))
             elif slot.axes:
                 buf = state.buffers[name]
                 idx = stacked_index(buf.ndim, slot, cell)
@@ -195,13 +200,21 @@ class Executor:
             else:
                 self._check(name, out, state)
                 self._emit(name, out, state)
+        return waits
 
     def _cell_task(self, state: _RuleState, cells: list[tuple[int, ...]]) -> None:
         try:
+            behind: collections.deque = collections.deque()  # waits of the cells whose slices are being written
             for cell in cells:
                 if self._stop.is_set():
                     return
-                self._run_cell(state, cell)
+                behind.append(self._run_cell(state, cell))
+                while len(behind) > WRITE_BEHIND_CELLS:
+                    for wait in behind.popleft():
+                        wait()
+            while behind:  # the rule's memory is released only once its slices are written
+                for wait in behind.popleft():
+                    wait()
             with state.lock:
                 state.left -= len(cells)
                 last = state.left == 0

@@ -35,6 +35,10 @@ class TargetPlan:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
+WRITE_BEHIND_CELLS = 2  # slices a worker may have handed to a part-taking writer and not seen written yet, so it
+# transforms the next cell while TensorStore writes the last ones (the executor waits for the oldest beyond this)
+
+
 @dataclass(frozen=True)
 class StackedInput:
     """An input tensor that holds the rule's grid at `axes`: its bytes, and one cell's slice of it."""
@@ -70,14 +74,15 @@ class RulePlan:
 
     def memory(self, workers: int = 1, *, parts_out: bool = False, sliced: frozenset[str] = frozenset()) -> int:
         """Bytes this rule may hold while it runs on `workers` threads: its stacked targets (assembled whole, or
-        with `parts_out` one cell's slices per thread, handed to a writer that takes parts), the inputs it keeps
+        with `parts_out` per thread the cell's slices and WRITE_BEHIND_CELLS more still being written by a
+        writer that takes parts), the inputs it keeps
         (a stacked input in `sliced` is read one cell's slice at a time instead), and per thread at work one
         cell's input and output (twice: the chain's result and its C-ordered copy)."""
         kept_sliced = sum(s.nbytes for s in self.stacked_sources if s.name in sliced)
         per_cell_sliced = sum(s.slice_bytes for s in self.stacked_sources if s.name in sliced)
         per_cell = self.cell_in_bytes + per_cell_sliced + 2 * self.cell_out_bytes
         if parts_out:
-            per_cell += 2 * self.stacked_cell_out_bytes
+            per_cell += (2 + WRITE_BEHIND_CELLS) * self.stacked_cell_out_bytes
         stacked = 0 if parts_out else self.stacked_out_bytes
         return stacked + self.shared_in_bytes - kept_sliced + max(1, min(workers, self.cells)) * per_cell
 

@@ -14,6 +14,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -193,10 +194,12 @@ class PlannedWriter(CheckpointWriter):
 
     accepts_parts = False  # True where `write_part` writes a stacked target slice by slice
 
-    def write_part(self, name: str, index: tuple, array: np.ndarray) -> None:
-        """One cell's slice of a stacked target: `index` holds an int at each of the target's stacked axes and
-        a full slice elsewhere. The target counts as written once its slices cover all of its elements; a slice
-        of another shape or dtype than planned, or one past the target's size, is an error."""
+    def write_part(self, name: str, index: tuple, array: np.ndarray) -> Callable[[], None]:
+        """Start writing one cell's slice of a stacked target: `index` holds an int at each of the target's
+        stacked axes and a full slice elsewhere. Returns `wait`, which blocks until the slice is written (and
+        raises its error); the array must stay untouched until then. The target counts as written once its
+        slices cover all of its elements; a slice of another shape or dtype than planned, or one past the
+        target's size, is an error."""
         plan = self.targets.get(name)
         if plan is None:
             raise CheckpointIOError("the conversion plan has no such target", file=self.path, key=name)
@@ -213,15 +216,24 @@ class PlannedWriter(CheckpointWriter):
                 raise CheckpointIOError("tensor written twice", file=self.path, key=name)
             self._parts[name] = done
         try:
-            self._write_part(name, index, array)
+            written = self._write_part(name, index, array)
         except OSError as e:
             raise write_failure(e, file=self.path, key=name) from None
-        with self._lock:
-            self.bytes_written += array.nbytes
-            if done == size:
-                self._names.add(name)
+        nbytes = array.nbytes
 
-    def _write_part(self, name: str, index: tuple, array: np.ndarray) -> None:
+        def wait() -> None:
+            try:
+                written()
+            except OSError as e:
+                raise write_failure(e, file=self.path, key=name) from None
+            with self._lock:
+                self.bytes_written += nbytes
+                if done == size:
+                    self._names.add(name)
+        return wait
+
+    def _write_part(self, name: str, index: tuple, array: np.ndarray) -> Callable[[], None]:
+        """Start the write; return the function that waits for it."""
         raise CheckpointIOError("this writer takes whole tensors only", file=self.path, key=name)
 
     def check_complete(self) -> None:
