@@ -383,22 +383,42 @@ class OrbaxReader(CheckpointReader):
 
     def read_part(self, name: str, index: tuple) -> np.ndarray:
         """`read(name)[index]`, reading only the chunks it covers (see `reads_slices`)."""
+        return self.start_read_part(name, index)()
+
+    def start_read_part(self, name: str, index: tuple):
+        """Start reading `read(name)[index]` in TensorStore's threads; returns the function that waits for the
+        array (and raises its error)."""
         name = self._stored(name)
         store = self._store(name)
         if store is None:
-            return self.read(name)[index]
-        arr = self._read_store(store, name, index)
-        if arr.dtype != self._dtypes[name]:
-            raise CheckpointIOError(f"the data holds {arr.dtype}, the metadata says {self._dtypes[name]}",
-                                    file=self.item_dir, key=name)
-        return arr
+            arr = self.read(name)[index]
+            return lambda: arr
+        started = self._start_read(store, name, index)
 
-    def _read_store(self, store, name: str, index: tuple) -> np.ndarray:
+        def wait() -> np.ndarray:
+            arr = self._finish_read(started, name)
+            if arr.dtype != self._dtypes[name]:
+                raise CheckpointIOError(f"the data holds {arr.dtype}, the metadata says {self._dtypes[name]}",
+                                        file=self.item_dir, key=name)
+            return arr
+        return wait
+
+    def _start_read(self, store, name: str, index: tuple):
         try:
-            return np.asarray((store[index] if index else store).read().result())
+            return (store[index] if index else store).read()
+        except Exception as e:  # an index the array does not have
+            raise CheckpointIOError(f"cannot read the stored array ({_unreadable(e)})", file=self.item_dir,
+                                    key=name) from None
+
+    def _finish_read(self, started, name: str) -> np.ndarray:
+        try:
+            return np.asarray(started.result())
         except Exception as e:  # missing or damaged chunks
             raise CheckpointIOError(f"cannot read the stored array ({_unreadable(e)})", file=self.item_dir,
                                     key=name) from None
+
+    def _read_store(self, store, name: str, index: tuple) -> np.ndarray:
+        return self._finish_read(self._start_read(store, name, index), name)
 
     def _restore(self, name: str) -> np.ndarray:
         try:

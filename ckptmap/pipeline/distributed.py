@@ -24,7 +24,7 @@ from ckptmap.checkpoint_io import open_reader
 from ckptmap.convert import _dtype, count_nonfinite, default_max_memory, default_workers, plan_conversion
 from ckptmap.pipeline.execute import Executor
 from ckptmap.pipeline.sinks import ShardFiles, safetensors_layout
-from ckptmap.pipeline.sources import prefetcher, threaded_read
+from ckptmap.pipeline.sources import prefetcher, sliced_inputs, threaded_read
 
 
 @dataclass
@@ -68,7 +68,8 @@ def convert_share(mapping: Mapping, input_path: str, step: int | None, tmp_dir: 
         layout = safetensors_layout(plans, max_shard_bytes, tmp_dir)
         rules = {r for k in shards for r in layout.shards[k].rules}
         mine = [p for p in plans if p.index in rules]
-        limit = default_max_memory(mine, workers) if max_memory is None else max_memory
+        sliced = sliced_inputs(reader, mine)
+        limit = default_max_memory(mine, workers, sliced=sliced) if max_memory is None else max_memory
         files = ShardFiles(layout, tmp_dir, which=shards)
         result = ShareResult(host=socket.gethostname(), pid=os.getpid())
         try:
@@ -80,7 +81,8 @@ def convert_share(mapping: Mapping, input_path: str, step: int | None, tmp_dir: 
             executor = Executor(threaded_read(reader), write, workers=workers, max_memory=limit,
                                 check_nonfinite=count_nonfinite,
                                 want=mapping_record.recorded_shapes(mapping, "target"), prefetch=prefetcher(reader),
-                                out_file=tmp_dir, cast=cast)
+                                out_file=tmp_dir, cast=cast,
+                                start_read_part=getattr(reader, "start_read_part", None), sliced=sliced)
             stats = executor.run(mapping, mine)
             files.close()
         except BaseException:

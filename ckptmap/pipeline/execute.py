@@ -23,7 +23,7 @@ from ckptmap.array_copy import contiguous, copy_into
 from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.pipeline.budget import MemoryBudget
-from ckptmap.pipeline.plan import WRITE_BEHIND_CELLS, RulePlan
+from ckptmap.pipeline.plan import READ_AHEAD_CELLS, WRITE_BEHIND_CELLS, RulePlan
 
 
 @dataclass
@@ -58,21 +58,24 @@ class Executor:
     """`run(mapping, plans)`: every rule through `read(name)` -> chain -> `write(name, array)`.
 
     With `write_part(name, index, array)` a stacked target goes to the writer cell by cell, as slices, and is
-    never assembled; with `read_part(name, index)` the stacked inputs named in `sliced` are read one cell's slice
-    at a time instead of whole. Either way a rule holds a few cells' bytes, not its whole stacked tensors."""
+    never assembled (a worker goes on while the last WRITE_BEHIND_CELLS cells are written); with
+    `start_read_part(name, index)` the stacked inputs named in `sliced` are read one cell's slice at a time
+    instead of whole, READ_AHEAD_CELLS cells ahead. Either way a rule holds a few cells' bytes, not its whole
+    stacked tensors. Both return the function that waits for the write or the read."""
 
     def __init__(self, read: Callable[[str], np.ndarray], write: Callable[[str, np.ndarray], None], *,
                  workers: int, max_memory: int | None, check_nonfinite: Callable | None = None,
                  want: dict | None = None, prefetch: Callable[[str], None] | None = None,
                  on_tensor: Callable[[str], None] | None = None, out_file: str | None = None,
                  cast: np.dtype | None = None, on_fail: Callable[[], None] | None = None,
-                 write_part: Callable[[str, tuple, np.ndarray], None] | None = None,
-                 read_part: Callable[[str, tuple], np.ndarray] | None = None, sliced: frozenset[str] = frozenset()):
+                 write_part: Callable[[str, tuple, np.ndarray], Callable[[], None]] | None = None,
+                 start_read_part: Callable[[str, tuple], Callable[[], np.ndarray]] | None = None,
+                 sliced: frozenset[str] = frozenset()):
         self.read = read
         self.write = write
         self.write_part = write_part
-        self.read_part = read_part
-        self.sliced = frozenset(sliced) if read_part is not None else frozenset()
+        self.start_read_part = start_read_part
+        self.sliced = frozenset(sliced) if start_read_part is not None else frozenset()
         self.workers = max(1, int(workers))
         self.budget = MemoryBudget(max_memory)
         self.check_nonfinite = check_nonfinite
@@ -117,22 +120,32 @@ class Executor:
         """The bytes `plan` holds while it runs here (see RulePlan.memory)."""
         return plan.memory(self.workers, parts_out=self.write_part is not None, sliced=self.sliced)
 
-    def _read_slice(self, slot, cell: tuple[int, ...], grid: tuple[int, ...]) -> np.ndarray:
-        """One cell's slice of a stacked input, read alone; its NaN/Inf are counted slice by slice."""
+    def _start_slice(self, slot, cell: tuple[int, ...], grid: tuple[int, ...]) -> Callable[[], np.ndarray]:
+        """Start reading one cell's slice of a stacked input; returns the wait for it, which also counts the
+        slice's NaN/Inf."""
         name = slot.name_at(cell)
         info = self._stacked_inputs[name][0]
         sizes = grid[slot.depth:]
         if len(slot.axes) != len(sizes) or any(a >= info.ndim for a in slot.axes):
             raise MappingError(f"the slot stacks grid {list(sizes)} at axes {list(slot.axes)} of a tensor of "
                                f"{info.ndim} dims", key=name)
-        arr = np.asarray(self.read_part(name, stacked_index(info.ndim, slot, cell)))
-        if self.check_nonfinite is not None:
-            bad = self.check_nonfinite(arr)
-            if bad != (0, 0):
-                with self._lock:
-                    nan, inf = self.stats.nonfinite.get(name, (0, 0))
-                    self.stats.nonfinite[name] = (nan + bad[0], inf + bad[1])
-        return arr
+        started = self.start_read_part(name, stacked_index(info.ndim, slot, cell))
+
+        def wait() -> np.ndarray:
+            arr = np.asarray(started())
+            if self.check_nonfinite is not None:
+                bad = self.check_nonfinite(arr)
+                if bad != (0, 0):
+                    with self._lock:
+                        nan, inf = self.stats.nonfinite.get(name, (0, 0))
+                        self.stats.nonfinite[name] = (nan + bad[0], inf + bad[1])
+            return arr
+        return wait
+
+    def _start_slices(self, state: _RuleState, cell: tuple[int, ...]) -> dict[int, Callable[[], np.ndarray]]:
+        """source index -> the started read of its slice, for the sliced stacked inputs of one cell."""
+        return {i: self._start_slice(s, cell, state.rule.grid) for i, s in enumerate(state.rule.sources)
+                if s.axes and s.name_at(cell) in self.sliced}
 
     def _check(self, name: str, array: np.ndarray, state: _RuleState) -> None:
         plan = state.targets.get(name)
@@ -175,12 +188,14 @@ class Executor:
             out = out.astype(t.dtype)
         return self.write_part(name, idx, contiguous(out))
 
-    def _run_cell(self, state: _RuleState, cell: tuple[int, ...]) -> list[Callable[[], None]]:
-        """Run one cell; returns the waits of the slices it handed to a part-taking writer."""
+    def _run_cell(self, state: _RuleState, cell: tuple[int, ...],
+                  reads: dict[int, Callable[[], np.ndarray]]) -> list[Callable[[], None]]:
+        """Run one cell (`reads`: its sliced inputs, already started); returns the waits of the slices it
+        handed to a part-taking writer."""
         rule = state.rule
         waits = []
-        inputs = tuple(self._read_slice(s, cell, rule.grid) if s.axes and s.name_at(cell) in self.sliced
-                       else read_cell(s, cell, lambda n: self._get(state, n), rule.grid) for s in rule.sources)
+        inputs = tuple(reads[i]() if i in reads else read_cell(s, cell, lambda n: self._get(state, n), rule.grid)
+                       for i, s in enumerate(rule.sources))
         outputs = cell_outputs(rule, cell, inputs)
         del inputs
         for slot, out in zip(rule.targets, outputs):
@@ -205,10 +220,15 @@ class Executor:
     def _cell_task(self, state: _RuleState, cells: list[tuple[int, ...]]) -> None:
         try:
             behind: collections.deque = collections.deque()  # waits of the cells whose slices are being written
-            for cell in cells:
+            ahead: collections.deque = collections.deque()  # started reads of this and the next cells
+            started = 0
+            for k, cell in enumerate(cells):
                 if self._stop.is_set():
                     return
-                behind.append(self._run_cell(state, cell))
+                while started < len(cells) and started <= k + READ_AHEAD_CELLS:
+                    ahead.append(self._start_slices(state, cells[started]) if self.sliced else {})
+                    started += 1
+                behind.append(self._run_cell(state, cell, ahead.popleft()))
                 while len(behind) > WRITE_BEHIND_CELLS:
                     for wait in behind.popleft():
                         wait()

@@ -39,6 +39,9 @@ WRITE_BEHIND_CELLS = 2  # slices a worker may have handed to a part-taking write
 # transforms the next cell while TensorStore writes the last ones (the executor waits for the oldest beyond this)
 
 
+READ_AHEAD_CELLS = 2  # cells whose slices of a sliced stacked input are being read while a worker runs this one
+
+
 @dataclass(frozen=True)
 class StackedInput:
     """An input tensor that holds the rule's grid at `axes`: its bytes, and one cell's slice of it."""
@@ -76,10 +79,11 @@ class RulePlan:
         """Bytes this rule may hold while it runs on `workers` threads: its stacked targets (assembled whole, or
         with `parts_out` per thread the cell's slices and WRITE_BEHIND_CELLS more still being written by a
         writer that takes parts), the inputs it keeps
-        (a stacked input in `sliced` is read one cell's slice at a time instead), and per thread at work one
+        (a stacked input in `sliced` is read one cell's slice at a time instead, READ_AHEAD_CELLS ahead), and per thread at work one
         cell's input and output (twice: the chain's result and its C-ordered copy)."""
         kept_sliced = sum(s.nbytes for s in self.stacked_sources if s.name in sliced)
-        per_cell_sliced = sum(s.slice_bytes for s in self.stacked_sources if s.name in sliced)
+        per_cell_sliced = (1 + READ_AHEAD_CELLS) * sum(s.slice_bytes for s in self.stacked_sources
+                                                       if s.name in sliced)
         per_cell = self.cell_in_bytes + per_cell_sliced + 2 * self.cell_out_bytes
         if parts_out:
             per_cell += (2 + WRITE_BEHIND_CELLS) * self.stacked_cell_out_bytes
