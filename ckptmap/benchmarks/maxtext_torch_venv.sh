@@ -11,7 +11,12 @@ set -eu
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 venv=${1:-/work/venv-mt-torch}
 mt="$repo/.venv-maxtext"
-py=${PYTHON312:-$(command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)}
+# the first Python 3.12 that runs (a pyenv shim on PATH may not)
+py=
+for c in ${PYTHON312:-} "$mt/bin/python" python3.12 /root/.pyenv/versions/3.12.1/bin/python3.12; do
+  if "$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then py=$c; break; fi
+done
+[ -n "$py" ] || { echo "no Python 3.12 found (set PYTHON312)" >&2; exit 2; }
 [ -x "$mt/bin/python" ] || { echo "no $mt: run 'make maxtext-venv' first" >&2; exit 2; }
 site=$("$mt/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 "$py" -m venv "$venv"
