@@ -135,3 +135,20 @@ def test_nonfinite_counts_match_numpy_for_every_float_format(dtype):
         w = view.astype(np.float64)
         assert count_nonfinite(view, chunk=4096) == (int(np.isnan(w).sum()), int(np.isinf(w).sum()))
     assert count_nonfinite(a) == (3, 3) == (int(np.isnan(wide).sum()), int(np.isinf(wide).sum()))
+
+
+def test_an_orbax_save_that_fails_stops_the_workers_with_its_error(tmp_path, monkeypatch):
+    """Orbax saves on its own thread while the workers hand slices over: its failure reaches them (no hang), and
+    nothing is left at the output."""
+    mapping = llama_mapping(True)
+    _hf(tmp_path, mapping=mapping)
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "simulated Orbax failure")
+
+    monkeypatch.setattr(orbax_io, "save_train_state_with", broken)
+    with pytest.raises(CkptmapError) as e:
+        convert(mapping, str(tmp_path / "hf"), str(tmp_path / "mt.orbax"), progress=False, workers=2)
+    assert "mt.orbax" in str(e.value.file)
+    assert not (tmp_path / "mt.orbax").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []

@@ -1,7 +1,8 @@
 """Run planned rules on worker threads, cell by cell, with the bytes in flight under a budget.
 
 Rules enter in the mapping's order while their bytes fit the budget (ckptmap.pipeline.budget); each admitted
-rule's input ranges are handed to the kernel's read-ahead at once (`prefetch`), and its grid cells are spread over
+rule's input ranges are handed to the kernel's read-ahead (`prefetch`, on a thread of its own, in admission order:
+asking the kernel for gigabytes can block until the disk takes them), and its grid cells are spread over
 the threads: a cell reads its slices of the inputs, runs the chain, and either writes its targets right away or
 copies them into the rule's stacked buffers, which are written when the rule's last cell is done. numpy copies
 and the writers' system calls release the GIL, so reading, transforming and writing of several rules overlap.
@@ -274,7 +275,8 @@ class Executor:
         for plan in plans:
             for s in plan.stacked_sources:
                 self._stacked_inputs.setdefault(s.name, []).append(s)
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool, \
+                ThreadPoolExecutor(1, thread_name_prefix="ckptmap-prefetch") as ahead:
             for plan in plans:
                 rule = mapping.rules[plan.index]
                 if not self.budget.acquire(self.memory(plan), self._stop):
@@ -284,7 +286,7 @@ class Executor:
                     break
                 if self.prefetch is not None:
                     for name in plan.sources:
-                        self.prefetch(name)
+                        ahead.submit(self._prefetch, name)
                 try:
                     state = _RuleState(rule, plan, parts_out=self.write_part is not None, sliced=self.sliced)
                 except MemoryError as e:
@@ -302,6 +304,10 @@ class Executor:
         if self._error is not None:
             raise self._error
         return self.stats
+
+    def _prefetch(self, name: str) -> None:
+        if not self._stop.is_set():
+            self.prefetch(name)
 
     def cancel(self) -> None:
         self._stop.set()
