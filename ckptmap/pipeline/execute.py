@@ -1,9 +1,9 @@
 """Run planned rules on worker threads, cell by cell, with the bytes in flight under a budget.
 
 Rules enter in the mapping's order while their bytes fit the budget (ckptmap.pipeline.budget); each admitted
-rule's input ranges are handed to the kernel's read-ahead (`prefetch`, on a thread of its own, in admission order:
-asking the kernel for gigabytes can block until the disk takes them), and its grid cells are spread over
-the threads: a cell reads its slices of the inputs, runs the chain, and either writes its targets right away or
+rule's kept inputs, and each cell's own inputs READ_AHEAD_CELLS cells before it runs, are pulled into the page
+cache by one prefetch thread (`prefetch`, large sequential reads, in the order the workers want them), and its
+grid cells are spread over the threads: a cell reads its slices of the inputs, runs the chain, and either writes its targets right away or
 copies them into the rule's stacked buffers, which are written when the rule's last cell is done. numpy copies
 and the writers' system calls release the GIL, so reading, transforming and writing of several rules overlap.
 The first error stops the run: no new cell starts, and the caller aborts the writer.
@@ -82,6 +82,7 @@ class Executor:
         self.check_nonfinite = check_nonfinite
         self.want = want or {}
         self.prefetch = prefetch
+        self._ahead: ThreadPoolExecutor | None = None  # the prefetch thread, while a run is on
         self.on_tensor = on_tensor
         self.out_file = out_file
         self.cast = cast
@@ -228,6 +229,8 @@ class Executor:
                     return
                 while started < len(cells) and started <= k + READ_AHEAD_CELLS:
                     ahead.append(self._start_slices(state, cells[started]) if self.sliced else {})
+                    if started > k:  # the cell about to run reads its own inputs now
+                        self._prefetch_cell(state, cells[started])
                     started += 1
                 behind.append(self._run_cell(state, cell, ahead.popleft()))
                 while len(behind) > WRITE_BEHIND_CELLS:
@@ -277,6 +280,7 @@ class Executor:
                 self._stacked_inputs.setdefault(s.name, []).append(s)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="ckptmap-prefetch") as ahead:
+            self._ahead = ahead
             for plan in plans:
                 rule = mapping.rules[plan.index]
                 if not self.budget.acquire(self.memory(plan), self._stop):
@@ -284,15 +288,14 @@ class Executor:
                 if self._stop.is_set():
                     self.budget.release(self.memory(plan))
                     break
-                if self.prefetch is not None:
-                    for name in plan.sources:
-                        ahead.submit(self._prefetch, name)
                 try:
                     state = _RuleState(rule, plan, parts_out=self.write_part is not None, sliced=self.sliced)
                 except MemoryError as e:
                     self.budget.release(self.memory(plan))
                     self._fail(e)
                     break
+                for name in state.shared:  # inputs kept for the whole rule: now (a cell's own: just before it)
+                    self._prefetch_soon(name)
                 chunks = _chunks(state.cells, self.workers)
                 self.stats.cells += len(state.cells)
                 if not state.cells:  # an empty grid writes nothing
@@ -308,6 +311,18 @@ class Executor:
     def _prefetch(self, name: str) -> None:
         if not self._stop.is_set():
             self.prefetch(name)
+
+    def _prefetch_soon(self, name: str) -> None:
+        """Queue `name`'s bytes for the prefetch thread (FIFO: the order the workers will want them)."""
+        if self.prefetch is not None and self._ahead is not None:
+            self._ahead.submit(self._prefetch, name)
+
+    def _prefetch_cell(self, state: _RuleState, cell: tuple[int, ...]) -> None:
+        """Queue the inputs one cell reads alone (not those the rule keeps, nor sliced stacked ones)."""
+        for s in state.rule.sources:
+            name = s.name_at(cell)
+            if name not in state.shared and not (s.axes and name in self.sliced):
+                self._prefetch_soon(name)
 
     def cancel(self) -> None:
         self._stop.set()
