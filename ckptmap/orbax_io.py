@@ -17,7 +17,10 @@ never the optimizer state.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -175,6 +178,24 @@ class OrbaxMetadata:
 
 def read_metadata(path: str, step: int | None = None) -> OrbaxMetadata:
     """The parameter names, shapes and dtypes of an Orbax checkpoint (metadata only: no array is read)."""
+    with _unawaited_quiet():
+        return _read_metadata(path, step)
+
+
+@contextlib.contextmanager
+def _unawaited_quiet():
+    """On damaged metadata Orbax leaves coroutines it never awaits; Python warns about each when it is collected,
+    at whatever moment, and the warning would print beside ckptmap's own one-line error. Collect them here,
+    with that one warning silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+        try:
+            yield
+        finally:
+            gc.collect()
+
+
+def _read_metadata(path: str, step: int | None) -> OrbaxMetadata:
     loc = locate(path, step)
     tree = _tree_metadata(loc.item_dir)
     root_path, prefix, skipped = parameter_root(tree)
