@@ -93,22 +93,28 @@ def stacked_index(ndim: int, slot: Slot, cell: tuple[int, ...]) -> tuple:
     return _cell_index(ndim, slot.axes, cell[slot.depth:])
 
 
-def read_cell(slot: Slot, cell: tuple[int, ...], get: GetArray, grid: tuple[int, ...] | None = None) -> np.ndarray:
-    """The array one cell of `slot` holds: its own tensor, or a slice of the stacked tensor."""
-    name = slot.name_at(cell)
-    arr = np.asarray(get(name))
-    if not slot.axes:
-        return arr
+def check_stacked(slot: Slot, cell: tuple[int, ...], shape: tuple[int, ...], grid: tuple[int, ...] | None,
+                  name: str) -> None:
+    """Raise MappingError unless a stacked tensor of `shape` holds the rule's grid at the slot's axes."""
     inner = cell[slot.depth:]
     if len(slot.axes) != len(inner):
         raise MappingError(f"slot stacks {len(slot.axes)} grid axes but the rule's grid leaves {len(inner)}",
                            key=name)
     if grid is not None:
         sizes = grid[slot.depth:]
-        if any(a >= arr.ndim for a in slot.axes) or any(arr.shape[a] != n for a, n in zip(slot.axes, sizes)):
+        if any(a >= len(shape) for a in slot.axes) or any(shape[a] != n for a, n in zip(slot.axes, sizes)):
             raise MappingError(f"the slot stacks grid {list(sizes)} at axes {list(slot.axes)} of a tensor of shape "
-                               f"{list(arr.shape)}", key=name)
-    return arr[_cell_index(arr.ndim, slot.axes, inner)]
+                               f"{list(shape)}", key=name)
+
+
+def read_cell(slot: Slot, cell: tuple[int, ...], get: GetArray, grid: tuple[int, ...] | None = None) -> np.ndarray:
+    """The array one cell of `slot` holds: its own tensor, or a slice of the stacked tensor."""
+    name = slot.name_at(cell)
+    arr = np.asarray(get(name))
+    if not slot.axes:
+        return arr
+    check_stacked(slot, cell, arr.shape, grid, name)
+    return arr[_cell_index(arr.ndim, slot.axes, cell[slot.depth:])]
 
 
 def cell_outputs(rule: Rule, cell: tuple[int, ...], inputs: tuple) -> tuple:

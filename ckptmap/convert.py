@@ -10,6 +10,7 @@ appears only when every tensor has been written (temp path + rename).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -24,7 +25,7 @@ from ckptmap.apply import check_rules
 from ckptmap.checkpoint_io import (DEFAULT_MAX_SHARD_BYTES, CheckpointIOError, CheckpointReader, open_reader,
                                    open_writer, output_format, output_path, remove_stale_temps, write_failure)
 from ckptmap.errors import CkptmapError, MappingError
-from ckptmap.mapping import Mapping, Rule
+from ckptmap.mapping import Mapping
 from ckptmap.pipeline.execute import Executor
 from ckptmap.pipeline.plan import RulePlan, check_planned_shapes, plan_mapping
 from ckptmap.pipeline.sinks import OrderedSink, SafetensorsSink, safetensors_layout, write_index
@@ -107,11 +108,7 @@ def check_inputs(mapping: Mapping, reader: CheckpointReader, limit: int = 8) -> 
                            file=reader.path, key=missing[0])
 
 
-def _shared_names(rule: Rule) -> set[str]:
-    """Source tensors that several cells of the rule slice (stacked or single slots): worth keeping per rule."""
-    return {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
-
-
+@functools.cache
 def _exponent_masks() -> dict:
     """dtype -> (unsigned view, sign-less mask, exponent mask) of the IEEE-like float formats: a value is NaN when
     its sign-less bits exceed the exponent mask, Inf when they equal it."""
@@ -123,20 +120,14 @@ def _exponent_masks() -> dict:
             np.dtype(np.float64): (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 
 
-_MASKS: dict | None = None
-
-
 def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> tuple[int, int]:
     """(NaN count, Inf count) of a float array, in chunks (no temporary the size of the tensor); 0, 0 for
     integer and bool arrays. IEEE formats are checked on their bits (one integer pass per chunk in the usual
     all-finite case, ~2.5x numpy's isfinite on bfloat16)."""
-    global _MASKS
     if array.dtype.kind in "biuOSU" or array.size == 0:
         return 0, 0
-    if _MASKS is None:
-        _MASKS = _exponent_masks()
     flat = np.ascontiguousarray(array).reshape(-1)
-    masks = _MASKS.get(flat.dtype)
+    masks = _exponent_masks().get(flat.dtype)
     nan = inf = 0
     if masks is not None:
         raw, sign_less, exponent = masks
@@ -410,7 +401,6 @@ def _hf_files(writer: SafetensorsSink, mapping: Mapping, hf_config: dict | None,
     config = hf_config or (mapping.meta.get("hf_config") if _output_side_is_hf(mapping) else None)
     if not config:
         return []
-
     files = model_dir_files(config, dtype)
     writer.extra_files.update(files)
     return sorted(files)

@@ -237,13 +237,15 @@ def restore_parameters(meta: OrbaxMetadata, names: list[str] | None = None) -> d
 
 
 def read_context(item_dir: str):
-    """One TensorStore context for reading a checkpoint's arrays (Orbax's own: its OCDBT cache pool), or None
-    when this Orbax has no such helper (then arrays are restored through Orbax)."""
+    """One TensorStore context for reading a checkpoint's arrays (Orbax's own: its OCDBT cache pool) and whether
+    the checkpoint is OCDBT; (None, False) when this Orbax has no such helper (then arrays are restored through
+    Orbax)."""
     try:
         from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
     except ImportError:
-        return None
-    return ts_utils.get_ts_context(use_ocdbt=_is_ocdbt(item_dir))
+        return None, False
+    use_ocdbt = _is_ocdbt(item_dir)
+    return ts_utils.get_ts_context(use_ocdbt=use_ocdbt), use_ocdbt
 
 
 def _is_ocdbt(item_dir: str) -> bool:
@@ -253,10 +255,10 @@ def _is_ocdbt(item_dir: str) -> bool:
         return False
 
 
-def open_array(meta: OrbaxMetadata, name: str, context):
+def open_array(meta: OrbaxMetadata, name: str, context, use_ocdbt: bool):
     """A read-only TensorStore handle on the stored parameter `name` ('-'-joined), opened with Orbax's own read
-    spec (OCDBT or not, Zarr v2 or v3); None when it does not open so (the caller restores through Orbax, which
-    reports the damage)."""
+    spec (`read_context`'s context and OCDBT flag; Zarr v2 or v3); None when it does not open so (the caller
+    restores through Orbax, which reports the damage)."""
     if context is None:
         return None
     import tensorstore as ts
@@ -264,7 +266,6 @@ def open_array(meta: OrbaxMetadata, name: str, context):
 
     item_dir = os.path.abspath(meta.location.item_dir)
     relative = ".".join(meta.root_path + tuple(name.split("-")))
-    use_ocdbt = _is_ocdbt(item_dir)
     for zarr3 in (False, True):
         spec = ts_utils.ArrayReadSpec(item_dir, relative, use_zarr3=zarr3, use_ocdbt=use_ocdbt).json
         try:

@@ -307,7 +307,7 @@ class OrbaxReader(CheckpointReader):
             raise CheckpointIOError(f"cannot read the Orbax metadata ({_unreadable(e)})", file=path) from None
         self.item_dir = self._meta.location.item_dir
         self._lock = threading.Lock()
-        self._context = False  # the TensorStore context, made at the first read
+        self._context: tuple | None = None  # (TensorStore context, OCDBT?), made at the first read
         self._stores: dict[str, object] = {}
         self._dtypes: dict[str, np.dtype] = {}
         for name, (shape, dtype) in self._meta.entries.items():
@@ -352,9 +352,9 @@ class OrbaxReader(CheckpointReader):
         """The TensorStore handle on a stored name, opened once (None: restore through Orbax instead)."""
         with self._lock:
             if name not in self._stores:
-                if self._context is False:
+                if self._context is None:
                     self._context = orbax_io.read_context(self.item_dir)
-                self._stores[name] = orbax_io.open_array(self._meta, name, self._context)
+                self._stores[name] = orbax_io.open_array(self._meta, name, *self._context)
             return self._stores[name]
 
     def read(self, name: str) -> np.ndarray:

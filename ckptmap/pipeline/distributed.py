@@ -59,8 +59,6 @@ def convert_share(mapping: Mapping, input_path: str, step: int | None, tmp_dir: 
                   max_memory: int | None) -> ShareResult:
     """The work of one process: plan again from the input (the same plan the driver made), then write the
     tensors of `shards` into their files in `tmp_dir`."""
-
-
     cast = _dtype(cast_name)
     workers = default_workers() if workers is None else workers
     with open_reader(input_path, step=step) as reader:

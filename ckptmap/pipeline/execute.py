@@ -3,8 +3,9 @@
 Rules enter in the mapping's order while their bytes fit the budget (ckptmap.pipeline.budget); each admitted
 rule's kept inputs, and each cell's own inputs READ_AHEAD_CELLS cells before it runs, are pulled into the page
 cache by one prefetch thread (`prefetch`, large sequential reads, in the order the workers want them), and its
-grid cells are spread over the threads: a cell reads its slices of the inputs, runs the chain, and either writes its targets right away or
-copies them into the rule's stacked buffers, which are written when the rule's last cell is done. numpy copies
+grid cells are spread over the threads: a cell reads its slices of the inputs, runs the chain, and either writes
+its targets right away (or, for a writer that takes parts, its slices of the stacked targets) or copies them into
+the rule's stacked buffers, which are written when the rule's last cell is done. numpy copies
 and the writers' system calls release the GIL, so reading, transforming and writing of several rules overlap.
 The first error stops the run: no new cell starts, and the caller aborts the writer.
 """
@@ -19,12 +20,12 @@ from typing import Callable
 
 import numpy as np
 
-from ckptmap.apply import cell_outputs, read_cell, stacked_index
+from ckptmap.apply import cell_outputs, check_stacked, read_cell, stacked_index
 from ckptmap.array_copy import contiguous, copy_into
 from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.pipeline.budget import MemoryBudget
-from ckptmap.pipeline.plan import READ_AHEAD_CELLS, WRITE_BEHIND_CELLS, RulePlan
+from ckptmap.pipeline.plan import READ_AHEAD_CELLS, WRITE_BEHIND_CELLS, RulePlan, kept_inputs
 
 
 @dataclass
@@ -43,7 +44,7 @@ class _RuleState:
         self.plan = plan
         self.targets = {t.name: t for t in plan.targets}
         self.kept: dict[str, np.ndarray] = {}
-        self.shared = {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()} - sliced
+        self.shared = kept_inputs(rule) - sliced
         self.buffers: dict[str, np.ndarray] = {}
         for slot in rule.targets:
             if slot.axes and not parts_out:
@@ -112,11 +113,16 @@ class Executor:
                 first = name not in self._counted
                 self._counted.add(name)
             if first:
-                bad = self.check_nonfinite(arr)
-                if bad != (0, 0):
-                    with self._lock:
-                        self.stats.nonfinite[name] = bad
+                self._count_nonfinite(name, arr)
         return arr
+
+    def _count_nonfinite(self, name: str, arr: np.ndarray) -> None:
+        """Add `arr`'s NaN/Inf to `name`'s counts (a whole tensor once, or each of its slices)."""
+        bad = self.check_nonfinite(arr)
+        if bad != (0, 0):
+            with self._lock:
+                nan, inf = self.stats.nonfinite.get(name, (0, 0))
+                self.stats.nonfinite[name] = (nan + bad[0], inf + bad[1])
 
     def memory(self, plan: RulePlan) -> int:
         """The bytes `plan` holds while it runs here (see RulePlan.memory)."""
@@ -126,21 +132,14 @@ class Executor:
         """Start reading one cell's slice of a stacked input; returns the wait for it, which also counts the
         slice's NaN/Inf."""
         name = slot.name_at(cell)
-        info = self._stacked_inputs[name][0]
-        sizes = grid[slot.depth:]
-        if len(slot.axes) != len(sizes) or any(a >= info.ndim for a in slot.axes):
-            raise MappingError(f"the slot stacks grid {list(sizes)} at axes {list(slot.axes)} of a tensor of "
-                               f"{info.ndim} dims", key=name)
-        started = self.start_read_part(name, stacked_index(info.ndim, slot, cell))
+        shape = self._stacked_shapes[name]
+        check_stacked(slot, cell, shape, grid, name)
+        started = self.start_read_part(name, stacked_index(len(shape), slot, cell))
 
         def wait() -> np.ndarray:
             arr = np.asarray(started())
             if self.check_nonfinite is not None:
-                bad = self.check_nonfinite(arr)
-                if bad != (0, 0):
-                    with self._lock:
-                        nan, inf = self.stats.nonfinite.get(name, (0, 0))
-                        self.stats.nonfinite[name] = (nan + bad[0], inf + bad[1])
+                self._count_nonfinite(name, arr)
             return arr
         return wait
 
@@ -274,10 +273,7 @@ class Executor:
     # --------------------------------------------------------------------------------------------- the run
     def run(self, mapping: Mapping, plans: list[RulePlan]) -> RunStats:
         """Run every rule (plans[i] for mapping.rules[plans[i].index]); raises the first error any thread hit."""
-        self._stacked_inputs: dict[str, list] = {}
-        for plan in plans:
-            for s in plan.stacked_sources:
-                self._stacked_inputs.setdefault(s.name, []).append(s)
+        self._stacked_shapes = {s.name: s.shape for plan in plans for s in plan.stacked_sources}
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool, \
                 ThreadPoolExecutor(1, thread_name_prefix="ckptmap-prefetch") as ahead:
             self._ahead = ahead

@@ -35,22 +35,21 @@ class TargetPlan:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-WRITE_BEHIND_CELLS = 2  # slices a worker may have handed to a part-taking writer and not seen written yet, so it
-# transforms the next cell while TensorStore writes the last ones (the executor waits for the oldest beyond this)
-
-
-READ_AHEAD_CELLS = 2  # cells whose slices of a sliced stacked input are being read while a worker runs this one
+# slices a worker may have handed to a part-taking writer and not seen written yet, so that it transforms the next
+# cell while TensorStore writes the last ones (the executor waits for the oldest beyond this)
+WRITE_BEHIND_CELLS = 2
+READ_AHEAD_CELLS = 2  # cells whose inputs are being read (or prefetched) while a worker runs this one
 
 
 @dataclass(frozen=True)
 class StackedInput:
-    """An input tensor that holds the rule's grid at `axes`: its bytes, and one cell's slice of it."""
+    """An input tensor that holds the rule's grid at `axes`: its shape and bytes, and one cell's slice of it."""
 
     name: str
     nbytes: int
     slice_bytes: int
     axes: tuple[int, ...]
-    ndim: int
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -78,9 +77,9 @@ class RulePlan:
     def memory(self, workers: int = 1, *, parts_out: bool = False, sliced: frozenset[str] = frozenset()) -> int:
         """Bytes this rule may hold while it runs on `workers` threads: its stacked targets (assembled whole, or
         with `parts_out` per thread the cell's slices and WRITE_BEHIND_CELLS more still being written by a
-        writer that takes parts), the inputs it keeps
-        (a stacked input in `sliced` is read one cell's slice at a time instead, READ_AHEAD_CELLS ahead), and per thread at work one
-        cell's input and output (twice: the chain's result and its C-ordered copy)."""
+        writer that takes parts), the inputs it keeps (a stacked input in `sliced` is read one cell's slice at a
+        time instead, READ_AHEAD_CELLS ahead), and per thread at work one cell's input and output (twice: the
+        chain's result and its C-ordered copy)."""
         kept_sliced = sum(s.nbytes for s in self.stacked_sources if s.name in sliced)
         per_cell_sliced = (1 + READ_AHEAD_CELLS) * sum(s.slice_bytes for s in self.stacked_sources
                                                        if s.name in sliced)
@@ -136,6 +135,11 @@ def _stacked_shape(slot: Slot, cell_shape: tuple[int, ...], grid: tuple[int, ...
     return tuple(shape)
 
 
+def kept_inputs(rule: Rule) -> set[str]:
+    """Source tensors that several cells of the rule slice (stacked or single slots): read once, kept per rule."""
+    return {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
+
+
 def _slices(slot: Slot, grid: tuple[int, ...]) -> int:
     """How many cells' slices a stacked tensor of `slot` holds."""
     return max(1, int(np.prod(grid[slot.depth:], dtype=np.int64)))
@@ -177,13 +181,13 @@ def plan_rule(index: int, rule: Rule, shape_of, dtype_of, cast: np.dtype | None)
     targets += stacked_targets  # the executor writes a rule's stacked targets once its last cell is done
     sources = tuple(dict.fromkeys(rule.source_names()))
     size = {n: int(np.prod(shape_of(n), dtype=np.int64)) * np.dtype(dtype_of(n)).itemsize for n in sources}
-    shared = {n for s in rule.sources if s.axes or not s.is_per_cell for n in s.names()}
+    shared = kept_inputs(rule)
     stacked = {n for s in rule.targets if s.axes for n in s.names()}
     by_name = {t.name: t for t in targets}
     stacked_cell_out = sum(max((by_name[n].nbytes // _slices(s, rule.grid) for n in s.names() if n in by_name),
                                default=0) for s in rule.targets if s.axes)
     stacked_sources = tuple(dict.fromkeys(StackedInput(n, size[n], size[n] // _slices(s, rule.grid), tuple(s.axes),
-                                                       len(shape_of(n)))
+                                                       tuple(shape_of(n)))
                                           for s in rule.sources if s.axes for n in s.names()))
     return RulePlan(index, sources, tuple(targets), sum(size.values()), max(size.values(), default=0),
                     stacked_out_bytes=sum(t.nbytes for t in targets if t.name in stacked),

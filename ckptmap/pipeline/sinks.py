@@ -19,12 +19,11 @@ from typing import Callable
 import numpy as np
 
 from ckptmap.array_copy import contiguous
-from ckptmap.checkpoint_io.base import _NP_TO_ST, CheckpointIOError, CheckpointWriter
+from ckptmap.checkpoint_io.base import _NP_TO_ST, CheckpointIOError, CheckpointWriter, write_failure
 from ckptmap.checkpoint_io.commit import _remove, _temp_beside
 from ckptmap.pipeline import fileio
 from ckptmap.pipeline.plan import RulePlan, TargetPlan
 from ckptmap.trees.safetensors_tree import INDEX_NAME, dump_header
-from ckptmap.checkpoint_io.base import write_failure
 
 
 @dataclass
@@ -166,6 +165,8 @@ class PlannedWriter(CheckpointWriter):
     """A CheckpointWriter that knows its targets: `write` may be called from several threads at once; a name
     it was not planned for, or an array of another shape or dtype than planned, is an error."""
 
+    accepts_parts = False  # True where `write_part` writes a stacked target slice by slice
+
     def __init__(self, path: str, targets: dict[str, TargetPlan], *, overwrite: bool = True):
         super().__init__(path, overwrite=overwrite)
         self.targets = targets
@@ -187,12 +188,9 @@ class PlannedWriter(CheckpointWriter):
         try:
             self._write(name, array)
         except OSError as e:
-
             raise write_failure(e, file=self.path, key=name) from None
         with self._lock:
             self.bytes_written += array.nbytes
-
-    accepts_parts = False  # True where `write_part` writes a stacked target slice by slice
 
     def write_part(self, name: str, index: tuple, array: np.ndarray) -> Callable[[], None]:
         """Start writing one cell's slice of a stacked target: `index` holds an int at each of the target's

@@ -1,7 +1,7 @@
 """How the pipeline reads an opened checkpoint from several threads: safetensors tensors are memory maps (each
 read is its own map, safe from any thread), Orbax arrays TensorStore reads (whole, or one cell's slice where
-the chunks allow: `sliced_inputs`), every other reader is called one thread at a time; `prefetcher`
-starts the kernel's read-ahead of a tensor's bytes before the rule that needs it runs."""
+the chunks allow: `sliced_inputs`), every other reader is called one thread at a time; `prefetcher` pulls a
+tensor's bytes into the page cache (fileio.prefetch) before the cell that reads it runs."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def byte_range(reader: CheckpointReader, name: str) -> tuple[str, int, int] | No
 
 
 def prefetcher(reader: CheckpointReader) -> Callable[[str], None] | None:
-    """A function that starts reading a tensor ahead (None when the format has no plain byte range)."""
+    """A function that reads a tensor's bytes into the page cache ahead of use (None when the format has no plain
+    byte range)."""
     if not isinstance(reader, (SafetensorsFileReader, SafetensorsDirReader)):
         return None
 
