@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -149,7 +150,12 @@ def parameter_root(tree: dict) -> tuple[tuple[str, ...], tuple[str, ...], list[s
     return (), (), skipped
 
 
-def _tree_metadata(item_dir: str):
+def _tree_metadata(item_dir: str, stored: StoredMetadata | None):
+    """The stored tree with a `.shape`/`.dtype` leaf per array: read from `_METADATA` and the arrays' own Zarr
+    metadata through TensorStore (no JAX, no Orbax) when `_METADATA` is in the JSON form Orbax writes, else
+    through Orbax's own metadata call."""
+    if stored is not None:
+        return _tree_from_stores(item_dir, stored)
     ocp = import_orbax(item_dir)
     try:
         metadata = ocp.PyTreeCheckpointer().metadata(os.path.abspath(item_dir))
@@ -158,6 +164,83 @@ def _tree_metadata(item_dir: str):
         raise OrbaxError(f"cannot read Orbax metadata: {type(e).__name__}: {first_line}", file=item_dir) from None
     tree = getattr(getattr(metadata, "item_metadata", metadata), "tree", None)
     return tree if tree is not None else getattr(metadata, "item_metadata", metadata)
+
+
+# Orbax's `value_type`s of leaves stored as TensorStore arrays, and of leaves that are not arrays (the step); a
+# `_METADATA` with any other type is left to Orbax's own metadata call, which knows its types.
+ARRAY_VALUE_TYPES = ("jax.Array", "np.ndarray")
+OTHER_VALUE_TYPES = ("scalar", "string")
+
+
+@dataclass(frozen=True)
+class StoredMetadata:
+    """`_METADATA` as Orbax's PyTree handler writes it: each leaf's key path and value type, and the storage
+    flags (None where the file does not say)."""
+
+    leaves: dict[tuple[str, ...], str]
+    use_ocdbt: bool | None
+    use_zarr3: bool | None
+
+
+def stored_metadata(item_dir: str) -> StoredMetadata | None:
+    """`item_dir/_METADATA` parsed, or None when it is not the JSON tree form (`{"tree_metadata": {...}}`) this
+    reads: Orbax then reads it, and reports what is wrong with it."""
+    try:
+        with open(os.path.join(item_dir, "_METADATA"), "rb") as f:
+            doc = json.loads(f.read())
+        entries = doc["tree_metadata"]
+        leaves = {}
+        for entry in entries.values():
+            keys = tuple(str(k["key"]) for k in entry["key_metadata"])
+            leaves[keys] = str(entry["value_metadata"]["value_type"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if any(v not in ARRAY_VALUE_TYPES + OTHER_VALUE_TYPES for v in leaves.values()):
+        return None
+    flag = lambda k: doc[k] if isinstance(doc.get(k), bool) else None  # noqa: E731
+    return StoredMetadata(leaves, flag("use_ocdbt"), flag("use_zarr3"))
+
+
+@dataclass(frozen=True)
+class _StoredArray:
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class _Unopened:
+    """A leaf `_METADATA` lists as an array that does not open (why: TensorStore's first line)."""
+
+    why: str
+
+
+def _tree_from_stores(item_dir: str, stored: StoredMetadata) -> dict:
+    """The nested tree of `stored`'s leaves; each array's shape and dtype come from opening it (all opened side
+    by side, every open awaited, so nothing is left running); an array that does not open is an `_Unopened`
+    leaf, reported by `read_metadata` under its parameter name."""
+    context, use_ocdbt = read_context(item_dir, stored)
+    opening = {k: _start_open(item_dir, k, context, use_ocdbt, stored.use_zarr3)
+               for k, v in stored.leaves.items() if v in ARRAY_VALUE_TYPES}
+    tree: dict = {}
+    for keys in stored.leaves:
+        if not keys:
+            raise OrbaxError("_METADATA lists a leaf with an empty key path", file=item_dir)
+        leaf = None
+        if keys in opening:
+            store, why = _finish_open(opening[keys], item_dir, keys, context, use_ocdbt, stored.use_zarr3)
+            leaf = _Unopened(why) if store is None else _StoredArray(tuple(int(d) for d in store.shape),
+                                                                     store.dtype.name)
+        node = tree
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise OrbaxError(f"_METADATA lists {k!r} as both a leaf and a subtree", file=item_dir,
+                                 key="-".join(keys))
+        if isinstance(node.get(keys[-1]), dict):
+            raise OrbaxError(f"_METADATA lists {keys[-1]!r} as both a leaf and a subtree", file=item_dir,
+                             key="-".join(keys))
+        node[keys[-1]] = leaf
+    return tree
 
 
 def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
@@ -174,6 +257,7 @@ class OrbaxMetadata:
     entries: dict[str, tuple[tuple[int, ...], str]]
     root_path: tuple[str, ...]
     skipped: tuple[str, ...]
+    stored: StoredMetadata | None = None  # `_METADATA` as read without Orbax (None: Orbax read it)
 
 
 def read_metadata(path: str, step: int | None = None) -> OrbaxMetadata:
@@ -197,9 +281,17 @@ def _unawaited_quiet():
 
 def _read_metadata(path: str, step: int | None) -> OrbaxMetadata:
     loc = locate(path, step)
-    tree = _tree_metadata(loc.item_dir)
+    stored = stored_metadata(loc.item_dir)
+    tree = _tree_metadata(loc.item_dir, stored)
     root_path, prefix, skipped = parameter_root(tree)
     entries: dict[str, tuple[tuple[int, ...], str]] = {}
+    unopened = [("-".join(prefix + p), leaf) for p, leaf in _leaves(_subtree(tree, root_path))
+                if isinstance(leaf, _Unopened)]
+    if unopened:
+        name, leaf = unopened[0]
+        more = f" ({len(unopened) - 1} more parameters fail so)" if len(unopened) > 1 else ""
+        raise OrbaxError(f"_METADATA lists this array but it does not open: {leaf.why}{more}", file=loc.item_dir,
+                         key=name)
     for leaf_path, leaf in _leaves(_subtree(tree, root_path)):
         shape = getattr(leaf, "shape", None)
         if shape is None:
@@ -207,7 +299,7 @@ def _read_metadata(path: str, step: int | None) -> OrbaxMetadata:
         entries["-".join(prefix + leaf_path)] = (tuple(int(d) for d in shape), str(getattr(leaf, "dtype", "float32")))
     if not entries:
         raise OrbaxError("Orbax metadata lists no arrays", file=loc.item_dir)
-    return OrbaxMetadata(loc, entries, root_path, tuple(skipped))
+    return OrbaxMetadata(loc, entries, root_path, tuple(skipped), stored)
 
 
 def restore_parameters(meta: OrbaxMetadata, names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -236,16 +328,18 @@ def restore_parameters(meta: OrbaxMetadata, names: list[str] | None = None) -> d
     return out
 
 
-def read_context(item_dir: str):
-    """One TensorStore context for reading a checkpoint's arrays (Orbax's own: its OCDBT cache pool) and whether
-    the checkpoint is OCDBT; (None, False) when this Orbax has no such helper (then arrays are restored through
-    Orbax)."""
-    try:
-        from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
-    except ImportError:
-        return None, False
-    use_ocdbt = _is_ocdbt(item_dir)
-    return ts_utils.get_ts_context(use_ocdbt=use_ocdbt), use_ocdbt
+# The TensorStore context for reading Orbax arrays: Orbax's own defaults (file I/O threads, a cache pool for the
+# OCDBT B-tree nodes so that each array's lookup does not re-read them).
+READ_CONTEXT = {"file_io_concurrency": {"limit": 128}, "cache_pool#ocdbt": {"total_bytes_limit": 100_000_000}}
+
+
+def read_context(item_dir: str, stored: StoredMetadata | None = None):
+    """One TensorStore context for reading a checkpoint's arrays, and whether the checkpoint is OCDBT (as
+    `_METADATA` says, else as the files show)."""
+    import tensorstore as ts
+
+    use_ocdbt = stored.use_ocdbt if stored is not None and stored.use_ocdbt is not None else _is_ocdbt(item_dir)
+    return ts.Context(READ_CONTEXT), use_ocdbt
 
 
 def _is_ocdbt(item_dir: str) -> bool:
@@ -255,24 +349,63 @@ def _is_ocdbt(item_dir: str) -> bool:
         return False
 
 
-def open_array(meta: OrbaxMetadata, name: str, context, use_ocdbt: bool):
-    """A read-only TensorStore handle on the stored parameter `name` ('-'-joined), opened with Orbax's own read
-    spec (`read_context`'s context and OCDBT flag; Zarr v2 or v3); None when it does not open so (the caller
-    restores through Orbax, which reports the damage)."""
-    if context is None:
-        return None
-    import tensorstore as ts
-    from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+def array_spec(item_dir: str, keys: tuple[str, ...], use_ocdbt: bool, zarr3: bool) -> dict:
+    """The TensorStore spec of the stored array at key path `keys`: Orbax names it by the keys joined with `.`,
+    inside the OCDBT database at `item_dir` or as a directory of its own."""
+    item_dir = os.path.abspath(item_dir)
+    relative = ".".join(keys)
+    if use_ocdbt:
+        kvstore = {"driver": "ocdbt", "base": {"driver": "file", "path": item_dir + "/"}, "path": relative,
+                   "cache_pool": "cache_pool#ocdbt"}
+    else:
+        kvstore = {"driver": "file", "path": os.path.join(item_dir, relative)}
+    return {"driver": "zarr3" if zarr3 else "zarr", "kvstore": kvstore, "recheck_cached_data": False,
+            "recheck_cached_metadata": False}
 
-    item_dir = os.path.abspath(meta.location.item_dir)
-    relative = ".".join(meta.root_path + tuple(name.split("-")))
-    for zarr3 in (False, True):
-        spec = ts_utils.ArrayReadSpec(item_dir, relative, use_zarr3=zarr3, use_ocdbt=use_ocdbt).json
+
+def _zarr_versions(use_zarr3: bool | None) -> tuple[bool, ...]:
+    return (use_zarr3,) if use_zarr3 is not None else (False, True)
+
+
+def _open(item_dir: str, keys: tuple[str, ...], context, use_ocdbt: bool, zarr3: bool):
+    """TensorStore's future of the opened array, or the exception when it refuses the spec outright."""
+    import tensorstore as ts
+
+    try:
+        return ts.open(array_spec(item_dir, keys, use_ocdbt, zarr3), open=True, read=True, context=context)
+    except Exception as e:  # noqa: BLE001 - reported by _finish_open
+        return e
+
+
+def _start_open(item_dir: str, keys: tuple[str, ...], context, use_ocdbt: bool, use_zarr3: bool | None):
+    return _open(item_dir, keys, context, use_ocdbt, _zarr_versions(use_zarr3)[0])
+
+
+def _finish_open(started, item_dir: str, keys: tuple[str, ...], context, use_ocdbt: bool,
+                 use_zarr3: bool | None):
+    """(store, None), or (None, why) when no Zarr version opens it (TensorStore's message, without its spec)."""
+    why = ""
+    for i, zarr3 in enumerate(_zarr_versions(use_zarr3)):
+        if i:
+            started = _open(item_dir, keys, context, use_ocdbt, zarr3)
         try:
-            return ts.open(spec, open=True, read=True, context=context).result()
-        except Exception:  # noqa: BLE001 - the other Zarr version, or Orbax's restore names the problem
-            continue
-    return None
+            if isinstance(started, Exception):
+                raise started
+            return started.result(), None
+        except Exception as e:  # noqa: BLE001 - missing or damaged Zarr metadata
+            why = " ".join(str(e).split("[tensorstore_spec")[0].split())[:200]
+    return None, why
+
+
+def open_array(meta: OrbaxMetadata, name: str, context, use_ocdbt: bool):
+    """A read-only TensorStore handle on the stored parameter `name` ('-'-joined); None when it does not open (the
+    caller restores through Orbax, which reports the damage)."""
+    item_dir = meta.location.item_dir
+    keys = meta.root_path + tuple(name.split("-"))
+    use_zarr3 = meta.stored.use_zarr3 if meta.stored is not None else None
+    store, _ = _finish_open(_start_open(item_dir, keys, context, use_ocdbt, use_zarr3), item_dir, keys, context,
+                            use_ocdbt, use_zarr3)
+    return store
 
 
 def _map_leaves(tree: Any, fn) -> Any:

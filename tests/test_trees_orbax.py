@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -68,3 +73,34 @@ def test_missing_directory(tmp_path):
     with pytest.raises(TreeError) as e:
         read_tree(f"orbax:{tmp_path / 'gone'}")
     assert e.value.one_line() == f"{tmp_path / 'gone'}: no such Orbax checkpoint directory"
+
+
+def test_metadata_is_read_without_jax_or_orbax(step_dir):
+    """Shapes and dtypes come from `_METADATA` and the arrays' Zarr metadata through TensorStore alone, so reading
+    an Orbax tree or converting from one does not pay for importing JAX and Orbax."""
+    code = ("import sys; from ckptmap.trees import read_tree; "
+            f"t = read_tree('orbax:{step_dir}'); "
+            "print(sorted(t.shapes().items())); print('jax' in sys.modules, 'orbax.checkpoint' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == str(sorted((n, s) for n, (s, _) in EXPECTED.items()))
+    assert out[1] == "False False"
+
+
+def test_an_array_listed_but_not_stored_is_named(step_dir, tmp_path, caplog):
+    """A `_METADATA` that lists an array the checkpoint does not hold: the error names it, and no asynchronous
+    work is left behind to log later (Orbax's own metadata call left failed tasks and TensorStore callbacks on a
+    closed event loop, which printed tracebacks from other threads in the middle of later tests)."""
+    items = tmp_path / "c" / "items"
+    shutil.copytree(os.path.join(step_dir, "7", "items"), items)
+    meta = json.loads((items / "_METADATA").read_text())
+    key = "('params', 'params', 'decoder', 'layers', 'mlp', 'wi_0', 'kernel')"
+    entry = meta["tree_metadata"].pop(key)
+    entry["key_metadata"][-2]["key"] = "wi_9"
+    meta["tree_metadata"][key.replace("wi_0", "wi_9")] = entry
+    (items / "_METADATA").write_text(json.dumps(meta))
+    with pytest.raises(TreeError) as e:
+        read_tree(f"orbax:{items}")
+    assert e.value.key == "params-decoder-layers-mlp-wi_9-kernel"
+    assert "does not open" in e.value.one_line()
+    gc.collect()
+    assert not [r for r in caplog.records if r.name == "asyncio"]

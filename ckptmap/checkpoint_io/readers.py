@@ -353,7 +353,7 @@ class OrbaxReader(CheckpointReader):
         with self._lock:
             if name not in self._stores:
                 if self._context is None:
-                    self._context = orbax_io.read_context(self.item_dir)
+                    self._context = orbax_io.read_context(self.item_dir, self._meta.stored)
                 self._stores[name] = orbax_io.open_array(self._meta, name, *self._context)
             return self._stores[name]
 
