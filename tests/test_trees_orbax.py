@@ -104,3 +104,21 @@ def test_an_array_listed_but_not_stored_is_named(step_dir, tmp_path, caplog):
     assert "does not open" in e.value.one_line()
     gc.collect()
     assert not [r for r in caplog.records if r.name == "asyncio"]
+
+
+@pytest.mark.parametrize("use_ocdbt", [False, True], ids=["per-array-dirs", "ocdbt"])
+@pytest.mark.parametrize("use_zarr3", [False, True], ids=["zarr2", "zarr3"])
+def test_every_storage_form_reads_through_tensorstore(tmp_path, use_ocdbt, use_zarr3):
+    """Orbax's four storage forms (an OCDBT database or a directory per array; Zarr v2 or v3), as older and newer
+    MaxText checkpoints hold them: the values read back exactly, without importing Orbax or JAX."""
+    w = np.arange(15, dtype=np.float32).reshape(3, 5)
+    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=use_ocdbt, use_zarr3=use_zarr3)
+    ocp.Checkpointer(handler).save(str(tmp_path / "c"),
+                                   args=ocp.args.PyTreeSave({"params": {"params": {"decoder": {"w": w}}},
+                                                             "step": np.int32(1)}))
+    code = ("import sys; from ckptmap import checkpoint_io as cio; "
+            f"r = cio.open_reader('orbax:{tmp_path / 'c'}'); a = r.read('params-decoder-w'); "
+            "print(a.dtype, a.shape, a.ravel().tolist()); print('jax' in sys.modules, 'orbax.checkpoint' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == f"float32 (3, 5) {w.ravel().tolist()}"
+    assert out[1] == "False False"
