@@ -68,3 +68,17 @@ def test_hf_input_has_its_config_and_no_repeated_tensor(tmp_path):
         assert (a.view(np.uint16) != b.view(np.uint16)).mean() >= 0.95  # layers differ (fresh mantissas)
         std = float(a.astype(np.float32).std())
         assert 0.015 <= std <= 0.03 and np.isfinite(a.astype(np.float32)).all()
+
+
+def test_repeated_runs_report_the_median_and_keep_every_run():
+    rows = None
+    for seconds, rss in ((30.0, 100), (10.0, 300), (20.0, 200)):
+        rows = cs.merged(rows, {"seconds": seconds, "peak_rss_mb": rss, "rc": 0, "tail": [], "out_bytes": 5})
+    assert rows["seconds"] == 20.0 and rows["peak_rss_mb"] == 300
+    assert [r["seconds"] for r in rows["runs"]] == [30.0, 10.0, 20.0]
+    failed = cs.merged(rows, {"seconds": 1.0, "peak_rss_mb": 1, "rc": 1, "tail": ["boom"], "out_bytes": 0})
+    assert failed["rc"] == 1 and failed["tail"] == ["boom"] and len(failed["runs"]) == 4
+    table = cs.table({"x": {"bytes": 10**9, "largest_rule_bytes": 2**20,
+                            "cases": {"hf->mt cp": cs.merged(None, {"seconds": 2.0, "peak_rss_mb": 1, "rc": 0}),
+                                      "hf->mt ckptmap 2 workers": rows}}}, 2)
+    assert "| 1.00 GB | hf->mt | ckptmap 2 workers | 20.0 (10.0-30.0) | 50 | 0.10 | 300 |" in table

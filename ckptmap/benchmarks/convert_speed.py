@@ -44,6 +44,7 @@ import platform
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -247,8 +248,21 @@ def check_maxtext_output(own: str, ours: str, mt_shapes: dict[str, list[int]], c
     return out
 
 
+def merged(before: dict | None, run: dict) -> dict:
+    """A row's record after one more run: every run's seconds and peak RSS kept (`runs`), `seconds` their median
+    and `peak_rss_mb` their largest; a failed run makes the row failed."""
+    runs = (before or {}).get("runs", []) + [{"seconds": run["seconds"], "peak_rss_mb": run["peak_rss_mb"]}]
+    failed = run if run["rc"] else (before if before and before["rc"] else None)
+    out = dict(failed or run)
+    out["runs"] = runs
+    if failed is None:
+        out["seconds"] = round(statistics.median(r["seconds"] for r in runs), 2)
+        out["peak_rss_mb"] = max((r["peak_rss_mb"] or 0) for r in runs)
+    return out
+
+
 def run_size(label: str, work: str, workers: int, mt_python: str, results: dict, save=lambda: None,
-             one_worker: bool = True, maxtext_anyway: bool = False) -> None:
+             one_worker: bool = True, maxtext_anyway: bool = False, repeat: int = 1) -> None:
 
     hidden, heads, kv, head_dim, mlp, layers, vocab = SIZES[label]
     case = os.path.join(work, label)
@@ -280,17 +294,19 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
         r = timed(cmd, env)
         r["out_bytes"] = size_of(dst) if os.path.exists(dst) else 0
         print(f"[{label}] {key}: {r}", file=sys.stderr)
-        row["cases"][key] = r
+        row["cases"][key] = merged(row["cases"].get(key), r)
         save()
         if not keep:
             shutil.rmtree(dst, ignore_errors=True)
         return r
 
     mt = os.path.join(case, "mt.orbax")
-    measure("hf->mt cp", cp_cmd(hf, os.path.join(case, "cp")), hf, os.path.join(case, "cp"))
-    if one_worker:
-        measure("hf->mt ckptmap 1 worker", ckptmap_cmd(mapping_path, hf, mt, 1, False), hf, mt)
-    measure(f"hf->mt ckptmap {workers} workers", ckptmap_cmd(mapping_path, hf, mt, workers, False), hf, mt, keep=True)
+    for _ in range(repeat):  # cp and ckptmap in turn, so that a slow spell of the disk falls on both
+        measure("hf->mt cp", cp_cmd(hf, os.path.join(case, "cp")), hf, os.path.join(case, "cp"))
+        if one_worker:
+            measure("hf->mt ckptmap 1 worker", ckptmap_cmd(mapping_path, hf, mt, 1, False), hf, mt)
+        measure(f"hf->mt ckptmap {workers} workers", ckptmap_cmd(mapping_path, hf, mt, workers, False), hf, mt,
+                keep=True)
     why = maxtext_runnable(mt_python) or (None if maxtext_anyway else maxtext_fits(nbytes, mem_available()))
     row["maxtext_to_maxtext"] = why or "ran"
     if why is None:
@@ -303,11 +319,12 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
             print(f"[{label}] MaxText's output: {row['maxtext_output']}", file=sys.stderr)
         shutil.rmtree(own, ignore_errors=True)
     back = os.path.join(case, "back")
-    measure("mt->hf cp", cp_cmd(mt, os.path.join(case, "cp")), mt, os.path.join(case, "cp"))
-    if one_worker:
-        measure("mt->hf ckptmap 1 worker", ckptmap_cmd(mapping_path, "orbax:" + mt, back, 1, True), mt, back)
-    r = measure(f"mt->hf ckptmap {workers} workers", ckptmap_cmd(mapping_path, "orbax:" + mt, back, workers, True),
-                mt, back, keep=True)
+    for _ in range(repeat):
+        measure("mt->hf cp", cp_cmd(mt, os.path.join(case, "cp")), mt, os.path.join(case, "cp"))
+        if one_worker:
+            measure("mt->hf ckptmap 1 worker", ckptmap_cmd(mapping_path, "orbax:" + mt, back, 1, True), mt, back)
+        r = measure(f"mt->hf ckptmap {workers} workers",
+                    ckptmap_cmd(mapping_path, "orbax:" + mt, back, workers, True), mt, back, keep=True)
     if r["rc"] == 0:  # the round trip is bit-exact
 
         with open_reader(hf) as a, open_reader(back) as b:
@@ -316,6 +333,8 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
 
 
 def table(results: dict, workers: int) -> str:
+    """The markdown table: per row the median time (its range over repeated runs), throughput and ratio to cp's
+    median, peak RSS."""
     lines = ["| size | direction | command | time s | MB/s | x cp | peak RSS MB | RSS / largest rule |",
              "|---|---|---|---|---|---|---|---|"]
     for label, row in results.items():
@@ -328,7 +347,9 @@ def table(results: dict, workers: int) -> str:
                 rate = nbytes / r["seconds"] / 1e6 if r["rc"] == 0 else 0
                 ratio = cp["seconds"] / r["seconds"] if cp and r["rc"] == 0 else 0
                 rss = r["peak_rss_mb"] or 0
-                lines.append(f"| {nbytes / 1e9:.2f} GB | {direction} | {key[len(direction) + 1:]} | {r['seconds']} | "
+                runs = [x["seconds"] for x in r.get("runs", [])]
+                took = f"{r['seconds']} ({min(runs)}-{max(runs)})" if len(runs) > 1 else f"{r['seconds']}"
+                lines.append(f"| {nbytes / 1e9:.2f} GB | {direction} | {key[len(direction) + 1:]} | {took} | "
                              f"{rate:.0f} | {ratio:.2f} | {rss} | {rss * 1048576 / row['largest_rule_bytes']:.2f} |"
                              if r["rc"] == 0 else f"| {nbytes / 1e9:.2f} GB | {direction} | {key} | failed "
                              f"(rc {r['rc']}: {' / '.join(r['tail'])[:200]}) | | | | |")
@@ -344,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--maxtext-anyway", action="store_true",
                     help="run to_maxtext.py even where its predicted peak memory is over what the machine has free")
     ap.add_argument("--json", default=None, help="write the results here too")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run cp and ckptmap this many times each, in turn, and report the median (a noisy disk)")
     ap.add_argument("--one-worker-up-to", default="16GB", choices=sorted(SIZES),
                     help="run the 1-worker conversions only for sizes up to this one (time on a busy machine)")
     args = ap.parse_args(argv)
@@ -353,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
                        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "workers": args.workers}
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv]), "workers": args.workers,
+            "repeat": max(1, args.repeat)}
     def save() -> None:
         if args.json:
             with open(args.json, "w") as f:
@@ -363,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in args.size:
             one = list(SIZES).index(label) <= list(SIZES).index(args.one_worker_up_to)
             run_size(label, args.dir, args.workers, args.maxtext_python, results, save, one_worker=one,
-                     maxtext_anyway=args.maxtext_anyway)
+                     maxtext_anyway=args.maxtext_anyway, repeat=max(1, args.repeat))
     finally:
         save()
     print(json.dumps(meta))
