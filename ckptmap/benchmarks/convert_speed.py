@@ -9,6 +9,8 @@ command reads it from disk) and the output flushed to disk before the clock stop
 - MaxText Orbax -> HF safetensors (`--reverse`): `cp -r` of the Orbax directory, ckptmap 1 and N workers.
 
 Each output is removed once measured (disk space); the N-worker Orbax output is the input of the reverse case.
+`--repeat K` runs each direction's rows K times in turn (cp, ckptmap, cp, ckptmap, ...) and reports medians, for
+a disk whose speed drifts from minute to minute.
 The tables (time, throughput as a fraction of cp's, peak RSS, against the largest rule) print as markdown and
 go to `--json`.
 
@@ -30,6 +32,7 @@ whole model is resident, and Orbax's `transfer_arrays_to_host` copies every shar
 
     .venv/bin/python -m ckptmap.benchmarks.convert_speed                     # both sizes
     .venv/bin/python -m ckptmap.benchmarks.convert_speed --size 2GB --dir /work/tmp-bench
+    .venv/bin/python -m ckptmap.benchmarks.convert_speed --size 16GB --one-worker-up-to 2GB --repeat 3
     .venv/bin/python -m ckptmap.benchmarks.convert_speed --size tiny --dir /work/tmp-cs-tiny \\
         --maxtext-python /work/venv-mt-torch/bin/python                      # with MaxText's to_maxtext.py
 """
