@@ -22,7 +22,7 @@ import gc
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -158,7 +158,8 @@ def _tree_metadata(item_dir: str, stored: StoredMetadata | None):
         return _tree_from_stores(item_dir, stored)
     ocp = import_orbax(item_dir)
     try:
-        metadata = ocp.PyTreeCheckpointer().metadata(os.path.abspath(item_dir))
+        with _unawaited_quiet():
+            metadata = ocp.PyTreeCheckpointer().metadata(os.path.abspath(item_dir))
     except Exception as e:  # orbax raises assorted errors for damaged checkpoints
         first_line = " ".join(str(e).split())[:300]
         raise OrbaxError(f"cannot read Orbax metadata: {type(e).__name__}: {first_line}", file=item_dir) from None
@@ -205,6 +206,7 @@ def stored_metadata(item_dir: str) -> StoredMetadata | None:
 class _StoredArray:
     shape: tuple[int, ...]
     dtype: str
+    store: Any  # the opened TensorStore, kept for the reader
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ def _tree_from_stores(item_dir: str, stored: StoredMetadata) -> dict:
         if keys in opening:
             store, why = _finish_open(opening[keys], item_dir, keys, context, use_ocdbt, stored.use_zarr3)
             leaf = _Unopened(why) if store is None else _StoredArray(tuple(int(d) for d in store.shape),
-                                                                     store.dtype.name)
+                                                                     store.dtype.name, store)
         node = tree
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -257,13 +259,8 @@ class OrbaxMetadata:
     entries: dict[str, tuple[tuple[int, ...], str]]
     root_path: tuple[str, ...]
     skipped: tuple[str, ...]
-    stored: StoredMetadata | None = None  # `_METADATA` as read without Orbax (None: Orbax read it)
-
-
-def read_metadata(path: str, step: int | None = None) -> OrbaxMetadata:
-    """The parameter names, shapes and dtypes of an Orbax checkpoint (metadata only: no array is read)."""
-    with _unawaited_quiet():
-        return _read_metadata(path, step)
+    # name -> the read-only TensorStore handle the metadata read opened (empty when Orbax read the metadata)
+    stores: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -279,27 +276,33 @@ def _unawaited_quiet():
             gc.collect()
 
 
-def _read_metadata(path: str, step: int | None) -> OrbaxMetadata:
+def read_metadata(path: str, step: int | None = None) -> OrbaxMetadata:
+    """The parameter names, shapes and dtypes of an Orbax checkpoint (metadata only: no array is read)."""
     loc = locate(path, step)
-    stored = stored_metadata(loc.item_dir)
-    tree = _tree_metadata(loc.item_dir, stored)
+    tree = _tree_metadata(loc.item_dir, stored_metadata(loc.item_dir))
     root_path, prefix, skipped = parameter_root(tree)
     entries: dict[str, tuple[tuple[int, ...], str]] = {}
-    unopened = [("-".join(prefix + p), leaf) for p, leaf in _leaves(_subtree(tree, root_path))
-                if isinstance(leaf, _Unopened)]
+    stores: dict[str, Any] = {}
+    unopened: list[tuple[str, _Unopened]] = []
+    for leaf_path, leaf in _leaves(_subtree(tree, root_path)):
+        name = "-".join(prefix + leaf_path)
+        if isinstance(leaf, _Unopened):
+            unopened.append((name, leaf))
+            continue
+        shape = getattr(leaf, "shape", None)
+        if shape is None:
+            continue
+        entries[name] = (tuple(int(d) for d in shape), str(getattr(leaf, "dtype", "float32")))
+        if isinstance(leaf, _StoredArray):
+            stores[name] = leaf.store
     if unopened:
         name, leaf = unopened[0]
         more = f" ({len(unopened) - 1} more parameters fail so)" if len(unopened) > 1 else ""
         raise OrbaxError(f"_METADATA lists this array but it does not open: {leaf.why}{more}", file=loc.item_dir,
                          key=name)
-    for leaf_path, leaf in _leaves(_subtree(tree, root_path)):
-        shape = getattr(leaf, "shape", None)
-        if shape is None:
-            continue
-        entries["-".join(prefix + leaf_path)] = (tuple(int(d) for d in shape), str(getattr(leaf, "dtype", "float32")))
     if not entries:
         raise OrbaxError("Orbax metadata lists no arrays", file=loc.item_dir)
-    return OrbaxMetadata(loc, entries, root_path, tuple(skipped), stored)
+    return OrbaxMetadata(loc, entries, root_path, tuple(skipped), stores)
 
 
 def restore_parameters(meta: OrbaxMetadata, names: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -398,13 +401,13 @@ def _finish_open(started, item_dir: str, keys: tuple[str, ...], context, use_ocd
 
 
 def open_array(meta: OrbaxMetadata, name: str, context, use_ocdbt: bool):
-    """A read-only TensorStore handle on the stored parameter `name` ('-'-joined); None when it does not open (the
-    caller restores through Orbax, which reports the damage)."""
+    """A read-only TensorStore handle on the stored parameter `name` ('-'-joined) of a checkpoint whose metadata
+    Orbax read (Zarr v2 or v3); None when it does not open (the caller restores through Orbax, which reports the
+    damage)."""
     item_dir = meta.location.item_dir
     keys = meta.root_path + tuple(name.split("-"))
-    use_zarr3 = meta.stored.use_zarr3 if meta.stored is not None else None
-    store, _ = _finish_open(_start_open(item_dir, keys, context, use_ocdbt, use_zarr3), item_dir, keys, context,
-                            use_ocdbt, use_zarr3)
+    store, _ = _finish_open(_start_open(item_dir, keys, context, use_ocdbt, None), item_dir, keys, context,
+                            use_ocdbt, None)
     return store
 
 

@@ -349,11 +349,14 @@ class OrbaxReader(CheckpointReader):
         return self._dtypes[self._stored(name)]
 
     def _store(self, name: str):
-        """The TensorStore handle on a stored name, opened once (None: restore through Orbax instead)."""
+        """The TensorStore handle on a stored name: the one the metadata read opened, else opened once here
+        (None: restore through Orbax instead)."""
+        if name in self._meta.stores:
+            return self._meta.stores[name]
         with self._lock:
             if name not in self._stores:
                 if self._context is None:
-                    self._context = orbax_io.read_context(self.item_dir, self._meta.stored)
+                    self._context = orbax_io.read_context(self.item_dir)
                 self._stores[name] = orbax_io.open_array(self._meta, name, *self._context)
             return self._stores[name]
 
