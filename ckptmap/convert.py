@@ -26,6 +26,7 @@ from ckptmap.checkpoint_io import (DEFAULT_MAX_SHARD_BYTES, CheckpointIOError, C
                                    open_writer, output_format, output_path, remove_stale_temps, write_failure)
 from ckptmap.errors import CkptmapError, MappingError
 from ckptmap.mapping import Mapping
+from ckptmap.orbax_io import OrbaxWriteOptions
 from ckptmap.pipeline.execute import Executor
 from ckptmap.pipeline.plan import RulePlan, check_planned_shapes, plan_mapping
 from ckptmap.pipeline.sinks import OrderedSink, SafetensorsSink, safetensors_layout, write_index
@@ -184,7 +185,7 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
             fmt: str | None = None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, dtype: str | None = None,
             force: bool = False, step: int | None = None, hf_config: dict | None = None, workers: int | None = None,
             max_memory: int | None = None, processes: int | None = None,
-            ray_address: str | None = None, orbax_compression: bool = False) -> ConvertReport:
+            ray_address: str | None = None, orbax: OrbaxWriteOptions = OrbaxWriteOptions()) -> ConvertReport:
     """Write OUT = mapping(IN); `reverse=True` applies `mapping.reversed()` (target -> source).
 
     IN: .npz, .safetensors, a sharded safetensors directory or an Orbax checkpoint (MaxText's: the latest step,
@@ -194,8 +195,8 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     source dtype. `force=False` refuses an existing OUT. `workers` threads (default: the cores) run rules and
     their cells side by side with at most `max_memory` bytes in flight (default: 1.5x the largest rule); the
     output is the same bytes for any count. `processes` > 1 or `ray_address` splits the rules over Ray tasks
-    (ckptmap.pipeline.distributed; sharded safetensors output), byte-identical to one process. Orbax output is
-    uncompressed unless `orbax_compression` (zstd, as MaxText's own conversion writes; CPU-bound). Raises
+    (ckptmap.pipeline.distributed; sharded safetensors output), byte-identical to one process. `orbax` says how
+    Orbax output is stored (default: uncompressed, a zarr directory per array; see OrbaxWriteOptions). Raises
     CkptmapError before writing anything when IN is unreadable, lacks a tensor the mapping reads, or holds shapes the mapping was not solved for; a produced
     tensor of another shape than the recorded target stops the conversion and leaves nothing at OUT.
     """
@@ -221,7 +222,7 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     try:
         return _convert(mapping, input_path, output_path_, progress, kind, max_shard_bytes, dtype, cast, force,
                         step, hf_config, want, start, stale, workers, max_memory, processes, ray_address,
-                        orbax_compression)
+                        orbax)
     except OSError as e:  # anything the readers and writers did not already name
         raise write_failure(e, file=output_path(output_path_)) from None
 
@@ -246,7 +247,7 @@ def default_max_memory(plans: list[RulePlan], workers: int, *, parts_out: bool =
 
 
 def _sink(out: str, kind: str, plans: list[RulePlan], max_shard_bytes: int, force: bool,
-          orbax_compression: bool = False):
+          orbax: OrbaxWriteOptions = OrbaxWriteOptions()):
     """The writer for OUT that takes planned tensors from several threads (see ckptmap.pipeline.sinks)."""
     path = output_path(out)
     try:
@@ -257,7 +258,7 @@ def _sink(out: str, kind: str, plans: list[RulePlan], max_shard_bytes: int, forc
         if kind == "orbax":
             from ckptmap.pipeline.orbax_sink import OrbaxSink  # lazy: loads Orbax and TensorStore
 
-            return OrbaxSink(path, plans, overwrite=force, use_compression=orbax_compression)
+            return OrbaxSink(path, plans, overwrite=force, options=orbax)
         return OrderedSink(open_writer(out, kind, max_shard_bytes=max_shard_bytes, overwrite=force), plans)
     except OSError as e:
         raise write_failure(e, file=path) from None
@@ -276,7 +277,7 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
              dtype: str | None, cast: np.dtype | None, force: bool, step: int | None, hf_config: dict | None,
              want: dict, start: float, stale: list[str], workers: int | None = None,
              max_memory: int | None = None, processes: int | None = None,
-             ray_address: str | None = None, orbax_compression: bool = False) -> ConvertReport:
+             ray_address: str | None = None, orbax: OrbaxWriteOptions = OrbaxWriteOptions()) -> ConvertReport:
     distributed = bool(ray_address) or (processes or 1) > 1
     if distributed and kind != "sharded":
         raise CheckpointIOError(f"--processes / --ray write sharded safetensors (a directory), not {kind}: each "
@@ -305,7 +306,7 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
 
         extra: list[str] = []
         load_path = ""
-        sink = _sink(output_path_, kind, plans, max_shard_bytes, force, orbax_compression)
+        sink = _sink(output_path_, kind, plans, max_shard_bytes, force, orbax)
         try:
             if kind == "sharded":
                 extra = _hf_files(sink, mapping, hf_config, dtype)

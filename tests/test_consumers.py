@@ -15,15 +15,17 @@ from ckptmap.benchmarks.consumers import run_case
 pytestmark = pytest.mark.maxtext
 
 
-@pytest.mark.parametrize("model,scan,dtype", [
-    ("llama3.1-8b", False, "float32"),
-    ("llama3.1-8b", True, "float32"),
-    ("mixtral-8x7b", True, "float32"),   # MoE: stacked experts
-    ("deepseek3-671b", False, "float32"),  # MLA, and the router bias of MaxText's MoEBiasVar collection
-    ("qwen3-8b", False, "bfloat16"),     # a bf16 checkpoint, kept bf16 end to end
+@pytest.mark.parametrize("model,scan,dtype,orbax_flags", [
+    ("llama3.1-8b", False, "float32", ()),
+    ("llama3.1-8b", True, "float32", ()),
+    # the form MaxText's own conversion writes: OCDBT databases, zstd chunks (the default is a zarr dir per array)
+    ("llama3.1-8b", True, "float32", ("--orbax-ocdbt", "--orbax-compression")),
+    ("mixtral-8x7b", True, "float32", ()),   # MoE: stacked experts
+    ("deepseek3-671b", False, "float32", ()),  # MLA, and the router bias of MaxText's MoEBiasVar collection
+    ("qwen3-8b", False, "bfloat16", ()),     # a bf16 checkpoint, kept bf16 end to end
 ])
-def test_round_trip_through_the_real_consumers(tmp_path, model, scan, dtype):
-    r = run_case(model, scan, str(tmp_path), dtype, in_process=True)
+def test_round_trip_through_the_real_consumers(tmp_path, model, scan, dtype, orbax_flags):
+    r = run_case(model, scan, str(tmp_path), dtype, in_process=True, orbax_flags=orbax_flags)
     assert not r.error, r.to_json()
     assert set(r.kl) == {"maxtext load_params_from_path", "maxtext from_pretrained", "hf from_pretrained (round trip)",
                          "maxtext-written -> hf from_pretrained"}, r.kl

@@ -156,7 +156,9 @@ def save_tiny_hf(config: dict, out: str, dtype: str, seed: int = 0) -> str:
     return type(model).__name__
 
 
-def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32", *, in_process: bool = False) -> ConsumerResult:
+def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32", *, in_process: bool = False,
+             orbax_flags: tuple[str, ...] = ()) -> ConsumerResult:
+    """One model through every consumer; `orbax_flags` (e.g. --orbax-ocdbt) choose how the Orbax output is stored."""
     res = ConsumerResult(model, scan, dtype)
     src_spec, tgt_spec = tiny_specs(model)
     tgt_spec = f"{tgt_spec} scan_layers={'true' if scan else 'false'}"
@@ -174,7 +176,7 @@ def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32", *, in
             ("solve --verify", ["solve", "--source", f"hf:{hf_dir}/config.json", "--target", tgt_spec, "--verify",
                                 "--quiet", "--out", mapping]),
             ("convert -> orbax", ["convert", "--mapping", mapping, "--input", hf_dir, "--output", f"orbax:{mt_dir}",
-                                  "--quiet", "--require-verified"]),
+                                  "--quiet", "--require-verified", *orbax_flags]),
             ("convert --reverse -> hf dir", ["convert", "--mapping", mapping, "--input", mt_dir, "--output", back_dir,
                                              "--reverse", "--quiet", "--require-verified"]),
         ]

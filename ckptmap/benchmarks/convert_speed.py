@@ -163,9 +163,9 @@ def llama_config(hidden: int, heads: int, kv: int, head_dim: int, mlp: int, laye
     return cfg.to_diff_dict()
 
 
-def ckptmap_cmd(mapping: str, src: str, dst: str, workers: int, reverse: bool) -> list[str]:
+def ckptmap_cmd(mapping: str, src: str, dst: str, workers: int, reverse: bool, *extra: str) -> list[str]:
     cmd = [os.path.join(REPO, ".venv", "bin", "ckptmap"), "convert", "--mapping", mapping, "--input", src,
-           "--output", dst, "--workers", str(workers), "--no-progress"]
+           "--output", dst, "--workers", str(workers), "--no-progress", *extra]
     return cmd + (["--reverse"] if reverse else [])
 
 
@@ -265,7 +265,7 @@ def merged(before: dict | None, run: dict) -> dict:
 
 
 def run_size(label: str, work: str, workers: int, mt_python: str, results: dict, save=lambda: None,
-             one_worker: bool = True, maxtext_anyway: bool = False, repeat: int = 1) -> None:
+             one_worker: bool = True, maxtext_anyway: bool = False, repeat: int = 1, ocdbt_row: bool = False) -> None:
 
     hidden, heads, kv, head_dim, mlp, layers, vocab = SIZES[label]
     case = os.path.join(work, label)
@@ -308,6 +308,9 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
         measure("hf->mt cp", cp_cmd(hf, os.path.join(case, "cp")), hf, os.path.join(case, "cp"))
         if one_worker:
             measure("hf->mt ckptmap 1 worker", ckptmap_cmd(mapping_path, hf, mt, 1, False), hf, mt)
+        if ocdbt_row:  # the form MaxText's own conversion writes (OCDBT databases)
+            measure(f"hf->mt ckptmap {workers} workers --orbax-ocdbt",
+                    ckptmap_cmd(mapping_path, hf, mt, workers, False, "--orbax-ocdbt"), hf, mt)
         measure(f"hf->mt ckptmap {workers} workers", ckptmap_cmd(mapping_path, hf, mt, workers, False), hf, mt,
                 keep=True)
     why = maxtext_runnable(mt_python) or (None if maxtext_anyway else maxtext_fits(nbytes, mem_available()))
@@ -372,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run cp and ckptmap this many times each, in turn, and report the median (a noisy disk)")
     ap.add_argument("--one-worker-up-to", default="16GB", choices=sorted(SIZES),
                     help="run the 1-worker conversions only for sizes up to this one (time on a busy machine)")
+    ap.add_argument("--ocdbt-row", action="store_true",
+                    help="also time the forward conversion with --orbax-ocdbt (MaxText's own storage form)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.makedirs(args.dir, exist_ok=True)
@@ -390,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         for label in args.size:
             one = list(SIZES).index(label) <= list(SIZES).index(args.one_worker_up_to)
             run_size(label, args.dir, args.workers, args.maxtext_python, results, save, one_worker=one,
-                     maxtext_anyway=args.maxtext_anyway, repeat=max(1, args.repeat))
+                     maxtext_anyway=args.maxtext_anyway, repeat=max(1, args.repeat), ocdbt_row=args.ocdbt_row)
     finally:
         save()
     print(json.dumps(meta))

@@ -13,6 +13,7 @@ from ckptmap.checkpoint_io import DEFAULT_MAX_SHARD_BYTES, FORMATS, parse_size
 from ckptmap.convert import convert
 from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping
+from ckptmap.orbax_io import OrbaxWriteOptions
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -55,6 +56,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--orbax-compression", action="store_true",
                    help="zstd-compress Orbax output as MaxText's own conversion does (smaller, CPU-bound; default: "
                         "uncompressed, which every Orbax and MaxText loader reads)")
+    p.add_argument("--orbax-ocdbt", action="store_true",
+                   help="store Orbax output's arrays in OCDBT databases, as MaxText's own conversion does (default: "
+                        "a zarr directory per array, which every Orbax and MaxText loader reads and which is "
+                        "written faster)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=run)
@@ -85,6 +90,10 @@ def _framework_output(output: str):
     return adapter.write_output, rest
 
 
+def _size(text: str | None) -> int | None:
+    return None if text is None else parse_size(text)
+
+
 def run(args: argparse.Namespace) -> int:
     mapping = Mapping.load(args.mapping)
     state = mapping_record.check_seal(mapping, file=args.mapping, allow_edited=args.allow_edited)
@@ -105,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
         report = storage.convert_at(convert, mapping, args.input, args.output, reverse=args.reverse,
                                     progress=not (args.no_progress or args.quiet), fmt=args.format,
                                     max_shard_bytes=parse_size(args.max_shard_size), dtype=args.dtype,
-                                    force=args.force, step=args.step, hf_config=hf_config)
+                                    force=args.force, step=args.step, hf_config=hf_config,
+                                    workers=args.workers, max_memory=_size(args.max_memory),
+                                    processes=args.processes, ray_address=args.ray,
+                                    orbax=OrbaxWriteOptions(compression=args.orbax_compression,
+                                                            ocdbt=args.orbax_ocdbt))
     if not args.quiet:
         print(report.summary(), file=sys.stdout)
     # after the work, so that an error stays the one line it prints; warnings show even with --quiet

@@ -13,15 +13,16 @@ system).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from ckptmap.errors import CkptmapError
-from ckptmap.mapping import Mapping
 import os
 import socket
+from dataclasses import dataclass, field
+
 from ckptmap import mapping_record
+from ckptmap.errors import CkptmapError
+from ckptmap.mapping import Mapping
 from ckptmap.checkpoint_io import open_reader
 from ckptmap.convert import _dtype, count_nonfinite, default_max_memory, default_workers, plan_conversion
+from ckptmap.pipeline import heap
 from ckptmap.pipeline.execute import Executor
 from ckptmap.pipeline.sinks import ShardFiles, safetensors_layout
 from ckptmap.pipeline.sources import prefetcher, sliced_inputs, threaded_read
@@ -110,7 +111,8 @@ def run_shares(mapping: Mapping, input_path: str, step: int | None, tmp_dir: str
                address: str | None) -> list[ShareResult]:
     """Run one Ray task per share and wait for all; a task's CkptmapError is raised as itself."""
     ray = _ray(address, len(shares))
-    task = ray.remote(num_cpus=1, max_retries=0)(convert_share)
+    env = {} if os.environ.get(heap.OPT_OUT) == "1" else heap.ENV
+    task = ray.remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": env})(convert_share)
     mapping_ref = ray.put(mapping)
     refs = [task.remote(mapping_ref, input_path, step, tmp_dir, share, max_shard_bytes, cast_name, workers,
                         max_memory) for share in shares if share]

@@ -197,13 +197,13 @@ class OrbaxSink(PlannedWriter):
     produce the tensors. `write` returns once TensorStore has the tensor's bytes (so the budget holds), and
     `write_part` once it has one cell's slice of a stacked target: such a target is stored in chunks of one slice
     each (Orbax's `shard_axes` on its stacked axes), so every slice is whole chunks, written on its own and side
-    by side with the others, and no stacked array is ever assembled. `use_compression` is Orbax's zstd (its
-    default, and MaxText's)."""
+    by side with the others, and no stacked array is ever assembled. `options` (orbax_io.OrbaxWriteOptions) choose
+    zstd and OCDBT."""
 
     accepts_parts = True
 
     def __init__(self, path: str, plans: list[RulePlan], step: int = 0, *, overwrite: bool = True,
-                 use_compression: bool = True):
+                 options: orbax_io.OrbaxWriteOptions = orbax_io.OrbaxWriteOptions()):
         targets = {t.name: t for p in plans for t in p.targets}
         super().__init__(path, targets, overwrite=overwrite)
         self.step = step
@@ -220,21 +220,22 @@ class OrbaxSink(PlannedWriter):
         # transform; what they hand over waits in the PendingTensors, inside the executor's memory budget
         self._thread = threading.Thread(target=self._save, name="ckptmap-orbax-save", daemon=True,
                                         args=(tree, chunk_axes, {} if scan is None else {"scan_layers": scan},
-                                              use_compression))
+                                              options))
         self._thread.start()
 
     @property
     def load_path(self) -> str:
         return os.path.join(self.path, str(self.step), orbax_io.ITEM_NAME)
 
-    def _save(self, tree: dict, chunk_axes: dict, custom_metadata: dict, use_compression: bool) -> None:
+    def _save(self, tree: dict, chunk_axes: dict, custom_metadata: dict,
+              options: orbax_io.OrbaxWriteOptions) -> None:
         try:
             ocp = orbax_io.import_orbax(self.path)
             save_args = _map_tree(chunk_axes, lambda a: ocp.SaveArgs(shard_axes=a.axes))
             orbax_io.save_train_state_with(os.path.join(self._tmp, str(self.step)), tree, step=self.step,
                                            custom_metadata=custom_metadata, save_args=save_args,
                                            leaf_type=PendingTensor, handler=_pending_handler(),
-                                           use_compression=use_compression)
+                                           options=options)
         except BaseException as e:  # reported by commit, or by the next write
             self._error = e
             for p in self._pending.values():
