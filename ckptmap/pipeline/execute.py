@@ -1,8 +1,9 @@
 """Run planned rules on worker threads, cell by cell, with the bytes in flight under a budget.
 
 Rules enter in the mapping's order while their bytes fit the budget (ckptmap.pipeline.budget); each admitted
-rule's kept inputs, and each cell's own inputs READ_AHEAD_CELLS cells before it runs, are pulled into the page
-cache by one prefetch thread (`prefetch`, large sequential reads, in the order the workers want them), and its
+rule's inputs, kept ones first and then its cells' own in the order the workers will run them, are queued for
+the read-ahead thread (ckptmap.pipeline.read_ahead: large sequential reads into the page cache, streaming up to a
+window ahead of the workers, also while they wait for their writes), and its
 grid cells are spread over the threads: a cell reads its slices of the inputs, runs the chain, and either writes
 its targets right away (or, for a writer that takes parts, its slices of the stacked targets) or copies them into
 the rule's stacked buffers, which are written when the rule's last cell is done. numpy copies
@@ -26,6 +27,7 @@ from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.pipeline.budget import MemoryBudget
 from ckptmap.pipeline.plan import READ_AHEAD_CELLS, WRITE_BEHIND_CELLS, RulePlan, kept_inputs
+from ckptmap.pipeline.read_ahead import ReadAhead
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Executor:
 
     def __init__(self, read: Callable[[str], np.ndarray], write: Callable[[str, np.ndarray], None], *,
                  workers: int, max_memory: int | None, check_nonfinite: Callable | None = None,
-                 want: dict | None = None, prefetch: Callable[[str], None] | None = None,
+                 want: dict | None = None, prefetch: Callable[[str], int] | None = None,
                  on_tensor: Callable[[str], None] | None = None, out_file: str | None = None,
                  cast: np.dtype | None = None, on_fail: Callable[[], None] | None = None,
                  write_part: Callable[[str, tuple, np.ndarray], Callable[[], None]] | None = None,
@@ -83,7 +85,7 @@ class Executor:
         self.check_nonfinite = check_nonfinite
         self.want = want or {}
         self.prefetch = prefetch
-        self._ahead: ThreadPoolExecutor | None = None  # the prefetch thread, while a run is on
+        self._ahead: ReadAhead | None = None  # the read-ahead thread, while a run is on
         self.on_tensor = on_tensor
         self.out_file = out_file
         self.cast = cast
@@ -108,6 +110,8 @@ class Executor:
 
     def _read_counted(self, name: str) -> np.ndarray:
         arr = self.read(name)
+        if self._ahead is not None:
+            self._ahead.consumed(name)
         if self.check_nonfinite is not None:
             with self._lock:
                 first = name not in self._counted
@@ -228,8 +232,6 @@ class Executor:
                     return
                 while started < len(cells) and started <= k + READ_AHEAD_CELLS:
                     ahead.append(self._start_slices(state, cells[started]) if self.sliced else {})
-                    if started > k:  # the cell about to run reads its own inputs now
-                        self._prefetch_cell(state, cells[started])
                     started += 1
                 behind.append(self._run_cell(state, cell, ahead.popleft()))
                 while len(behind) > WRITE_BEHIND_CELLS:
@@ -274,9 +276,20 @@ class Executor:
     def run(self, mapping: Mapping, plans: list[RulePlan]) -> RunStats:
         """Run every rule (plans[i] for mapping.rules[plans[i].index]); raises the first error any thread hit."""
         self._stacked_shapes = {s.name: s.shape for plan in plans for s in plan.stacked_sources}
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool, \
-                ThreadPoolExecutor(1, thread_name_prefix="ckptmap-prefetch") as ahead:
-            self._ahead = ahead
+        self._ahead = ReadAhead(self.prefetch) if self.prefetch is not None else None
+        try:
+            self._run(mapping, plans)
+        finally:
+            if self._ahead is not None:
+                self._ahead.close()
+                self._ahead = None
+        self.stats.budget_peak = self.budget.peak
+        if self._error is not None:
+            raise self._error
+        return self.stats
+
+    def _run(self, mapping: Mapping, plans: list[RulePlan]) -> None:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool:
             for plan in plans:
                 rule = mapping.rules[plan.index]
                 if not self.budget.acquire(self.memory(plan), self._stop):
@@ -290,35 +303,29 @@ class Executor:
                     self.budget.release(self.memory(plan))
                     self._fail(e)
                     break
-                for name in state.shared:  # inputs kept for the whole rule: now (a cell's own: just before it)
-                    self._prefetch_soon(name)
                 chunks = _chunks(state.cells, self.workers)
+                self._read_ahead(state, chunks)
                 self.stats.cells += len(state.cells)
                 if not state.cells:  # an empty grid writes nothing
                     self._finish_rule(state)
                 for part in chunks:
                     pool.submit(self._cell_task, state, part)
             # the pool's exit waits for every submitted task
-        self.stats.budget_peak = self.budget.peak
-        if self._error is not None:
-            raise self._error
-        return self.stats
 
-    def _prefetch(self, name: str) -> None:
-        if not self._stop.is_set():
-            self.prefetch(name)
-
-    def _prefetch_soon(self, name: str) -> None:
-        """Queue `name`'s bytes for the prefetch thread (FIFO: the order the workers will want them)."""
-        if self.prefetch is not None and self._ahead is not None:
-            self._ahead.submit(self._prefetch, name)
-
-    def _prefetch_cell(self, state: _RuleState, cell: tuple[int, ...]) -> None:
-        """Queue the inputs one cell reads alone (not those the rule keeps, nor sliced stacked ones)."""
-        for s in state.rule.sources:
-            name = s.name_at(cell)
-            if name not in state.shared and not (s.axes and name in self.sliced):
-                self._prefetch_soon(name)
+    def _read_ahead(self, state: _RuleState, chunks: list[list[tuple[int, ...]]]) -> None:
+        """Queue a rule's inputs for the read-ahead thread: the ones it keeps, then each cell's own in the order
+        the workers will run them (the pool takes the chunks `workers` at a time, each front to back)."""
+        if self._ahead is None:
+            return
+        names = list(state.shared)
+        for first in range(0, len(chunks), self.workers):
+            running = chunks[first:first + self.workers]
+            for k in range(max((len(c) for c in running), default=0)):
+                for chunk in running:
+                    if k < len(chunk):
+                        names += [s.name_at(chunk[k]) for s in state.rule.sources
+                                  if not (s.axes and s.name_at(chunk[k]) in self.sliced)]
+        self._ahead.want(names)  # a name already queued or read is not queued again
 
     def cancel(self) -> None:
         self._stop.set()

@@ -49,24 +49,24 @@ def flush_and_close(fd: int) -> None:
 PREFETCH_BLOCK = 16 << 20  # bytes per read when pulling a range into the page cache: large sequential requests
 
 
-def prefetch(path: str, offset: int, length: int) -> None:
+def prefetch(path: str, offset: int, length: int) -> int:
     """Pull a byte range into the page cache now, in PREFETCH_BLOCK reads (read-ahead for the cells a worker runs
     next; the kernel's own read-ahead on a worker's page faults goes 128 KB at a time, which, against the
     conversion's writes, made the disk seek between small reads and writeback). Nothing stays resident in this
-    process; best effort: never raises."""
+    process; best effort: never raises. Returns the bytes read."""
     if length <= 0:
-        return
+        return 0
+    done = 0
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return
+        return 0
     try:
         advise = getattr(os, "posix_fadvise", None)
         if advise is not None:
             advise(fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
         buf = bytearray(min(PREFETCH_BLOCK, length))
         view = memoryview(buf)
-        done = 0
         while done < length:
             n = os.preadv(fd, [view[:min(len(buf), length - done)]], offset + done)
             if n <= 0:
@@ -76,3 +76,4 @@ def prefetch(path: str, offset: int, length: int) -> None:
         pass
     finally:
         os.close(fd)
+    return done

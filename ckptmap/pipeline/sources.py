@@ -47,14 +47,13 @@ def byte_range(reader: CheckpointReader, name: str) -> tuple[str, int, int] | No
     return None
 
 
-def prefetcher(reader: CheckpointReader) -> Callable[[str], None] | None:
-    """A function that reads a tensor's bytes into the page cache ahead of use (None when the format has no plain
-    byte range)."""
+def prefetcher(reader: CheckpointReader) -> Callable[[str], int] | None:
+    """A function that reads a tensor's bytes into the page cache ahead of use and returns how many (None when
+    the format has no plain byte range)."""
     if not isinstance(reader, (SafetensorsFileReader, SafetensorsDirReader)):
         return None
 
-    def prefetch(name: str) -> None:
+    def prefetch(name: str) -> int:
         where = byte_range(reader, name)
-        if where is not None:
-            fileio.prefetch(*where)
+        return 0 if where is None else fileio.prefetch(*where)
     return prefetch
