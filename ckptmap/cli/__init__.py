@@ -12,6 +12,7 @@ import os
 import sys
 
 from ckptmap.errors import CkptmapError
+from ckptmap.pipeline.heap import keep_freed_memory
 
 COMMANDS = ("trees", "solve", "convert", "verify", "check", "bench")
 
@@ -34,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if argv is None and sys.argv[1:2] == ["convert"]:  # the process is this conversion (not a caller's main([...]))
-        from ckptmap.pipeline.heap import keep_freed_memory  # before any thread takes an arena of its own
-        keep_freed_memory()
+        keep_freed_memory()  # before any thread takes an arena of its own
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
