@@ -90,3 +90,13 @@ def test_convert_processes_keep_freed_memory_where_glibc_allows():
     env = {**os.environ, "CKPTMAP_SYSTEM_MALLOC": "1"}
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert off.stdout.strip() == "False"
+
+
+def test_ray_workers_get_the_same_allocator_settings_unless_opted_out(monkeypatch):
+    from ckptmap.pipeline.heap import worker_env
+
+    monkeypatch.delenv("CKPTMAP_SYSTEM_MALLOC", raising=False)
+    assert worker_env() == {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TOP_PAD_": str(256 << 20),
+                            "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+    monkeypatch.setenv("CKPTMAP_SYSTEM_MALLOC", "1")
+    assert worker_env() == {}

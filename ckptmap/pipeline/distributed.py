@@ -111,8 +111,7 @@ def run_shares(mapping: Mapping, input_path: str, step: int | None, tmp_dir: str
                address: str | None) -> list[ShareResult]:
     """Run one Ray task per share and wait for all; a task's CkptmapError is raised as itself."""
     ray = _ray(address, len(shares))
-    env = {} if os.environ.get(heap.OPT_OUT) == "1" else heap.ENV
-    task = ray.remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": env})(convert_share)
+    task = ray.remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": heap.worker_env()})(convert_share)
     mapping_ref = ray.put(mapping)
     refs = [task.remote(mapping_ref, input_path, step, tmp_dir, share, max_shard_bytes, cast_name, workers,
                         max_memory) for share in shares if share]

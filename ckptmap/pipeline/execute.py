@@ -323,8 +323,8 @@ class Executor:
             for k in range(max((len(c) for c in running), default=0)):
                 for chunk in running:
                     if k < len(chunk):
-                        names += [s.name_at(chunk[k]) for s in state.rule.sources
-                                  if not (s.axes and s.name_at(chunk[k]) in self.sliced)]
+                        cell_names = ((s, s.name_at(chunk[k])) for s in state.rule.sources)
+                        names += [n for s, n in cell_names if not (s.axes and n in self.sliced)]
         self._ahead.want(names)  # a name already queued or read is not queued again
 
     def cancel(self) -> None:

@@ -8,8 +8,8 @@ a 2-core machine needs for transposes goes to that. With one arena, no per-block
 block is reused as it is; peak RSS does not grow, because the in-flight budget already bounds what is live at once.
 
 Only conversion processes do this (they exit after one conversion): `ckptmap convert` calls `keep_freed_memory`
-before any thread takes an arena of its own, and Ray's conversion tasks start with `ENV` (the same settings as
-glibc's environment variables). Without glibc's `mallopt` nothing changes.
+before any thread takes an arena of its own, and Ray's conversion tasks start with `worker_env()` (the same
+settings as glibc's environment variables). Without glibc's `mallopt` nothing changes.
 """
 
 from __future__ import annotations
@@ -28,21 +28,30 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1  # give the heap's top back only past 2 GiB fre
 OPT_OUT = "CKPTMAP_SYSTEM_MALLOC"  # set to 1 to leave the allocator as it was
 
 
-# the same settings as glibc reads them from the environment at a process's start (for Ray's worker processes)
-ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TOP_PAD_": str(TOP_PAD_BYTES),
-       "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_BYTES)}
+# (mallopt parameter, the environment variable glibc reads for it at a process's start, value)
+_SETTINGS = ((_M_ARENA_MAX, "MALLOC_ARENA_MAX", 1), (_M_MMAP_MAX, "MALLOC_MMAP_MAX_", 0),
+             (_M_TOP_PAD, "MALLOC_TOP_PAD_", TOP_PAD_BYTES), (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_",
+                                                             TRIM_THRESHOLD_BYTES))
+
+
+def _opted_out() -> bool:
+    return os.environ.get(OPT_OUT) == "1"
+
+
+def worker_env() -> dict[str, str]:
+    """The same settings as environment variables, for a worker process started later (Ray's tasks); empty when
+    CKPTMAP_SYSTEM_MALLOC=1."""
+    return {} if _opted_out() else {env: str(value) for _, env, value in _SETTINGS}
 
 
 def keep_freed_memory() -> bool:
     """Make glibc reuse freed blocks for the rest of this process (one arena, no per-block mmap, no trim).
     Returns whether it applied: False without glibc's mallopt, or when CKPTMAP_SYSTEM_MALLOC=1."""
-    if os.environ.get(OPT_OUT) == "1":
+    if _opted_out():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TOP_PAD, TOP_PAD_BYTES),
-                (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+    return all(mallopt(param, value) == 1 for param, _, value in _SETTINGS)
