@@ -319,7 +319,8 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
                                 on_tensor=tick, out_file=output_path(output_path_), cast=cast,
                                 on_fail=getattr(sink, "cancel", None),
                                 write_part=sink.write_part if parts_out else None,
-                                start_read_part=getattr(reader, "start_read_part", None), sliced=sliced)
+                                start_read_part=getattr(reader, "start_read_part", None), sliced=sliced,
+                                any_order=getattr(sink, "any_order", False))
             stats = executor.run(mapping, plans)
             sink.commit()
         except BaseException:

@@ -491,10 +491,14 @@ class OrbaxWriteOptions:
       output. Off, each array is a zarr directory of chunk files (`items/<param path>/0.3.0`), the form Orbax wrote
       before OCDBT: TensorStore writes it at the disk's speed (a 16 GB llama in 32.0 s against 31.8 s for the same
       chunks as plain files, 42.7 s through OCDBT; benchmarks/RESULTS.md), so it is the default.
+    - `zarr3`: each array in Zarr v3 (`zarr.json`, chunks under `c/`), what Orbax's v1 API and so MaxText's own
+      conversion write; off, Zarr v2 (`.zarray`). TensorStore encodes a v2 chunk element by element and a v3 chunk
+      with one memcpy.
     """
 
     compression: bool = False
     ocdbt: bool = False
+    zarr3: bool = True
 
 
 def save_train_state_with(step_dir: str, collections: dict, *, step: int = 0, custom_metadata: dict | None = None,
@@ -510,7 +514,7 @@ def save_train_state_with(step_dir: str, collections: dict, *, step: int = 0, cu
     registry = registry_lib.create_type_handler_registry(
         (leaf_type, handler), *[(t, h) for t, h in registry_lib._DEFAULT_TYPE_HANDLERS if t is not np.ndarray])
     items = ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=options.compression,
-                                        use_ocdbt=options.ocdbt)
+                                        use_ocdbt=options.ocdbt, use_zarr3=options.zarr3)
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{ITEM_NAME: items}))
     quiet = _quiet_errors()
     try:

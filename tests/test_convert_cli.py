@@ -50,8 +50,8 @@ def test_cli_workers_and_max_memory_reach_the_conversion(tmp_path, capsys):
 
 
 def test_cli_orbax_storage_options_change_the_layout_not_the_arrays(tmp_path, capsys):
-    """Default: a zarr directory per array, uncompressed; --orbax-ocdbt: OCDBT databases; --orbax-compression:
-    zstd chunks. Each reads back to the same arrays."""
+    """Default: a Zarr v3 directory per array (MaxText's own conversion writes v3 too), uncompressed;
+    --orbax-ocdbt: OCDBT databases; --orbax-compression: zstd chunks. Each reads back to the same arrays."""
     import json
 
     import numpy as np
@@ -69,8 +69,9 @@ def test_cli_orbax_storage_options_change_the_layout_not_the_arrays(tmp_path, ca
         has_ocdbt = any(f.endswith("manifest.ocdbt") for f in files)
         assert has_ocdbt == (label == "ocdbt"), sorted(files)[:10]
         if label != "ocdbt":
-            zarrays = [json.loads((items / f).read_text()) for f in files if f.endswith(".zarray")]
-            assert zarrays and all((z.get("compressor") is not None) == (label == "zstd") for z in zarrays)
+            arrays_meta = [json.loads((items / f).read_text()) for f in files if f.endswith("zarr.json")]
+            assert arrays_meta and all(m["zarr_format"] == 3 for m in arrays_meta)
+            assert all(("zstd" in json.dumps(m["codecs"])) == (label == "zstd") for m in arrays_meta)
         with cio.open_reader(f"orbax:{dst}") as r:
             arrays[label] = {n: np.array(r.read(n)) for n in r.names()}
     assert sorted(arrays["plain"]) == sorted(arrays["ocdbt"]) == sorted(arrays["zstd"])

@@ -81,7 +81,8 @@ def convert_share(mapping: Mapping, input_path: str, step: int | None, tmp_dir: 
                                 check_nonfinite=count_nonfinite,
                                 want=mapping_record.recorded_shapes(mapping, "target"), prefetch=prefetcher(reader),
                                 out_file=tmp_dir, cast=cast,
-                                start_read_part=getattr(reader, "start_read_part", None), sliced=sliced)
+                                start_read_part=getattr(reader, "start_read_part", None), sliced=sliced,
+                                any_order=True)  # each tensor's bytes go to their own offset
             stats = executor.run(mapping, mine)
             files.close()
         except BaseException:

@@ -1,13 +1,14 @@
 """Run planned rules on worker threads, cell by cell, with the bytes in flight under a budget.
 
-Rules enter in the mapping's order while their bytes fit the budget (ckptmap.pipeline.budget); each admitted
-rule's inputs, kept ones first and then its cells' own in the order the workers will run them, are queued for
-the read-ahead thread (ckptmap.pipeline.read_ahead: large sequential reads into the page cache, streaming up to a
-window ahead of the workers, also while they wait for their writes), and its
-grid cells are spread over the threads: a cell reads its slices of the inputs, runs the chain, and either writes
-its targets right away (or, for a writer that takes parts, its slices of the stacked targets) or copies them into
-the rule's stacked buffers, which are written when the rule's last cell is done. numpy copies
-and the writers' system calls release the GIL, so reading, transforming and writing of several rules overlap.
+Rules enter in the mapping's order (largest tasks first where the writer takes any order) while their bytes
+fit the budget (ckptmap.pipeline.budget); each admitted rule's inputs, kept ones first and then its cells' own in
+the order the workers will run them, are queued for the read-ahead thread (ckptmap.pipeline.read_ahead: large
+sequential reads into the page cache, streaming up to a window ahead of the workers, also while they wait for
+their writes), and its grid cells are spread over the threads: a cell reads its slices of the inputs, runs the
+chain, and either writes its targets right away (or, for a writer that takes parts, its slices of the stacked
+targets) or copies them into the rule's stacked buffers, which are written when the rule's last cell is done.
+numpy copies and the writers' system calls release the GIL, so reading, transforming and writing of several
+rules overlap.
 The first error stops the run: no new cell starts, and the caller aborts the writer.
 """
 
@@ -65,7 +66,8 @@ class Executor:
     never assembled (a worker goes on while the last WRITE_BEHIND_CELLS cells are written); with
     `start_read_part(name, index)` the stacked inputs named in `sliced` are read one cell's slice at a time
     instead of whole, READ_AHEAD_CELLS cells ahead. Either way a rule holds a few cells' bytes, not its whole
-    stacked tensors. Both return the function that waits for the write or the read."""
+    stacked tensors. Both return the function that waits for the write or the read. Rules start in the mapping's
+    order, or with `any_order` (a writer that takes tensors in any order) the largest tasks first."""
 
     def __init__(self, read: Callable[[str], np.ndarray], write: Callable[[str, np.ndarray], None], *,
                  workers: int, max_memory: int | None, check_nonfinite: Callable | None = None,
@@ -74,8 +76,9 @@ class Executor:
                  cast: np.dtype | None = None, on_fail: Callable[[], None] | None = None,
                  write_part: Callable[[str, tuple, np.ndarray], Callable[[], None]] | None = None,
                  start_read_part: Callable[[str, tuple], Callable[[], np.ndarray]] | None = None,
-                 sliced: frozenset[str] = frozenset()):
+                 sliced: frozenset[str] = frozenset(), any_order: bool = False):
         self.read = read
+        self.any_order = any_order
         self.write = write
         self.write_part = write_part
         self.start_read_part = start_read_part
@@ -290,7 +293,7 @@ class Executor:
 
     def _run(self, mapping: Mapping, plans: list[RulePlan]) -> None:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool:
-            for plan in plans:
+            for plan in (largest_tasks_first(plans, self.workers) if self.any_order else plans):
                 rule = mapping.rules[plan.index]
                 if not self.budget.acquire(self.memory(plan), self._stop):
                     break
@@ -331,10 +334,26 @@ class Executor:
         self._stop.set()
 
 
+CHUNKS_PER_WORKER = 4  # a rule's cells go out in up to this many runs per worker
+
+
 def _chunks(cells: list, workers: int) -> list[list]:
     """Cells in contiguous runs, a few per worker, so that threads share a large rule and finish together."""
     if not cells:
         return []
-    n = min(len(cells), workers * 4)
+    n = min(len(cells), workers * CHUNKS_PER_WORKER)
     size = -(-len(cells) // n)
     return [cells[i:i + size] for i in range(0, len(cells), size)]
+
+
+def task_bytes(plan: RulePlan, workers: int) -> int:
+    """Bytes read and written by one of the rule's tasks (a run of cells one thread takes, see _chunks)."""
+    return (plan.in_bytes + plan.out_bytes) // max(1, min(plan.cells, workers * CHUNKS_PER_WORKER))
+
+
+def largest_tasks_first(plans: list[RulePlan], workers: int) -> list[RulePlan]:
+    """The plans with the largest tasks first (ties in the mapping's order): a rule that one thread runs whole,
+    such as an embedding, starts while the stacked rules' small tasks keep the other threads busy, instead of
+    running alone at the end (a 16 GB llama's two 1 GB single-cell rules came last in the mapping's order, and
+    one thread worked through them while the others idled)."""
+    return sorted(plans, key=lambda p: -task_bytes(p, workers))

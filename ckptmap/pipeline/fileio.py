@@ -52,11 +52,13 @@ PREFETCH_BLOCK = 16 << 20  # bytes per read when pulling a range into the page c
 def prefetch(path: str, offset: int, length: int) -> int:
     """Pull a byte range into the page cache now, in PREFETCH_BLOCK reads (read-ahead for the cells a worker runs
     next; the kernel's own read-ahead on a worker's page faults goes 128 KB at a time, which, against the
-    conversion's writes, made the disk seek between small reads and writeback). Nothing stays resident in this
-    process; best effort: never raises. Returns the bytes read."""
+    conversion's writes, made the disk seek between small reads and writeback). The bytes go to /dev/null by
+    `sendfile`, so the kernel reads them into the cache without copying them into this process (a pread into a
+    buffer cost about 1 CPU-second per 4 GB more, on a 2-core machine that is CPU-bound); where sendfile is not
+    supported, `pread`. Nothing stays resident in this process; best effort: never raises. Returns the bytes
+    read."""
     if length <= 0:
         return 0
-    done = 0
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -65,8 +67,42 @@ def prefetch(path: str, offset: int, length: int) -> int:
         advise = getattr(os, "posix_fadvise", None)
         if advise is not None:
             advise(fd, offset, length, os.POSIX_FADV_SEQUENTIAL)
-        buf = bytearray(min(PREFETCH_BLOCK, length))
-        view = memoryview(buf)
+        done = _send_to_null(fd, offset, length)
+        if done < length:
+            done += _read_into_buffer(fd, offset + done, length - done)
+        return done
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+
+
+def _send_to_null(fd: int, offset: int, length: int) -> int:
+    """sendfile the range to /dev/null; the bytes done (fewer when the file is shorter or sendfile is refused)."""
+    sendfile = getattr(os, "sendfile", None)
+    if sendfile is None:
+        return 0
+    done = 0
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        while done < length:
+            n = sendfile(null, fd, offset + done, min(PREFETCH_BLOCK, length - done))
+            if n <= 0:
+                break
+            done += n
+    except OSError:  # EINVAL/ENOSYS: a file system without splice; pread does the rest
+        pass
+    finally:
+        os.close(null)
+    return done
+
+
+def _read_into_buffer(fd: int, offset: int, length: int) -> int:
+    """pread the range into a scratch buffer; the bytes read."""
+    done = 0
+    buf = bytearray(min(PREFETCH_BLOCK, length))
+    view = memoryview(buf)
+    try:
         while done < length:
             n = os.preadv(fd, [view[:min(len(buf), length - done)]], offset + done)
             if n <= 0:
@@ -74,6 +110,4 @@ def prefetch(path: str, offset: int, length: int) -> int:
             done += n
     except OSError:
         pass
-    finally:
-        os.close(fd)
     return done

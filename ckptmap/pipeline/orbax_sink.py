@@ -210,6 +210,7 @@ class OrbaxSink(PlannedWriter):
         self._pending = {n: PendingTensor(n, t.shape, t.dtype, writer=i % OCDBT_WRITERS)
                          for i, (n, t) in enumerate(targets.items())}
         self._tmp = _temp_beside(path, directory=True)
+        self._start_write_behind(self._tmp)
         self._error: BaseException | None = None
         names = frozenset(targets)
         tree = nest_names({orbax_io.stored_name(n, names): self._pending[n] for n in targets}, path)
@@ -283,4 +284,5 @@ class OrbaxSink(PlannedWriter):
     def abort(self) -> None:
         self.cancel()
         self._thread.join(timeout=60)
+        self._stop_write_behind()
         _remove(self._tmp)

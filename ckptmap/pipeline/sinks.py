@@ -23,6 +23,7 @@ from ckptmap.checkpoint_io.base import _NP_TO_ST, CheckpointIOError, CheckpointW
 from ckptmap.checkpoint_io.commit import _remove, _temp_beside
 from ckptmap.pipeline import fileio
 from ckptmap.pipeline.plan import RulePlan, TargetPlan
+from ckptmap.pipeline.write_behind import WriteBehind
 from ckptmap.trees.safetensors_tree import INDEX_NAME, dump_header
 
 
@@ -166,12 +167,34 @@ class PlannedWriter(CheckpointWriter):
     it was not planned for, or an array of another shape or dtype than planned, is an error."""
 
     accepts_parts = False  # True where `write_part` writes a stacked target slice by slice
+    any_order = True  # tensors may arrive in any order (False: in the plan's order, see OrderedSink)
 
     def __init__(self, path: str, targets: dict[str, TargetPlan], *, overwrite: bool = True):
         super().__init__(path, overwrite=overwrite)
         self.targets = targets
         self._lock = threading.Lock()
         self._parts: dict[str, int] = {}  # elements written so far of targets written slice by slice
+        self._write_behind: WriteBehind | None = None
+
+    def _start_write_behind(self, root: str) -> None:
+        """Flush what is written under `root` (the temp output) while the conversion runs (pipeline.write_behind)."""
+        self._write_behind = WriteBehind(root)
+
+    def _stop_write_behind(self) -> None:
+        if self._write_behind is not None:
+            self._write_behind.close()
+            self._write_behind = None
+
+    def _count_written(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_written += nbytes
+        behind = self._write_behind
+        if behind is not None:
+            behind.wrote(nbytes)
+
+    def _install(self, tmp: str) -> None:
+        self._stop_write_behind()
+        super()._install(tmp)
 
     def write(self, name: str, array: np.ndarray) -> None:
         plan = self.targets.get(name)
@@ -189,8 +212,7 @@ class PlannedWriter(CheckpointWriter):
             self._write(name, array)
         except OSError as e:
             raise write_failure(e, file=self.path, key=name) from None
-        with self._lock:
-            self.bytes_written += array.nbytes
+        self._count_written(array.nbytes)
 
     def write_part(self, name: str, index: tuple, array: np.ndarray) -> Callable[[], None]:
         """Start writing one cell's slice of a stacked target: `index` holds an int at each of the target's
@@ -224,9 +246,9 @@ class PlannedWriter(CheckpointWriter):
                 written()
             except OSError as e:
                 raise write_failure(e, file=self.path, key=name) from None
-            with self._lock:
-                self.bytes_written += nbytes
-                if done == size:
+            self._count_written(nbytes)
+            if done == size:
+                with self._lock:
                     self._names.add(name)
         return wait
 
@@ -264,6 +286,7 @@ class SafetensorsSink(PlannedWriter):
         except OSError:
             self.abort()
             raise
+        self._start_write_behind(self._tmp)
 
     def _write(self, name: str, array: np.ndarray) -> None:
         self._files.write(name, array)
@@ -281,6 +304,7 @@ class SafetensorsSink(PlannedWriter):
         self._install(self._tmp)
 
     def abort(self) -> None:
+        self._stop_write_behind()
         if self._files is not None:
             self._files.discard()
             self._files = None
@@ -300,6 +324,8 @@ def write_index(directory: str, layout: SafetensorsLayout, extra_files: dict[str
 class OrderedSink(PlannedWriter):
     """Any plain CheckpointWriter (npz) fed in plan order, whatever order the threads finish in: a thread
     whose tensor is not next waits for its turn, so the file is the same for any number of workers."""
+
+    any_order = False
 
     def __init__(self, inner: CheckpointWriter, plans: list[RulePlan]):
         targets = {t.name: t for p in plans for t in p.targets}
