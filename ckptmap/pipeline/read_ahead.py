@@ -10,27 +10,26 @@ in this process. An input a worker read before the thread got to it is skipped.
 from __future__ import annotations
 
 import collections
-import threading
 from typing import Callable, Iterable
+
+from ckptmap.pipeline.background import BackgroundThread
 
 READ_AHEAD_WINDOW = 2 << 30  # bytes read ahead of the workers at most (page cache, not RSS)
 
 
-class ReadAhead:
+class ReadAhead(BackgroundThread):
     """`want(names)` queues inputs; `consumed(name)` says a worker has read one; `close()` stops the thread."""
 
     def __init__(self, prefetch: Callable[[str], int | None], window: int = READ_AHEAD_WINDOW):
+        super().__init__("ckptmap-read-ahead")
         self._prefetch = prefetch
         self._window = int(window)
-        self._cv = threading.Condition()
         self._queue: collections.deque[str] = collections.deque()
         self._queued: set[str] = set()
         self._fetched: dict[str, int] = {}  # name -> bytes read ahead and not yet consumed
         self._consumed: set[str] = set()
         self._ahead = 0
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="ckptmap-read-ahead", daemon=True)
-        self._thread.start()
+        self._start()
 
     def want(self, names: Iterable[str]) -> None:
         with self._cv:
@@ -45,12 +44,6 @@ class ReadAhead:
             self._consumed.add(name)
             self._ahead -= self._fetched.pop(name, 0)
             self._cv.notify_all()
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self._thread.join()
 
     @property
     def ahead(self) -> int:

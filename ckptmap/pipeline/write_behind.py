@@ -12,7 +12,8 @@ databases). Best effort: a file that cannot be opened or flushed is left to the 
 from __future__ import annotations
 
 import os
-import threading
+
+from ckptmap.pipeline.background import BackgroundThread
 
 WRITE_BEHIND_BYTES = 256 << 20  # output bytes between two flushing rounds
 
@@ -39,33 +40,25 @@ def flush_file(path: str) -> bool:
         os.close(fd)
 
 
-class WriteBehind:
+class WriteBehind(BackgroundThread):
     """`wrote(nbytes)` counts output bytes written under `root`; `close()` stops the thread (the final fsync
     still covers every file). `rounds` and `flushed` say how much it did."""
 
     def __init__(self, root: str, every: int = WRITE_BEHIND_BYTES):
+        super().__init__("ckptmap-write-behind")
         self.root = root
         self.every = max(1, int(every))
         self.rounds = 0
         self.flushed = 0  # file flushes done
-        self._cv = threading.Condition()
         self._pending = 0  # bytes written since the last round started
-        self._closed = False
         self._seen: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns) when last flushed
-        self._thread = threading.Thread(target=self._loop, name="ckptmap-write-behind", daemon=True)
-        self._thread.start()
+        self._start()
 
     def wrote(self, nbytes: int) -> None:
         with self._cv:
             self._pending += int(nbytes)
             if self._pending >= self.every:
                 self._cv.notify_all()
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        self._thread.join()
 
     def _wait_for_round(self) -> bool:
         with self._cv:
