@@ -137,31 +137,6 @@ def test_copy_into_matches_numpy_on_transposed_and_stacked_views(dtype):
     assert not buf[:, 0].any() and not buf[:, 2].any()
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, ml_dtypes.bfloat16, np.float16, np.float32])
-@pytest.mark.parametrize("shape,perm", [((1024, 512), (1, 0)), ((96, 40, 256), (2, 0, 1)),
-                                        ((256, 6, 130), (2, 1, 0)), ((130, 515), (1, 0))])
-@pytest.mark.parametrize("pack_bytes", [4 << 20, 4096])
-def test_packed_transposes_match_numpy(monkeypatch, dtype, shape, perm, pack_bytes):
-    """Narrow elements packed 8 bytes wide before the tiles (array_copy._packed_copy), in bands and, with a small
-    PACK_BYTES, in pieces along the first axis; lengths that do not pack (515, 130 % 8) take the plain tiles."""
-    import ckptmap.array_copy as array_copy
-
-    monkeypatch.setattr(array_copy, "TILE_BYTES", 256)  # small arrays take the tiled paths too
-    monkeypatch.setattr(array_copy, "PACK_BYTES", pack_bytes)
-    packed = []
-    real = array_copy._packed_copy
-    monkeypatch.setattr(array_copy, "_packed_copy", lambda d, s, b: packed.append(real(d, s, b)) or packed[-1])
-    rng = np.random.default_rng(1)
-    a = rng.integers(0, 255, size=shape, dtype=np.uint8).astype(dtype) if dtype == np.uint8 else \
-        rng.standard_normal(shape).astype(dtype)
-    src = a.transpose(perm)
-    out = np.empty(src.shape, dtype)
-    copy_into(out, src)
-    assert out.tobytes() == np.ascontiguousarray(src).tobytes()
-    k = 8 // np.dtype(dtype).itemsize
-    assert any(packed) == (src.shape[-1] % k == 0)
-
-
 def test_a_failing_rule_stops_every_worker_and_leaves_nothing(tmp_path):
     _, hf_shapes, _ = fixture("llama3.1")
     hf = seeded(hf_shapes)
