@@ -488,7 +488,7 @@ class OrbaxWriteOptions:
 
     - `compression`: Orbax's zstd on every chunk, as MaxText's own conversion writes (smaller; CPU-bound).
     - `ocdbt`: the arrays inside OCDBT databases (`manifest.ocdbt`, `d/...`), Orbax's default and MaxText's own
-      output. Off, each array is a zarr directory of chunk files (`items/<param path>/0.3.0`), the form Orbax wrote
+      output. Off, each array is a zarr directory of chunk files (`items/<param path>/`), the form Orbax wrote
       before OCDBT: TensorStore writes it at the disk's speed (a 16 GB llama in 32.0 s against 31.8 s for the same
       chunks as plain files, 42.7 s through OCDBT; benchmarks/RESULTS.md), so it is the default.
     - `zarr3`: each array in Zarr v3 (`zarr.json`, chunks under `c/`), what Orbax's v1 API and so MaxText's own

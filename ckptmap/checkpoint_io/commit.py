@@ -137,15 +137,18 @@ def _rename_noreplace(tmp: str, path: str) -> None:
         os.unlink(tmp)
 
 
-def _fsync_path(path: str) -> None:
+def _fsync_path(path: str, data_only: bool = False) -> bool:
+    """Flush a file (or directory) to disk (`data_only`: its bytes, fdatasync); best effort: False where it could
+    not be opened or flushed."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return
+        return False
     try:
-        os.fsync(fd)
+        (os.fdatasync if data_only else os.fsync)(fd)
+        return True
     except OSError:
-        pass
+        return False
     finally:
         os.close(fd)
 

@@ -341,14 +341,18 @@ def _chunks(cells: list, workers: int) -> list[list]:
     """Cells in contiguous runs, a few per worker, so that threads share a large rule and finish together."""
     if not cells:
         return []
-    n = min(len(cells), workers * CHUNKS_PER_WORKER)
-    size = -(-len(cells) // n)
+    size = -(-len(cells) // _task_count(len(cells), workers))
     return [cells[i:i + size] for i in range(0, len(cells), size)]
+
+
+def _task_count(cells: int, workers: int) -> int:
+    """How many runs `_chunks` cuts a rule's cells into (at least 1)."""
+    return max(1, min(cells, workers * CHUNKS_PER_WORKER))
 
 
 def task_bytes(plan: RulePlan, workers: int) -> int:
     """Bytes read and written by one of the rule's tasks (a run of cells one thread takes, see _chunks)."""
-    return (plan.in_bytes + plan.out_bytes) // max(1, min(plan.cells, workers * CHUNKS_PER_WORKER))
+    return (plan.in_bytes + plan.out_bytes) // _task_count(plan.cells, workers)
 
 
 def largest_tasks_first(plans: list[RulePlan], workers: int) -> list[RulePlan]:

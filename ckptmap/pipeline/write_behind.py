@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from ckptmap.checkpoint_io.commit import _fsync_path
 from ckptmap.pipeline.background import BackgroundThread
 
 WRITE_BEHIND_BYTES = 256 << 20  # output bytes between two flushing rounds
@@ -23,21 +24,6 @@ def _files(root: str) -> list[str]:
     if os.path.isfile(root):
         return [root]
     return [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
-
-
-def flush_file(path: str) -> bool:
-    """Write a file's dirty pages to the disk now; False where it could not (gone, unreadable)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        os.fdatasync(fd)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 class WriteBehind(BackgroundThread):
@@ -86,6 +72,6 @@ class WriteBehind(BackgroundThread):
                 state = (st.st_size, st.st_mtime_ns)
                 if self._seen.get(path) == state:
                     continue
-                if flush_file(path):
+                if _fsync_path(path, data_only=True):  # the final fsync's best-effort flush, data only
                     self._seen[path] = state
                     self.flushed += 1
