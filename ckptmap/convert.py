@@ -195,7 +195,7 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     source dtype. `force=False` refuses an existing OUT. `workers` threads (default: the cores) run rules and
     their cells side by side with at most `max_memory` bytes in flight (default: 1.5x the largest rule); the
     output is the same bytes for any count. `processes` > 1 or `ray_address` splits the rules over Ray tasks
-    (ckptmap.pipeline.distributed; sharded safetensors output), byte-identical to one process. `orbax` says how
+    (ckptmap.pipeline.distributed; sharded safetensors or Orbax output), byte-identical to one process. `orbax` says how
     Orbax output is stored (default: uncompressed, a zarr directory per array; see OrbaxWriteOptions). Raises
     CkptmapError before writing anything when IN is unreadable, lacks a tensor the mapping reads, or holds shapes the mapping was not solved for; a produced
     tensor of another shape than the recorded target stops the conversion and leaves nothing at OUT.
@@ -279,9 +279,9 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
              max_memory: int | None = None, processes: int | None = None,
              ray_address: str | None = None, orbax: OrbaxWriteOptions = OrbaxWriteOptions()) -> ConvertReport:
     distributed = bool(ray_address) or (processes or 1) > 1
-    if distributed and kind != "sharded":
-        raise CheckpointIOError(f"--processes / --ray write sharded safetensors (a directory), not {kind}: each "
-                                "process writes its own shards", file=output_path(output_path_))
+    if distributed and kind not in ("sharded", "orbax"):
+        raise CheckpointIOError(f"--processes / --ray write sharded safetensors or Orbax (a directory), not {kind}: "
+                                "each process writes its own files", file=output_path(output_path_))
     if workers is not None and workers < 1:
         raise CkptmapError(f"--workers must be at least 1, got {workers}")
     with open_reader(input_path, step=step) as reader:
@@ -291,9 +291,9 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
         unused = {n: mapping.unused_sources.get(n, "") for n in reader.names() if n not in read_names}
         plans = plan_conversion(mapping, reader, cast, output_path(output_path_))
         if distributed:
-            return _convert_on_ray(mapping, input_path, output_path_, plans, reader, max_shard_bytes, dtype, force,
+            return _convert_on_ray(mapping, input_path, output_path_, kind, plans, max_shard_bytes, dtype, force,
                                    step, hf_config, workers, max_memory, processes, ray_address, unused, start,
-                                   stale)
+                                   stale, orbax)
         workers = default_workers() if workers is None else int(workers)
         total = sum(len(p.targets) for p in plans)
         bar = _progress_bar(total, progress)
@@ -338,52 +338,99 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
                          max_memory=limit, budget_peak=stats.budget_peak)
 
 
-def _convert_on_ray(mapping: Mapping, input_path: str, out: str, plans: list[RulePlan], reader: CheckpointReader,
+def _convert_on_ray(mapping: Mapping, input_path: str, out: str, kind: str, plans: list[RulePlan],
                     max_shard_bytes: int, dtype: str | None, force: bool, step: int | None, hf_config: dict | None,
                     workers: int | None, max_memory: int | None, processes: int | None, address: str | None,
-                    unused: dict, start: float, stale: list[str]) -> ConvertReport:
-    """The driver of a conversion split over Ray tasks: lay out the shards, hand each task its share, then write
-    the index once and move the directory into place (nothing at OUT on any error)."""
-    from ckptmap.pipeline.distributed import assign, run_shares  # lazy: distributed imports this module (cycle)
+                    unused: dict, start: float, stale: list[str], orbax: OrbaxWriteOptions) -> ConvertReport:
+    """The driver of a conversion split over Ray tasks: lay the output out, hand each task its share, then finish
+    the output once and move it into place (nothing at OUT on any error). A local Ray cluster started here is shut
+    down at the end; one the caller started (ray.init) is left running."""
+    from ckptmap.pipeline import distributed  # lazy: distributed imports this module (cycle)
+
+    if kind == "orbax" and orbax.ocdbt:
+        raise CheckpointIOError("--processes / --ray write Orbax arrays as zarr directories, one per array; "
+                                "OCDBT databases (--orbax-ocdbt) are written by one process only",
+                                file=output_path(out))
+    ray, started = distributed.ray_runtime(address, processes or 1)
+    try:
+        return _drive_shares(mapping, input_path, out, kind, plans, max_shard_bytes, dtype, force, step,
+                             hf_config, workers, max_memory, processes, address, unused, start, stale, orbax)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _drive_shares(mapping: Mapping, input_path: str, out: str, kind: str, plans: list[RulePlan],
+                  max_shard_bytes: int, dtype: str | None, force: bool, step: int | None, hf_config: dict | None,
+                  workers: int | None, max_memory: int | None, processes: int | None, address: str | None,
+                  unused: dict, start: float, stale: list[str], orbax: OrbaxWriteOptions) -> ConvertReport:
+    """_convert_on_ray's work once Ray runs: Orbax laid out by the driver's save with the arrays written by the
+    tasks, or safetensors shards written by the tasks with the index by the driver."""
+    from ckptmap.pipeline import distributed  # lazy: distributed imports this module (cycle)
 
     path = output_path(out)
-    layout = safetensors_layout(plans, max_shard_bytes, path)
-    units = layout.units()
-    shares = assign(units, [sum(layout.shards[k].body_size for k in u) for u in units], processes or 1)
-    extra: dict[str, str] = {}
+    source = input_path if input_path.startswith("orbax:") else os.path.abspath(input_path)
+    extra_names: list[str] = []
+    load_path = ""
+    if kind == "orbax":
+        from ckptmap.pipeline.orbax_sink import OrbaxSink  # lazy: loads Orbax and TensorStore
 
-    class _Commit(CheckpointWriter):  # the temp directory -> OUT step, with the writers' error handling
-        def _write(self, name, array):
-            raise NotImplementedError
+        sink = OrbaxSink(path, plans, overwrite=force, options=orbax, data_elsewhere=True)
+        try:
+            item_dir = sink.laid_out()
+            rules = distributed.assign([[p.index] for p in plans], [p.out_bytes for p in plans], processes or 1)
+            shares = [distributed.OrbaxShare(item_dir, tuple(r), orbax.zarr3) for r in rules if r]
+            results = distributed.run_shares(mapping, source, step, shares, dtype, workers, max_memory, address,
+                                             path)
+            distributed.check_all_written(plans, results, path)
+            for r in results:
+                sink.written_elsewhere(r.written)
+            sink.commit()
+        except BaseException:
+            sink.abort()
+            raise
+        load_path = sink.load_path
+    else:
+        layout = safetensors_layout(plans, max_shard_bytes, path)
+        units = layout.units()
+        groups = distributed.assign(units, [sum(layout.shards[k].body_size for k in u) for u in units],
+                                    processes or 1)
+        extra: dict[str, str] = {}
 
-        def _commit(self):
-            write_index(tmp, layout, extra)
-            self._install(tmp)
+        class _Commit(CheckpointWriter):  # the temp directory -> OUT step, with the writers' error handling
+            def _write(self, name, array):
+                raise NotImplementedError
 
-        def abort(self):
+            def _commit(self):
+                write_index(tmp, layout, extra)
+                self._install(tmp)
+
+            def abort(self):
+                _remove(tmp)
+
+        tmp = _temp_beside(path, directory=True)
+        committer = _Commit(path, overwrite=force)
+        try:
+            holder = type("H", (), {"extra_files": extra})()
+            extra_names = _hf_files(holder, mapping, hf_config, dtype)
+            shares = [distributed.ShardShare(tmp, tuple(g), max_shard_bytes) for g in groups if g]
+            results = distributed.run_shares(mapping, source, step, shares, dtype, workers, max_memory, address,
+                                             path)
+            distributed.check_all_written(plans, results, path)
+            committer.commit()
+        except BaseException:
             _remove(tmp)
-
-    tmp = _temp_beside(path, directory=True)
-    committer = _Commit(path, overwrite=force)
-    try:
-        holder = type("H", (), {"extra_files": extra})()
-        extra_names = _hf_files(holder, mapping, hf_config, dtype)
-        results = run_shares(mapping, os.path.abspath(input_path) if not input_path.startswith("orbax:") else
-                             input_path, step, tmp, shares, max_shard_bytes, dtype, workers, max_memory, address)
-        committer.commit()
-    except BaseException:
-        _remove(tmp)
-        raise
+            raise
     nonfinite: dict[str, tuple[int, int]] = {}
     for r in results:
         nonfinite.update(r.nonfinite)
-    return ConvertReport(input=input_path, output=out, format="sharded", tensors_written=sum(r.tensors for r in results),
+    return ConvertReport(input=input_path, output=out, format=kind, tensors_written=sum(r.tensors for r in results),
                          bytes_written=sum(r.bytes for r in results), seconds=time.perf_counter() - start,
                          largest_rule_bytes=max((r.largest_rule_bytes for r in results), default=0),
                          unused_inputs=unused, unmapped_targets=list(mapping.unmapped_targets),
-                         extra_files=extra_names, nonfinite=dict(sorted(nonfinite.items())),
+                         extra_files=extra_names, load_path=load_path, nonfinite=dict(sorted(nonfinite.items())),
                          stale_temps_removed=stale, workers=workers or default_workers(), max_memory=max_memory,
-                         processes=len([s for s in shares if s]))
+                         processes=len(shares))
 
 
 def _dtype(name: str | None) -> np.dtype | None:

@@ -455,6 +455,12 @@ def stored_name(name: str, names: set[str] | frozenset[str]) -> str:
     return name if folded in names else folded
 
 
+def stored_keys(name: str, names: set[str] | frozenset[str]) -> tuple[str, ...]:
+    """The key path of target `name` in the train state `train_state` saves: `params` (the item's collections),
+    then its stored name's parts; Orbax names the array's directory by these keys joined with `.`."""
+    return ("params",) + tuple(stored_name(name, names).split("-"))
+
+
 def lookup(name: str, available) -> str | None:
     """The stored name holding variable `name`: itself, or for another collection its `params` twin (the reverse
     of `stored_name`); None when neither is there."""

@@ -1,15 +1,20 @@
-"""`convert --processes N` on a local Ray cluster: each process writes its own shards, the index is written
-once, and the directory is byte-identical to the one-process conversion."""
+"""`convert --processes N` on a local Ray cluster: each process writes its own shards (or Orbax arrays), the index
+(or Orbax's metadata) is written once, and the directory is byte-identical to the one-process conversion."""
 
 from __future__ import annotations
 
+import json
 import os
+import zipfile
 
 import ml_dtypes
+import numpy as np
 import pytest
 
 from ckptmap import checkpoint_io as cio
+from ckptmap.checkpoint_io import CheckpointIOError
 from ckptmap.convert import convert
+from ckptmap.orbax_io import OrbaxWriteOptions
 from ckptmap.pipeline.distributed import assign
 from test_convert_cases import fixture, llama_mapping, seeded
 from test_convert_parallel import digest
@@ -40,3 +45,73 @@ def test_two_ray_processes_write_the_same_bytes_as_one(tmp_path):
     assert digest(str(tmp_path / "many")) == digest(str(tmp_path / "one"))
     assert len(os.listdir(tmp_path / "one")) >= 3
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+ORBAX_RECORDS = ("commit_success.txt", "_CHECKPOINT_METADATA")  # Orbax's own notes: a temp path, timestamps
+
+
+def orbax_digest(path: str) -> dict[str, str]:
+    """digest() of an Orbax checkpoint, with Orbax's commit notes (the temp path it wrote to, its timestamps)
+    left out and its checkpoint metadata compared without the timestamps: what differs between any two runs."""
+    files = {k: v for k, v in digest(path).items() if os.path.basename(k) not in ORBAX_RECORDS}
+    meta = json.loads(open(os.path.join(path, "0", "_CHECKPOINT_METADATA")).read())
+    files["_CHECKPOINT_METADATA without timestamps"] = json.dumps(
+        {k: v for k, v in meta.items() if "timestamp" not in k}, sort_keys=True)
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scanned", [True, False])
+def test_two_ray_processes_write_the_same_orbax_checkpoint_as_one(tmp_path, scanned):
+    _, hf_shapes, _ = fixture("llama3.1")
+    hf = {n: a.astype(ml_dtypes.bfloat16) for n, a in seeded(hf_shapes).items()}
+    cio.write_all(str(tmp_path / "hf"), hf, max_shard_bytes=30_000)
+    mapping = llama_mapping(scanned)
+    one = convert(mapping, str(tmp_path / "hf"), str(tmp_path / "one.orbax"), progress=False)
+    try:
+        many = convert(mapping, str(tmp_path / "hf"), str(tmp_path / "many.orbax"), progress=False, processes=2,
+                       workers=1)
+    finally:
+        ray.shutdown()
+    assert many.processes == 2 and many.format == "orbax"
+    assert (many.tensors_written, many.bytes_written) == (one.tensors_written, one.bytes_written)
+    assert many.load_path == str(tmp_path / "many.orbax" / "0" / "items")
+    want, got = orbax_digest(str(tmp_path / "one.orbax")), orbax_digest(str(tmp_path / "many.orbax"))
+    assert got == want
+    assert sum(1 for k in got if k.endswith("zarr.json")) == one.tensors_written + 1  # and the step
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+    # and it reads back as the same tensors through ckptmap's Orbax reader
+    back = cio.read_all(f"orbax:{tmp_path / 'many.orbax'}")
+    ref = cio.read_all(f"orbax:{tmp_path / 'one.orbax'}")
+    assert sorted(back) == sorted(ref) and all(np.array_equal(back[n], ref[n]) for n in ref)
+
+
+def test_ocdbt_orbax_output_is_not_split_over_processes(tmp_path):
+    _, hf_shapes, _ = fixture("llama3.1")
+    cio.write_all(str(tmp_path / "hf.safetensors"), seeded(hf_shapes))
+    with pytest.raises(CheckpointIOError, match="OCDBT") as e:
+        convert(llama_mapping(True), str(tmp_path / "hf.safetensors"), str(tmp_path / "mt.orbax"), progress=False,
+                processes=2, orbax=OrbaxWriteOptions(ocdbt=True))
+    assert "mt.orbax" in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["hf.safetensors"]
+
+
+@pytest.mark.slow
+def test_a_failing_task_leaves_no_orbax_checkpoint(tmp_path):
+    """The driver plans and lays the checkpoint out from the input's headers; a task then reads a member whose
+    bytes are damaged: its error reaches the driver as itself, and nothing is left at OUT or beside it."""
+    _, hf_shapes, _ = fixture("llama3.1")
+    src = str(tmp_path / "hf.npz")
+    cio.write_all(src, seeded(hf_shapes))
+    with zipfile.ZipFile(src) as z:
+        member = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(open(src, "rb").read())
+    data[member.header_offset + 30 + len(member.filename.encode()) + len(member.extra) + member.file_size // 2] ^= 0xFF
+    open(src, "wb").write(bytes(data))
+    try:
+        with pytest.raises(CheckpointIOError, match="CRC") as e:
+            convert(llama_mapping(True), src, str(tmp_path / "mt.orbax"), progress=False, processes=2, workers=1)
+    finally:
+        ray.shutdown()
+    assert e.value.file == src and e.value.key == member.filename.removesuffix(".npy")
+    assert sorted(os.listdir(tmp_path)) == ["hf.npz"]

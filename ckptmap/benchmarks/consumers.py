@@ -158,7 +158,8 @@ def save_tiny_hf(config: dict, out: str, dtype: str, seed: int = 0) -> str:
 
 def run_case(model: str, scan: bool, workdir: str, dtype: str = "float32", *, in_process: bool = False,
              orbax_flags: tuple[str, ...] = ()) -> ConsumerResult:
-    """One model through every consumer; `orbax_flags` (e.g. --orbax-ocdbt) choose how the Orbax output is stored."""
+    """One model through every consumer; `orbax_flags` (convert flags: --orbax-ocdbt, --processes 2, ...) choose how
+    the Orbax output is stored and written."""
     res = ConsumerResult(model, scan, dtype)
     src_spec, tgt_spec = tiny_specs(model)
     tgt_spec = f"{tgt_spec} scan_layers={'true' if scan else 'false'}"

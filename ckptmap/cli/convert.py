@@ -49,7 +49,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "larger than the cap runs alone")
     p.add_argument("--processes", type=int, default=None,
                    help="split the rules over this many processes on a local Ray cluster (each writes its own "
-                        "shards; the index is written once)")
+                        "shards, or its own Orbax arrays; the index or Orbax's metadata is written once)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="split the rules over the nodes of a running Ray cluster (e.g. auto, or ray://host:10001); "
                         "with --processes N, N tasks")

@@ -1,14 +1,19 @@
 """One conversion split over several processes or hosts, on Ray.
 
-The driver plans the output (ckptmap.pipeline.plan) and lays out the shards (sinks.safetensors_layout: shard
-boundaries fall between rules, so a rule belongs to exactly one group of shards). Each Ray task takes a fixed
-share of those groups (`assign`: by bytes, in order, the same for the same plan), opens the input itself, and
-writes its own shard files into the driver's temp directory through the same threaded executor as one process.
-The driver then writes the index once and renames the directory into place; any task's error removes it all.
+The driver plans the output (ckptmap.pipeline.plan) and lays it out; each Ray task takes a fixed share of it
+(`assign`: by bytes, in order, the same for the same plan), opens the input itself, and writes its part into the
+driver's temp directory through the same threaded executor as one process; the driver then finishes the output
+once and renames the directory into place. Any task's error removes it all.
 
-The shard files are laid out from the plan and the shard size only, so the output is byte-identical to a
-one-process run. Across hosts the input and the output's directory must be paths every node sees (a shared file
-system).
+- Sharded safetensors (`ShardShare`): shard boundaries fall between rules (sinks.safetensors_layout), so a task
+  writes whole shard files; the driver writes the index.
+- Orbax (`OrbaxShare`, Zarr arrays outside OCDBT, the default form): the driver's Orbax save lays the checkpoint
+  out (Orbax's metadata and each array's zarr metadata, no data: OrbaxSink's `data_elsewhere`); a task writes the
+  chunks of its rules' arrays (OrbaxArraySink), each array in one task.
+
+Either way the bytes depend only on the plan (and the shard size), so the output is byte-identical to a
+one-process run (Orbax's own timestamps aside). Across hosts the input and the output's directory must be paths
+every node sees (a shared file system).
 """
 
 from __future__ import annotations
@@ -21,27 +26,72 @@ from ckptmap import mapping_record
 from ckptmap.errors import CkptmapError
 from ckptmap.mapping import Mapping
 from ckptmap.checkpoint_io import open_reader
+from ckptmap.checkpoint_io.base import CheckpointIOError
 from ckptmap.convert import _dtype, count_nonfinite, default_max_memory, default_workers, plan_conversion
 from ckptmap.pipeline import heap
 from ckptmap.pipeline.execute import Executor
-from ckptmap.pipeline.sinks import ShardFiles, safetensors_layout
+from ckptmap.pipeline.plan import RulePlan
+from ckptmap.pipeline.sinks import PlannedWriter, ShardSubsetSink, safetensors_layout
 from ckptmap.pipeline.sources import prefetcher, sliced_inputs, threaded_read
 
 
 @dataclass
 class ShareResult:
-    """What one process wrote."""
+    """What one process wrote: name -> bytes of each tensor, and where it ran."""
 
-    tensors: int = 0
-    bytes: int = 0
+    written: dict[str, int] = field(default_factory=dict)
     largest_rule_bytes: int = 0
     nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
     host: str = ""
     pid: int = 0
 
+    @property
+    def tensors(self) -> int:
+        return len(self.written)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.written.values())
+
+
+def _targets_of(plans: list[RulePlan], rules: set[int]) -> dict:
+    return {t.name: t for p in plans if p.index in rules for t in p.targets}
+
+
+@dataclass(frozen=True)
+class ShardShare:
+    """Sharded safetensors: the shard files numbered `shards` of the plan's layout, written into `tmp_dir`."""
+
+    tmp_dir: str
+    shards: tuple[int, ...]
+    max_shard_bytes: int
+
+    def sink(self, plans: list[RulePlan], out_file: str) -> tuple[set[int], PlannedWriter]:
+        """(the rules this share runs, the writer of their tensors)."""
+        layout = safetensors_layout(plans, self.max_shard_bytes, self.tmp_dir)
+        rules = {r for k in self.shards for r in layout.shards[k].rules}
+        return rules, ShardSubsetSink(out_file, layout, self.tmp_dir, list(self.shards), _targets_of(plans, rules))
+
+
+@dataclass(frozen=True)
+class OrbaxShare:
+    """Orbax: the arrays of the rules `rules`, written into the checkpoint the driver laid out at `item_dir`."""
+
+    item_dir: str
+    rules: tuple[int, ...]
+    zarr3: bool = True
+
+    def sink(self, plans: list[RulePlan], out_file: str) -> tuple[set[int], PlannedWriter]:
+        from ckptmap.pipeline.orbax_sink import OrbaxArraySink  # lazy: loads TensorStore
+
+        rules = set(self.rules)
+        every = frozenset(t.name for p in plans for t in p.targets)
+        return rules, OrbaxArraySink(out_file, self.item_dir, _targets_of(plans, rules), every, zarr3=self.zarr3)
+
 
 def assign(units: list[list[int]], unit_bytes: list[int], processes: int) -> list[list[int]]:
-    """Shard groups -> `processes` shares of contiguous groups with about equal bytes (deterministic)."""
+    """Units (shard groups, or rules) -> `processes` shares of contiguous units with about equal bytes
+    (deterministic)."""
     processes = max(1, min(processes, len(units))) if units else 1
     total = sum(unit_bytes)
     shares: list[list[int]] = [[] for _ in range(processes)]
@@ -55,67 +105,79 @@ def assign(units: list[list[int]], unit_bytes: list[int], processes: int) -> lis
     return shares
 
 
-def convert_share(mapping: Mapping, input_path: str, step: int | None, tmp_dir: str, shards: list[int],
-                  max_shard_bytes: int, cast_name: str | None, workers: int | None,
-                  max_memory: int | None) -> ShareResult:
+def convert_share(mapping: Mapping, input_path: str, step: int | None, share: ShardShare | OrbaxShare,
+                  cast_name: str | None, workers: int | None, max_memory: int | None,
+                  out_file: str) -> ShareResult:
     """The work of one process: plan again from the input (the same plan the driver made), then write the
-    tensors of `shards` into their files in `tmp_dir`."""
+    tensors of `share` into the driver's temp output. `out_file` (the final output) names errors."""
     cast = _dtype(cast_name)
     workers = default_workers() if workers is None else workers
     with open_reader(input_path, step=step) as reader:
-        plans = plan_conversion(mapping, reader, cast, tmp_dir)
-        layout = safetensors_layout(plans, max_shard_bytes, tmp_dir)
-        rules = {r for k in shards for r in layout.shards[k].rules}
+        plans = plan_conversion(mapping, reader, cast, out_file)
+        rules, sink = share.sink(plans, out_file)
         mine = [p for p in plans if p.index in rules]
         sliced = sliced_inputs(reader, mine)
-        limit = default_max_memory(mine, workers, sliced=sliced) if max_memory is None else max_memory
-        files = ShardFiles(layout, tmp_dir, which=shards)
+        parts_out = sink.accepts_parts
+        limit = (default_max_memory(mine, workers, parts_out=parts_out, sliced=sliced) if max_memory is None
+                 else max_memory)
         result = ShareResult(host=socket.gethostname(), pid=os.getpid())
         try:
-            def write(name, array):
-                files.write(name, array)
-                result.tensors += 1
-                result.bytes += array.nbytes
-
-            executor = Executor(threaded_read(reader), write, workers=workers, max_memory=limit,
+            executor = Executor(threaded_read(reader), sink.write, workers=workers, max_memory=limit,
                                 check_nonfinite=count_nonfinite,
                                 want=mapping_record.recorded_shapes(mapping, "target"), prefetch=prefetcher(reader),
-                                out_file=tmp_dir, cast=cast,
+                                out_file=out_file, cast=cast, write_part=sink.write_part if parts_out else None,
                                 start_read_part=getattr(reader, "start_read_part", None), sliced=sliced,
-                                any_order=True)  # each tensor's bytes go to their own offset
+                                any_order=sink.any_order)
             stats = executor.run(mapping, mine)
-            files.close()
+            sink.commit()
         except BaseException:
-            files.discard()
+            sink.abort()
             raise
+    result.written = {name: sink.targets[name].nbytes for name in sorted(sink.targets)}
     result.largest_rule_bytes = stats.largest_rule_bytes
     result.nonfinite = stats.nonfinite
     return result
 
 
-def _ray(address: str | None, processes: int):
+def check_all_written(plans: list[RulePlan], results: list[ShareResult], out_file: str) -> None:
+    """Every planned tensor written by exactly one process (else nothing is installed)."""
+    seen: set[str] = set()
+    for r in results:
+        twice = seen.intersection(r.written)
+        if twice:
+            raise CheckpointIOError("tensor written by two processes", file=out_file, key=min(twice))
+        seen.update(r.written)
+    missing = [t.name for p in plans for t in p.targets if t.name not in seen]
+    if missing:
+        raise CheckpointIOError(f"{len(missing)} planned tensor(s) were written by no process; nothing was written",
+                                file=out_file, key=missing[0])
+
+
+def ray_runtime(address: str | None, processes: int):
+    """(ray, started): Ray connected to the cluster at `address`, or to a local one of `processes` CPUs, started
+    here unless this process already runs one (`started`: the caller shuts it down when done). Started before
+    Orbax imports JAX, so that Ray forks no process beside JAX's threads."""
     try:
         import ray
     except ImportError:
         raise CkptmapError("--processes / --ray need the ray package (pip install 'ckptmap[scale]')") from None
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=processes, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-    return ray
+    if ray.is_initialized():
+        return ray, False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=processes, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return ray, True
 
 
-def run_shares(mapping: Mapping, input_path: str, step: int | None, tmp_dir: str, shares: list[list[int]],
-               max_shard_bytes: int, cast_name: str | None, workers: int | None, max_memory: int | None,
-               address: str | None) -> list[ShareResult]:
+def run_shares(mapping: Mapping, input_path: str, step: int | None, shares: list, cast_name: str | None,
+               workers: int | None, max_memory: int | None, address: str | None, out_file: str) -> list[ShareResult]:
     """Run one Ray task per share and wait for all; a task's CkptmapError is raised as itself."""
-    ray = _ray(address, len(shares))
+    ray, _ = ray_runtime(address, len(shares))
     task = ray.remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": heap.worker_env()})(convert_share)
     mapping_ref = ray.put(mapping)
-    refs = [task.remote(mapping_ref, input_path, step, tmp_dir, share, max_shard_bytes, cast_name, workers,
-                        max_memory) for share in shares if share]
+    refs = [task.remote(mapping_ref, input_path, step, share, cast_name, workers, max_memory, out_file)
+            for share in shares]
     try:
         return ray.get(refs)
     except ray.exceptions.RayTaskError as e:

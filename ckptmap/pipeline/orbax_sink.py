@@ -22,10 +22,10 @@ import numpy as np
 from ckptmap import orbax_io
 from ckptmap.array_copy import contiguous
 from ckptmap.checkpoint_io.base import _unreadable, write_failure
-from ckptmap.checkpoint_io.commit import _remove, _temp_beside
+from ckptmap.checkpoint_io.commit import _fsync_tree, _remove, _temp_beside
 from ckptmap.checkpoint_io.writers import nest_names, scan_layers_of
 from ckptmap.errors import CkptmapError
-from ckptmap.pipeline.plan import RulePlan
+from ckptmap.pipeline.plan import RulePlan, TargetPlan
 from ckptmap.pipeline.sinks import PlannedWriter
 
 
@@ -133,10 +133,11 @@ def _other_process_dir(path: str, writer: int) -> str:
     return f"{head}{sep}{_PROCESS_DIR}{writer}/"
 
 
-def _pending_handler():
+def _pending_handler(data_elsewhere: bool = False):
     """Orbax's NumpyHandler for PendingTensor leaves: no defensive copy, each array (or each part of it) written
     when it arrives, parts side by side. A failed write fails its tensor's `written` and the part's future (the
-    sink reports it) rather than Orbax's gather, so no coroutine is left with an exception nobody reads."""
+    sink reports it) rather than Orbax's gather, so no coroutine is left with an exception nobody reads.
+    `data_elsewhere`: each array is only created (its zarr metadata), its data left to other processes."""
     import tensorstore as ts
     from orbax.checkpoint import type_handlers
 
@@ -169,7 +170,7 @@ def _pending_handler():
             try:
                 tspec = _with_writer(tspec, value.writer)
                 store = await ts.open(ts.Spec(tspec), create=True, open=True, context=self._context(ts_context))
-                done, writes = 0, []
+                done, writes = (value.size if data_elsewhere else 0), []
                 while done < value.size:
                     index, array, fut = await value.take()
                     if index is None:  # the whole array
@@ -192,25 +193,39 @@ def _pending_handler():
     return PendingHandler()
 
 
+def _write_error(e: BaseException, path: str) -> BaseException:
+    """A failed TensorStore or Orbax write as the OSError-shaped error the writers raise (a full disk as ENOSPC)."""
+    if isinstance(e, (OSError, CkptmapError)):
+        return e
+    full = "space" in str(e).lower() or "too large" in str(e).lower()
+    return write_failure(OSError(errno.ENOSPC if full else errno.EIO, _unreadable(e)), file=path)
+
+
 class OrbaxSink(PlannedWriter):
     """`path/<step>/items`, the train state MaxText's own conversion writes, saved by Orbax while the workers
     produce the tensors. `write` returns once TensorStore has the tensor's bytes (so the budget holds), and
     `write_part` once it has one cell's slice of a stacked target: such a target is stored in chunks of one slice
     each (Orbax's `shard_axes` on its stacked axes), so every slice is whole chunks, written on its own and side
     by side with the others, and no stacked array is ever assembled. `options` (orbax_io.OrbaxWriteOptions) choose
-    zstd and OCDBT."""
+    zstd and OCDBT.
+
+    `data_elsewhere=True` (a conversion over several processes, pipeline.distributed): Orbax lays the checkpoint
+    out (its metadata, each array's zarr metadata) but writes no data; `laid_out()` waits for that and returns
+    the item directory where OrbaxArraySinks in other processes write the arrays, `written_elsewhere` counts
+    what they wrote, and `commit` renames the whole into place as usual."""
 
     accepts_parts = True
 
     def __init__(self, path: str, plans: list[RulePlan], step: int = 0, *, overwrite: bool = True,
-                 options: orbax_io.OrbaxWriteOptions = orbax_io.OrbaxWriteOptions()):
+                 options: orbax_io.OrbaxWriteOptions = orbax_io.OrbaxWriteOptions(), data_elsewhere: bool = False):
         targets = {t.name: t for p in plans for t in p.targets}
         super().__init__(path, targets, overwrite=overwrite)
         self.step = step
         self._pending = {n: PendingTensor(n, t.shape, t.dtype, writer=i % OCDBT_WRITERS)
                          for i, (n, t) in enumerate(targets.items())}
         self._tmp = _temp_beside(path, directory=True)
-        self._start_write_behind(self._tmp)
+        if not data_elsewhere:
+            self._start_write_behind(self._tmp)
         self._error: BaseException | None = None
         names = frozenset(targets)
         tree = nest_names({orbax_io.stored_name(n, names): self._pending[n] for n in targets}, path)
@@ -221,7 +236,7 @@ class OrbaxSink(PlannedWriter):
         # transform; what they hand over waits in the PendingTensors, inside the executor's memory budget
         self._thread = threading.Thread(target=self._save, name="ckptmap-orbax-save", daemon=True,
                                         args=(tree, chunk_axes, {} if scan is None else {"scan_layers": scan},
-                                              options))
+                                              options, data_elsewhere))
         self._thread.start()
 
     @property
@@ -229,13 +244,13 @@ class OrbaxSink(PlannedWriter):
         return os.path.join(self.path, str(self.step), orbax_io.ITEM_NAME)
 
     def _save(self, tree: dict, chunk_axes: dict, custom_metadata: dict,
-              options: orbax_io.OrbaxWriteOptions) -> None:
+              options: orbax_io.OrbaxWriteOptions, data_elsewhere: bool) -> None:
         try:
             ocp = orbax_io.import_orbax(self.path)
             save_args = _map_tree(chunk_axes, lambda a: ocp.SaveArgs(shard_axes=a.axes))
             orbax_io.save_train_state_with(os.path.join(self._tmp, str(self.step)), tree, step=self.step,
                                            custom_metadata=custom_metadata, save_args=save_args,
-                                           leaf_type=PendingTensor, handler=_pending_handler(),
+                                           leaf_type=PendingTensor, handler=_pending_handler(data_elsewhere),
                                            options=options)
         except BaseException as e:  # reported by commit, or by the next write
             self._error = e
@@ -243,6 +258,14 @@ class OrbaxSink(PlannedWriter):
                 p.give(e)  # fails what waits in it, and what comes later
                 if not p.written.done():
                     p.written.set_exception(e)
+
+    def laid_out(self) -> str:
+        """(data_elsewhere) Wait until Orbax has laid the checkpoint out; the item directory (inside the temp
+        output) whose arrays other processes then write."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._failure(self._error)
+        return os.path.join(self._tmp, str(self.step), orbax_io.ITEM_NAME)
 
     def _write(self, name: str, array: np.ndarray) -> None:
         self._wait(self._pending[name].give(contiguous(array)))
@@ -258,10 +281,7 @@ class OrbaxSink(PlannedWriter):
             raise self._failure(e) from None
 
     def _failure(self, e: BaseException) -> BaseException:
-        if isinstance(e, (OSError, CkptmapError)):
-            return e
-        full = "space" in str(e).lower() or "too large" in str(e).lower()
-        return write_failure(OSError(errno.ENOSPC if full else errno.EIO, _unreadable(e)), file=self.path)
+        return _write_error(e, self.path)
 
     def cancel(self) -> None:
         """Stop the save: every tensor not yet handed over fails it."""
@@ -286,3 +306,67 @@ class OrbaxSink(PlannedWriter):
         self._thread.join(timeout=60)
         self._stop_write_behind()
         _remove(self._tmp)
+
+
+class OrbaxArraySink(PlannedWriter):
+    """Some targets' arrays, written into a checkpoint that an OrbaxSink with `data_elsewhere` laid out at
+    `item_dir` (another process, pipeline.distributed): each array opened by TensorStore from the zarr metadata
+    Orbax wrote there (a shape or dtype other than planned is an error), then written whole or one cell's slice at
+    a time from any thread, as OrbaxSink writes it, so the chunks are the same bytes. `all_names` are every
+    target of the conversion (where a variable is stored depends on the others). Commit flushes this sink's
+    arrays to disk and leaves them in place; the laying-out process renames the whole checkpoint."""
+
+    accepts_parts = True
+
+    def __init__(self, path: str, item_dir: str, targets: dict[str, TargetPlan], all_names: frozenset[str], *,
+                 zarr3: bool = True):
+        super().__init__(path, targets, overwrite=True)
+        self.item_dir, self.zarr3 = item_dir, zarr3
+        self._dirs = {n: os.path.join(item_dir, ".".join(orbax_io.stored_keys(n, all_names))) for n in targets}
+        self._stores: dict[str, object] = {}
+        self._open_lock = threading.Lock()
+        self._context = None
+        self._start_write_behind(sorted(self._dirs.values()))
+
+    def _store(self, name: str):
+        import tensorstore as ts
+
+        with self._open_lock:
+            if name not in self._stores:
+                if self._context is None:  # no fsync per chunk: commit flushes every file once
+                    self._context = ts.Context({"file_io_sync": False})
+                keys = tuple(os.path.relpath(self._dirs[name], self.item_dir).split("."))
+                spec = orbax_io.array_spec(self.item_dir, keys, use_ocdbt=False, zarr3=self.zarr3)
+                try:
+                    store = ts.open(spec, open=True, write=True, context=self._context).result()
+                except Exception as e:  # noqa: BLE001 - the laid-out checkpoint lacks it
+                    raise CkptmapError(f"cannot open the laid-out array {self._dirs[name]}: "
+                                       f"{_unreadable(e)}", file=self.path, key=name) from None
+                plan = self.targets[name]
+                if tuple(store.shape) != plan.shape or np.dtype(store.dtype.numpy_dtype) != plan.dtype:
+                    raise CkptmapError(f"the laid-out array is {store.dtype.numpy_dtype} {list(store.shape)}, "
+                                       f"planned {plan.dtype} {list(plan.shape)}", file=self.path, key=name)
+                self._stores[name] = store
+            return self._stores[name]
+
+    def _wait(self, future) -> None:
+        try:
+            future.result()
+        except BaseException as e:
+            raise _write_error(e, self.path) from None
+
+    def _write(self, name: str, array: np.ndarray) -> None:
+        self._wait(self._store(name).write(contiguous(array), can_reference_source_data_indefinitely=True))
+
+    def _write_part(self, name: str, index: tuple, array: np.ndarray):
+        written = self._store(name)[index].write(contiguous(array), can_reference_source_data_indefinitely=True)
+        return lambda: self._wait(written)
+
+    def _commit(self) -> None:
+        self.check_complete()
+        self._stop_write_behind()
+        for directory in self._dirs.values():
+            _fsync_tree(directory)
+
+    def abort(self) -> None:
+        self._stop_write_behind()

@@ -256,11 +256,43 @@ class PlannedWriter(CheckpointWriter):
         """Start the write; return the function that waits for it."""
         raise CheckpointIOError("this writer takes whole tensors only", file=self.path, key=name)
 
+    def written_elsewhere(self, written: dict[str, int]) -> None:
+        """Count tensors (name -> bytes) that another process wrote into this writer's temp output
+        (pipeline.distributed); a name not planned, or counted twice, is an error."""
+        for name, nbytes in written.items():
+            if name not in self.targets:
+                raise CheckpointIOError("a process wrote a tensor the plan does not have", file=self.path, key=name)
+            with self._lock:
+                if name in self._names:
+                    raise CheckpointIOError("tensor written twice", file=self.path, key=name)
+                self._names.add(name)
+                self.bytes_written += nbytes
+
     def check_complete(self) -> None:
         missing = [n for n in self.targets if n not in self._names]
         if missing:
             raise CheckpointIOError(f"{len(missing)} planned tensor(s) were never written; nothing was written",
                                     file=self.path, key=missing[0])
+
+
+class ShardSubsetSink(PlannedWriter):
+    """The shard files numbered `which` of `layout`, written into `directory` (the targets of their rules); the
+    process that laid the shards out writes the index and renames the directory (pipeline.distributed)."""
+
+    def __init__(self, path: str, layout: SafetensorsLayout, directory: str, which: list[int],
+                 targets: dict[str, TargetPlan]):
+        super().__init__(path, targets)
+        self._files = ShardFiles(layout, directory, which=which)
+
+    def _write(self, name: str, array: np.ndarray) -> None:
+        self._files.write(name, array)
+
+    def _commit(self) -> None:
+        self.check_complete()
+        self._files.close()
+
+    def abort(self) -> None:
+        self._files.discard()
 
 
 class SafetensorsSink(PlannedWriter):

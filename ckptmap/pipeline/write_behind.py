@@ -27,12 +27,13 @@ def _files(root: str) -> list[str]:
 
 
 class WriteBehind(BackgroundThread):
-    """`wrote(nbytes)` counts output bytes written under `root`; `close()` stops the thread (the final fsync
-    still covers every file). `rounds` and `flushed` say how much it did."""
+    """`wrote(nbytes)` counts output bytes written under `root` (a path, or several: a process writing some of
+    a shared output's directories flushes only its own); `close()` stops the thread (the final fsync still covers
+    every file). `rounds` and `flushed` say how much it did."""
 
-    def __init__(self, root: str, every: int = WRITE_BEHIND_BYTES):
+    def __init__(self, root: str | list[str], every: int = WRITE_BEHIND_BYTES):
         super().__init__("ckptmap-write-behind")
-        self.root = root
+        self.roots = [root] if isinstance(root, str) else list(root)
         self.every = max(1, int(every))
         self.rounds = 0
         self.flushed = 0  # file flushes done
@@ -59,7 +60,7 @@ class WriteBehind(BackgroundThread):
         while self._wait_for_round():
             self.rounds += 1
             try:
-                paths = _files(self.root)
+                paths = [path for root in self.roots for path in _files(root)]
             except OSError:
                 continue
             for path in paths:
