@@ -82,3 +82,19 @@ def test_repeated_runs_report_the_median_and_keep_every_run():
                             "cases": {"hf->mt cp": cs.merged(None, {"seconds": 2.0, "peak_rss_mb": 1, "rc": 0}),
                                       "hf->mt ckptmap 2 workers": rows}}}, 2)
     assert "| 1.00 GB | hf->mt | ckptmap 2 workers | 20.0 (10.0-30.0) | 50 | 0.10 | 300 |" in table
+
+
+def test_differing_files_names_every_difference_but_orbax_commit_notes(tmp_path):
+    for side, stamp in (("a", 1), ("b", 2)):
+        d = tmp_path / side / "0"
+        (d / "items" / "w").mkdir(parents=True)
+        (d / "items" / "w" / "c").write_bytes(b"x" * 100)
+        (d / "commit_success.txt").write_text(f"committed to /tmp/{side}")
+        (d / "_CHECKPOINT_METADATA").write_text(json.dumps({"init_timestamp_nsecs": stamp, "custom": {"s": 1}}))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cs.differing_files(a, b) == []
+    (tmp_path / "b" / "0" / "items" / "w" / "c").write_bytes(b"x" * 99 + b"y")
+    (tmp_path / "b" / "0" / "extra").write_text("")
+    (tmp_path / "b" / "0" / "_CHECKPOINT_METADATA").write_text(json.dumps({"init_timestamp_nsecs": 2,
+                                                                          "custom": {"s": 2}}))
+    assert cs.differing_files(a, b) == ["0/_CHECKPOINT_METADATA", "0/extra", "0/items/w/c"]

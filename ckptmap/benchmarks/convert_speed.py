@@ -264,8 +264,44 @@ def merged(before: dict | None, run: dict) -> dict:
     return out
 
 
+ORBAX_COMMIT_NOTES = ("commit_success.txt", "_CHECKPOINT_METADATA")  # Orbax's own: its temp path, timestamps
+
+
+def differing_files(a: str, b: str) -> list[str]:
+    """Relative paths of the files that differ between two output trees (or exist in one only), read in 16 MB
+    blocks; Orbax's commit notes (which record a temp path and timestamps in every run) are compared without
+    them: `commit_success.txt` not at all, `_CHECKPOINT_METADATA` less its `*timestamp*` fields."""
+    def rel(root: str) -> dict[str, str]:
+        return {os.path.relpath(f, root): f for f in files_under(root)}
+
+    ours, theirs = rel(a), rel(b)
+    differ = sorted(set(ours) ^ set(theirs))
+    for name in sorted(set(ours) & set(theirs)):
+        base = os.path.basename(name)
+        if base == "commit_success.txt":
+            continue
+        if base == "_CHECKPOINT_METADATA":
+            x, y = ({k: v for k, v in json.load(open(f)).items() if "timestamp" not in k}
+                    for f in (ours[name], theirs[name]))
+            if x != y:
+                differ.append(name)
+            continue
+        with open(ours[name], "rb") as f, open(theirs[name], "rb") as g:
+            while True:
+                x, y = f.read(1 << 24), g.read(1 << 24)
+                if x != y:
+                    differ.append(name)
+                    break
+                if not x:
+                    break
+    return sorted(differ)
+
+
 def run_size(label: str, work: str, workers: int, mt_python: str, results: dict, save=lambda: None,
-             one_worker: bool = True, maxtext_anyway: bool = False, repeat: int = 1, ocdbt_row: bool = False) -> None:
+             one_worker: bool = True, maxtext_anyway: bool = False, repeat: int = 1, ocdbt_row: bool = False,
+             processes: int = 0) -> None:
+    """`processes` > 1: also time each direction split over that many Ray processes (--processes, the cores
+    shared out as --workers), and check its output is the one-process output's bytes."""
 
     hidden, heads, kv, head_dim, mlp, layers, vocab = SIZES[label]
     case = os.path.join(work, label)
@@ -313,6 +349,13 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
                     ckptmap_cmd(mapping_path, hf, mt, workers, False, "--orbax-ocdbt"), hf, mt)
         measure(f"hf->mt ckptmap {workers} workers", ckptmap_cmd(mapping_path, hf, mt, workers, False), hf, mt,
                 keep=True)
+        if processes > 1:
+            many = os.path.join(case, "mt_processes.orbax")
+            measure(f"hf->mt ckptmap {processes} processes", ckptmap_cmd(
+                mapping_path, hf, many, max(1, workers // processes), False, "--processes", str(processes)), hf,
+                many, keep=True)
+            row["processes_differing_files_hf->mt"] = differing_files(mt, many)
+            shutil.rmtree(many, ignore_errors=True)
     why = maxtext_runnable(mt_python) or (None if maxtext_anyway else maxtext_fits(nbytes, mem_available()))
     row["maxtext_to_maxtext"] = why or "ran"
     if why is None:
@@ -331,6 +374,13 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
             measure("mt->hf ckptmap 1 worker", ckptmap_cmd(mapping_path, "orbax:" + mt, back, 1, True), mt, back)
         r = measure(f"mt->hf ckptmap {workers} workers",
                     ckptmap_cmd(mapping_path, "orbax:" + mt, back, workers, True), mt, back, keep=True)
+        if processes > 1:
+            many = os.path.join(case, "back_processes")
+            measure(f"mt->hf ckptmap {processes} processes", ckptmap_cmd(
+                mapping_path, "orbax:" + mt, many, max(1, workers // processes), True, "--processes", str(processes)),
+                mt, many, keep=True)
+            row["processes_differing_files_mt->hf"] = differing_files(back, many)
+            shutil.rmtree(many, ignore_errors=True)
     if r["rc"] == 0:  # the round trip is bit-exact
 
         with open_reader(hf) as a, open_reader(back) as b:
@@ -377,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the 1-worker conversions only for sizes up to this one (time on a busy machine)")
     ap.add_argument("--ocdbt-row", action="store_true",
                     help="also time the forward conversion with --orbax-ocdbt (MaxText's own storage form)")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="also time both directions split over this many Ray processes, and check their output "
+                         "is byte-identical to one process's")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.makedirs(args.dir, exist_ok=True)
@@ -395,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         for label in args.size:
             one = list(SIZES).index(label) <= list(SIZES).index(args.one_worker_up_to)
             run_size(label, args.dir, args.workers, args.maxtext_python, results, save, one_worker=one,
-                     maxtext_anyway=args.maxtext_anyway, repeat=max(1, args.repeat), ocdbt_row=args.ocdbt_row)
+                     maxtext_anyway=args.maxtext_anyway, repeat=max(1, args.repeat), ocdbt_row=args.ocdbt_row,
+                     processes=args.processes)
     finally:
         save()
     print(json.dumps(meta))
@@ -403,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
     for label, row in results.items():
         print(f"{label}: round trip bit-exact: {row.get('round_trip_bit_exact')}; MaxText to_maxtext.py: "
               f"{row.get('maxtext_to_maxtext')}")
+        for direction in ("hf->mt", "mt->hf"):
+            if f"processes_differing_files_{direction}" in row:
+                differ = row[f"processes_differing_files_{direction}"]
+                same = "byte-identical to one process" if not differ else f"{len(differ)} files differ: {differ[:5]}"
+                print(f"{label}: {direction} across {args.processes} processes: {same}")
         if "maxtext_command" in row:
             own = row["cases"]["hf->mt MaxText to_maxtext.py"]
             print(f"{label}: to_maxtext: {row['maxtext_command']}\n{label}: its output {own['out_bytes'] / 1e9:.3f} GB "
