@@ -58,6 +58,8 @@ class ConvertReport:
     max_memory: int | None = None  # the cap on bytes in flight (default: 1.5x the largest rule)
     budget_peak: int = 0  # the most bytes the admitted rules were planned to hold at once
     processes: int = 1
+    # across processes: per process (host, pid, tensors written, bytes written, its peak RSS in bytes)
+    process_stats: list[tuple[str, int, int, int, int]] = field(default_factory=list)
 
     def warnings(self, limit: int = 10) -> list[str]:
         """One line per input tensor holding NaN or Inf (carried over unchanged, but worth knowing)."""
@@ -77,6 +79,9 @@ class ConvertReport:
             lines.append(f"with {', '.join(self.extra_files)}: a model directory from_pretrained loads")
         if self.load_path:
             lines.append(f"MaxText: load_parameters_path={self.load_path}")
+        for host, pid, tensors, nbytes, rss in self.process_stats:
+            lines.append(f"process {host}:{pid} wrote {tensors} tensors ({nbytes / 1e6:.1f} MB), peak RSS "
+                         f"{rss / 2**20:.0f} MB")
         if self.stale_temps_removed:
             lines.append(f"removed {len(self.stale_temps_removed)} temp file(s) an interrupted conversion to "
                          f"{self.output} left behind")
@@ -430,7 +435,8 @@ def _drive_shares(mapping: Mapping, input_path: str, out: str, kind: str, plans:
                          unused_inputs=unused, unmapped_targets=list(mapping.unmapped_targets),
                          extra_files=extra_names, load_path=load_path, nonfinite=dict(sorted(nonfinite.items())),
                          stale_temps_removed=stale, workers=workers or default_workers(), max_memory=max_memory,
-                         processes=len(shares))
+                         processes=len(shares),
+                         process_stats=[(r.host, r.pid, r.tensors, r.bytes, r.peak_rss_bytes) for r in results])
 
 
 def _dtype(name: str | None) -> np.dtype | None:

@@ -61,6 +61,12 @@ def test_two_ray_processes_write_the_same_orbax_checkpoint_as_one(tmp_path, scan
     finally:
         ray.shutdown()
     assert many.processes == 2 and many.format == "orbax"
+    # each process says what it wrote and its own peak memory (the summary prints it)
+    assert len(many.process_stats) == 2 and {pid for _, pid, *_ in many.process_stats} != {os.getpid()}
+    assert sum(s[2] for s in many.process_stats) == one.tensors_written
+    assert sum(s[3] for s in many.process_stats) == one.bytes_written
+    assert all(s[4] > 50 * 2**20 for s in many.process_stats)
+    assert "peak RSS" in many.summary()
     assert (many.tensors_written, many.bytes_written) == (one.tensors_written, one.bytes_written)
     assert many.load_path == str(tmp_path / "many.orbax" / "0" / "items")
     # every file the same bytes, but Orbax's commit notes (a temp path, timestamps: they differ between any runs)

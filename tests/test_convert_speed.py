@@ -98,3 +98,19 @@ def test_differing_files_names_every_difference_but_orbax_commit_notes(tmp_path)
     (tmp_path / "b" / "0" / "_CHECKPOINT_METADATA").write_text(json.dumps({"init_timestamp_nsecs": 2,
                                                                           "custom": {"s": 2}}))
     assert cs.differing_files(a, b) == ["0/_CHECKPOINT_METADATA", "0/extra", "0/items/w/c"]
+
+
+def test_process_peaks_come_from_converts_report_and_show_beside_the_drivers(tmp_path):
+    """time -v sees only the driver of a Ray conversion; each process's own peak comes from convert's summary."""
+    script = tmp_path / "fake.sh"
+    script.write_text("#!/bin/sh\necho 'wrote 4 tensors (1.0 MB, orbax) to x in 1.00 s (1 worker(s)); largest rule 1 MB'\n"
+                      "echo 'process vm:11 wrote 2 tensors (0.5 MB), peak RSS 700 MB'\n"
+                      "echo 'process vm:12 wrote 2 tensors (0.5 MB), peak RSS 900 MB'\n")
+    script.chmod(0o755)
+    run = cs.timed([str(script)])
+    assert run["rc"] == 0 and run["process_peak_rss_mb"] == [700, 900]
+    rows = cs.merged(cs.merged(None, run), {**run, "process_peak_rss_mb": [800, 1000]})
+    assert rows["process_peak_rss_mb"] == [700, 800, 900, 1000]
+    table = cs.table({"x": {"bytes": 10**9, "largest_rule_bytes": 2**20,
+                            "cases": {"hf->mt ckptmap 2 processes": rows}}}, 2)
+    assert f"| {rows['peak_rss_mb']} driver, 1000 largest process | 1000.00 |" in table

@@ -119,9 +119,14 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
     seconds = time.perf_counter() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     tail = (p.stdout + p.stderr).strip().splitlines()
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(int(m.group(1)) / 1024) if m else None,
-            "rc": p.returncode, "tail": [x for x in tail if "Command being timed" not in x][-3:] if p.returncode
-            else []}
+    r = {"seconds": round(seconds, 2), "peak_rss_mb": round(int(m.group(1)) / 1024) if m else None,
+         "rc": p.returncode, "tail": [x for x in tail if "Command being timed" not in x][-3:] if p.returncode
+         else []}
+    # a conversion over Ray processes: their own peaks, from convert's report (time -v sees only the driver)
+    peaks = [int(x) for x in re.findall(r"^process \S+ wrote .*peak RSS (\d+) MB$", p.stdout, re.M)]
+    if peaks:
+        r["process_peak_rss_mb"] = peaks
+    return r
 
 
 def write_hf(path: str, shapes: dict[str, list[int]], max_shard: int = 5 * 10**9, config: dict | None = None) -> None:
@@ -254,13 +259,18 @@ def check_maxtext_output(own: str, ours: str, mt_shapes: dict[str, list[int]], c
 def merged(before: dict | None, run: dict) -> dict:
     """A row's record after one more run: every run's seconds and peak RSS kept (`runs`), `seconds` their median
     and `peak_rss_mb` their largest; a failed run makes the row failed."""
-    runs = (before or {}).get("runs", []) + [{"seconds": run["seconds"], "peak_rss_mb": run["peak_rss_mb"]}]
+    runs = (before or {}).get("runs", []) + [{"seconds": run["seconds"], "peak_rss_mb": run["peak_rss_mb"],
+                                              **({"process_peak_rss_mb": run["process_peak_rss_mb"]}
+                                                 if "process_peak_rss_mb" in run else {})}]
     failed = run if run["rc"] else (before if before and before["rc"] else None)
     out = dict(failed or run)
     out["runs"] = runs
     if failed is None:
         out["seconds"] = round(statistics.median(r["seconds"] for r in runs), 2)
         out["peak_rss_mb"] = max((r["peak_rss_mb"] or 0) for r in runs)
+        peaks = [p for r in runs for p in r.get("process_peak_rss_mb", [])]
+        if peaks:
+            out["process_peak_rss_mb"] = sorted(peaks)
     return out
 
 
@@ -403,10 +413,14 @@ def table(results: dict, workers: int) -> str:
                 rate = nbytes / r["seconds"] / 1e6 if r["rc"] == 0 else 0
                 ratio = cp["seconds"] / r["seconds"] if cp and r["rc"] == 0 else 0
                 rss = r["peak_rss_mb"] or 0
+                shown = f"{rss}"
+                if "process_peak_rss_mb" in r:  # Ray's processes: the driver's and the largest task process's
+                    rss = max(r["process_peak_rss_mb"])
+                    shown = f"{r['peak_rss_mb']} driver, {rss} largest process"
                 runs = [x["seconds"] for x in r.get("runs", [])]
                 took = f"{r['seconds']} ({min(runs)}-{max(runs)})" if len(runs) > 1 else f"{r['seconds']}"
                 lines.append(f"| {nbytes / 1e9:.2f} GB | {direction} | {key[len(direction) + 1:]} | {took} | "
-                             f"{rate:.0f} | {ratio:.2f} | {rss} | {rss * 1048576 / row['largest_rule_bytes']:.2f} |"
+                             f"{rate:.0f} | {ratio:.2f} | {shown} | {rss * 1048576 / row['largest_rule_bytes']:.2f} |"
                              if r["rc"] == 0 else f"| {nbytes / 1e9:.2f} GB | {direction} | {key} | failed "
                              f"(rc {r['rc']}: {' / '.join(r['tail'])[:200]}) | | | | |")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ every node sees (a shared file system).
 from __future__ import annotations
 
 import os
+import resource
 import socket
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class ShareResult:
     nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
     host: str = ""
     pid: int = 0
+    peak_rss_bytes: int = 0  # the process's own peak resident memory (getrusage), this task included
 
     @property
     def tensors(self) -> int:
@@ -136,6 +138,7 @@ def convert_share(mapping: Mapping, input_path: str, step: int | None, share: Sh
     result.written = {name: sink.targets[name].nbytes for name in sorted(sink.targets)}
     result.largest_rule_bytes = stats.largest_rule_bytes
     result.nonfinite = stats.nonfinite
+    result.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
     return result
 
 
