@@ -48,16 +48,17 @@ def test_two_ray_processes_write_the_same_bytes_as_one(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scanned", [True, False])
-def test_two_ray_processes_write_the_same_orbax_checkpoint_as_one(tmp_path, scanned):
+@pytest.mark.parametrize("scanned,compressed", [(True, False), (False, True)])
+def test_two_ray_processes_write_the_same_orbax_checkpoint_as_one(tmp_path, scanned, compressed):
     _, hf_shapes, _ = fixture("llama3.1")
     hf = {n: a.astype(ml_dtypes.bfloat16) for n, a in seeded(hf_shapes).items()}
     cio.write_all(str(tmp_path / "hf"), hf, max_shard_bytes=30_000)
     mapping = llama_mapping(scanned)
-    one = convert(mapping, str(tmp_path / "hf"), str(tmp_path / "one.orbax"), progress=False)
+    options = OrbaxWriteOptions(compression=compressed)
+    one = convert(mapping, str(tmp_path / "hf"), str(tmp_path / "one.orbax"), progress=False, orbax=options)
     try:
         many = convert(mapping, str(tmp_path / "hf"), str(tmp_path / "many.orbax"), progress=False, processes=2,
-                       workers=1)
+                       workers=1, orbax=options)
     finally:
         ray.shutdown()
     assert many.processes == 2 and many.format == "orbax"

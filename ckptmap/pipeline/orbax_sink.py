@@ -220,6 +220,9 @@ class OrbaxSink(PlannedWriter):
                  options: orbax_io.OrbaxWriteOptions = orbax_io.OrbaxWriteOptions(), data_elsewhere: bool = False):
         targets = {t.name: t for p in plans for t in p.targets}
         super().__init__(path, targets, overwrite=overwrite)
+        if data_elsewhere and options.ocdbt:
+            raise CkptmapError("OCDBT output is written by one process only (each array's data cannot be left to "
+                               "another process)", file=path)
         self.step = step
         self._pending = {n: PendingTensor(n, t.shape, t.dtype, writer=i % OCDBT_WRITERS)
                          for i, (n, t) in enumerate(targets.items())}
@@ -322,7 +325,8 @@ class OrbaxArraySink(PlannedWriter):
                  zarr3: bool = True):
         super().__init__(path, targets, overwrite=True)
         self.item_dir, self.zarr3 = item_dir, zarr3
-        self._dirs = {n: os.path.join(item_dir, ".".join(orbax_io.stored_keys(n, all_names))) for n in targets}
+        self._keys = {n: orbax_io.stored_keys(n, all_names) for n in targets}
+        self._dirs = {n: os.path.join(item_dir, ".".join(keys)) for n, keys in self._keys.items()}
         self._stores: dict[str, object] = {}
         self._open_lock = threading.Lock()
         self._context = None
@@ -335,8 +339,7 @@ class OrbaxArraySink(PlannedWriter):
             if name not in self._stores:
                 if self._context is None:  # no fsync per chunk: commit flushes every file once
                     self._context = ts.Context({"file_io_sync": False})
-                keys = tuple(os.path.relpath(self._dirs[name], self.item_dir).split("."))
-                spec = orbax_io.array_spec(self.item_dir, keys, use_ocdbt=False, zarr3=self.zarr3)
+                spec = orbax_io.array_spec(self.item_dir, self._keys[name], use_ocdbt=False, zarr3=self.zarr3)
                 try:
                     store = ts.open(spec, open=True, write=True, context=self._context).result()
                 except Exception as e:  # noqa: BLE001 - the laid-out checkpoint lacks it
