@@ -20,8 +20,8 @@ pytestmark = pytest.mark.maxtext
     ("llama3.1-8b", True, "float32", ()),
     # the form MaxText's own conversion writes: OCDBT databases, zstd chunks (the default is a zarr dir per array)
     ("llama3.1-8b", True, "float32", ("--orbax-ocdbt", "--orbax-compression")),
-    ("mixtral-8x7b", True, "float32", ()),   # MoE: stacked experts
-    # split over two Ray processes: the driver lays the checkpoint out, each process writes its arrays
+    # MoE, stacked experts, split over two Ray processes (the driver lays the checkpoint out, each process writes
+    # its arrays; tests/test_convert_ray.py: the same bytes as one process)
     ("mixtral-8x7b", True, "float32", ("--processes", "2", "--workers", "1")),
     ("deepseek3-671b", False, "float32", ()),  # MLA, and the router bias of MaxText's MoEBiasVar collection
     ("qwen3-8b", False, "bfloat16", ()),     # a bf16 checkpoint, kept bf16 end to end

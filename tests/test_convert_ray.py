@@ -16,7 +16,7 @@ from ckptmap.checkpoint_io import CheckpointIOError
 from ckptmap.convert import convert
 from ckptmap.orbax_io import OrbaxWriteOptions
 from ckptmap.pipeline.distributed import assign
-from test_convert_cases import fixture, llama_mapping, seeded
+from test_convert_cases import fixture, llama_mapping, mixtral_mapping, seeded
 from test_convert_parallel import digest
 
 ray = pytest.importorskip("ray")
@@ -48,12 +48,17 @@ def test_two_ray_processes_write_the_same_bytes_as_one(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scanned,compressed", [(True, False), (False, True)])
-def test_two_ray_processes_write_the_same_orbax_checkpoint_as_one(tmp_path, scanned, compressed):
-    _, hf_shapes, _ = fixture("llama3.1")
-    hf = {n: a.astype(ml_dtypes.bfloat16) for n, a in seeded(hf_shapes).items()}
+@pytest.mark.parametrize("build,family,scanned,compressed", [
+    (llama_mapping, "llama3.1", True, False),  # stacked targets written cell by cell
+    (mixtral_mapping, "mixtral", False, True),  # per-layer expert grids, zstd chunks
+])
+def test_two_ray_processes_write_the_same_orbax_checkpoint_as_one(tmp_path, build, family, scanned, compressed):
+    mapping = build(scanned)
+    _, hf_shapes, _ = fixture(family)
+    wanted = set(mapping.source_names())
+    hf = {n: a.astype(ml_dtypes.bfloat16) for n, a in seeded({n: s for n, s in hf_shapes.items()
+                                                              if n in wanted}).items()}
     cio.write_all(str(tmp_path / "hf"), hf, max_shard_bytes=30_000)
-    mapping = llama_mapping(scanned)
     options = OrbaxWriteOptions(compression=compressed)
     one = convert(mapping, str(tmp_path / "hf"), str(tmp_path / "one.orbax"), progress=False, orbax=options)
     try:
@@ -63,7 +68,7 @@ def test_two_ray_processes_write_the_same_orbax_checkpoint_as_one(tmp_path, scan
         ray.shutdown()
     assert many.processes == 2 and many.format == "orbax"
     # each process says what it wrote and its own peak memory (the summary prints it)
-    assert len(many.process_stats) == 2 and {pid for _, pid, *_ in many.process_stats} != {os.getpid()}
+    assert len(many.process_stats) == 2 and os.getpid() not in {pid for _, pid, *_ in many.process_stats}
     assert sum(s[2] for s in many.process_stats) == one.tensors_written
     assert sum(s[3] for s in many.process_stats) == one.bytes_written
     assert all(s[4] > 50 * 2**20 for s in many.process_stats)

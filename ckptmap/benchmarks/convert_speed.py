@@ -410,8 +410,9 @@ def table(results: dict, workers: int) -> str:
                 if not key.startswith(direction):
                     continue
                 nbytes = row["bytes"]
-                rate = nbytes / r["seconds"] / 1e6 if r["rc"] == 0 else 0
-                ratio = cp["seconds"] / r["seconds"] if cp and r["rc"] == 0 else 0
+                ok = r["rc"] == 0 and r["seconds"] > 0  # a run under 5 ms rounds to 0 s: no rate
+                rate = nbytes / r["seconds"] / 1e6 if ok else 0
+                ratio = cp["seconds"] / r["seconds"] if cp and ok else 0
                 rss = r["peak_rss_mb"] or 0
                 shown = f"{rss}"
                 if "process_peak_rss_mb" in r:  # Ray's processes: the driver's and the largest task process's
