@@ -173,20 +173,33 @@ def ray_runtime(address: str | None, processes: int):
     return ray, True
 
 
+STOP_WAIT_S = 120  # how long the driver waits for cancelled tasks to stop before it removes the temp output
+
+
 def run_shares(mapping: Mapping, input_path: str, step: int | None, shares: list, cast_name: str | None,
                workers: int | None, max_memory: int | None, address: str | None, out_file: str) -> list[ShareResult]:
-    """Run one Ray task per share and wait for all; a task's CkptmapError is raised as itself."""
+    """Run one Ray task per share and wait for all, in the shares' order; a task's CkptmapError is raised as
+    itself. The first task that fails stops the others, and this returns only once every task has stopped: a
+    task still writing would otherwise recreate the temp output the driver then removes (TensorStore makes the
+    directories it writes into)."""
     ray, _ = ray_runtime(address, len(shares))
     task = ray.remote(num_cpus=1, max_retries=0, runtime_env={"env_vars": heap.worker_env()})(convert_share)
     mapping_ref = ray.put(mapping)
     refs = [task.remote(mapping_ref, input_path, step, share, cast_name, workers, max_memory, out_file)
             for share in shares]
+    done: dict = {}
+    pending = list(refs)
     try:
-        return ray.get(refs)
+        while pending:  # as each finishes, so that a failure is heard at once, whichever task it is
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                done[ref] = ray.get(ref)
     except ray.exceptions.RayTaskError as e:
-        for ref in refs:
+        for ref in pending:
             ray.cancel(ref, force=True)
+        ray.wait(pending, num_returns=len(pending), timeout=STOP_WAIT_S)  # cancelled: ready once stopped
         cause = getattr(e, "cause", None)
         if isinstance(cause, CkptmapError):
             raise cause from None
         raise CkptmapError(f"a conversion task failed: {str(e).splitlines()[0][:300]}") from None
+    return [done[ref] for ref in refs]
