@@ -200,8 +200,8 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
     source dtype. `force=False` refuses an existing OUT. `workers` threads (default: the cores) run rules and
     their cells side by side with at most `max_memory` bytes in flight (default: 1.5x the largest rule); the
     output is the same bytes for any count. `processes` > 1 or `ray_address` splits the rules over Ray tasks
-    (ckptmap.pipeline.distributed; sharded safetensors or Orbax output), byte-identical to one process. `orbax` says how
-    Orbax output is stored (default: uncompressed, a zarr directory per array; see OrbaxWriteOptions). Raises
+    (ckptmap.pipeline.distributed; sharded safetensors or Orbax output), byte-identical to one process. `orbax`
+    says how Orbax output is stored (default: uncompressed, a zarr directory per array; see OrbaxWriteOptions). Raises
     CkptmapError before writing anything when IN is unreadable, lacks a tensor the mapping reads, or holds shapes the mapping was not solved for; a produced
     tensor of another shape than the recorded target stops the conversion and leaves nothing at OUT.
     """
@@ -269,6 +269,24 @@ def _sink(out: str, kind: str, plans: list[RulePlan], max_shard_bytes: int, forc
         raise write_failure(e, file=path) from None
 
 
+def sink_executor(reader: CheckpointReader, sink, plans: list[RulePlan], workers: int, max_memory: int | None,
+                  want: dict, out_file: str, cast: np.dtype | None, on_tensor=None) -> Executor:
+    """The executor that runs `plans` from `reader` into `sink` (a PlannedWriter) on `workers` threads: slices in
+    where the reader reads them and out where the sink takes them, at most `max_memory` bytes in flight (default:
+    default_max_memory for this reader and sink), each tensor checked against `want` and for NaN/Inf. One process's
+    conversion and each Ray task's share run through it."""
+    parts_out = getattr(sink, "accepts_parts", False)
+    sliced = sliced_inputs(reader, plans)
+    limit = (default_max_memory(plans, workers, parts_out=parts_out, sliced=sliced) if max_memory is None
+             else max_memory)
+    return Executor(threaded_read(reader), sink.write, workers=workers, max_memory=limit,
+                    check_nonfinite=count_nonfinite, want=want, prefetch=prefetcher(reader), on_tensor=on_tensor,
+                    out_file=out_file, cast=cast, on_fail=getattr(sink, "cancel", None),
+                    write_part=sink.write_part if parts_out else None,
+                    start_read_part=getattr(reader, "start_read_part", None), sliced=sliced,
+                    any_order=getattr(sink, "any_order", False))
+
+
 def plan_conversion(mapping: Mapping, reader: CheckpointReader, cast: np.dtype | None,
                     out_file: str) -> list[RulePlan]:
     """Every output tensor's shape and dtype from the mapping and IN's header; a shape the mapping was not solved
@@ -315,17 +333,9 @@ def _convert(mapping: Mapping, input_path: str, output_path_: str, progress: boo
         try:
             if kind == "sharded":
                 extra = _hf_files(sink, mapping, hf_config, dtype)
-            parts_out = getattr(sink, "accepts_parts", False)
-            sliced = sliced_inputs(reader, plans)
-            limit = (default_max_memory(plans, workers, parts_out=parts_out, sliced=sliced) if max_memory is None
-                     else max_memory)
-            executor = Executor(threaded_read(reader), sink.write, workers=workers, max_memory=limit,
-                                check_nonfinite=count_nonfinite, want=want, prefetch=prefetcher(reader),
-                                on_tensor=tick, out_file=output_path(output_path_), cast=cast,
-                                on_fail=getattr(sink, "cancel", None),
-                                write_part=sink.write_part if parts_out else None,
-                                start_read_part=getattr(reader, "start_read_part", None), sliced=sliced,
-                                any_order=getattr(sink, "any_order", False))
+            executor = sink_executor(reader, sink, plans, workers, max_memory, want, output_path(output_path_), cast,
+                                     on_tensor=tick)
+            limit = executor.budget.limit
             stats = executor.run(mapping, plans)
             sink.commit()
         except BaseException:
@@ -387,8 +397,7 @@ def _drive_shares(mapping: Mapping, input_path: str, out: str, kind: str, plans:
             shares = [distributed.OrbaxShare(item_dir, tuple(r), orbax.zarr3) for r in rules if r]
             results = distributed.run_shares(mapping, source, step, shares, dtype, workers, max_memory, address,
                                              path)
-            distributed.check_all_written(plans, results, path)
-            for r in results:
+            for r in results:  # a tensor no process wrote, or two did, fails here or in the commit
                 sink.written_elsewhere(r.written)
             sink.commit()
         except BaseException:

@@ -28,12 +28,10 @@ from ckptmap.errors import CkptmapError
 from ckptmap.mapping import Mapping
 from ckptmap.checkpoint_io import open_reader
 from ckptmap.checkpoint_io.base import CheckpointIOError
-from ckptmap.convert import _dtype, count_nonfinite, default_max_memory, default_workers, plan_conversion
+from ckptmap.convert import _dtype, default_workers, plan_conversion, sink_executor
 from ckptmap.pipeline import heap
-from ckptmap.pipeline.execute import Executor
 from ckptmap.pipeline.plan import RulePlan
 from ckptmap.pipeline.sinks import PlannedWriter, ShardSubsetSink, safetensors_layout
-from ckptmap.pipeline.sources import prefetcher, sliced_inputs, threaded_read
 
 
 @dataclass
@@ -118,18 +116,10 @@ def convert_share(mapping: Mapping, input_path: str, step: int | None, share: Sh
         plans = plan_conversion(mapping, reader, cast, out_file)
         rules, sink = share.sink(plans, out_file)
         mine = [p for p in plans if p.index in rules]
-        sliced = sliced_inputs(reader, mine)
-        parts_out = sink.accepts_parts
-        limit = (default_max_memory(mine, workers, parts_out=parts_out, sliced=sliced) if max_memory is None
-                 else max_memory)
         result = ShareResult(host=socket.gethostname(), pid=os.getpid())
         try:
-            executor = Executor(threaded_read(reader), sink.write, workers=workers, max_memory=limit,
-                                check_nonfinite=count_nonfinite,
-                                want=mapping_record.recorded_shapes(mapping, "target"), prefetch=prefetcher(reader),
-                                out_file=out_file, cast=cast, write_part=sink.write_part if parts_out else None,
-                                start_read_part=getattr(reader, "start_read_part", None), sliced=sliced,
-                                any_order=sink.any_order)
+            executor = sink_executor(reader, sink, mine, workers, max_memory,
+                                     mapping_record.recorded_shapes(mapping, "target"), out_file, cast)
             stats = executor.run(mapping, mine)
             sink.commit()
         except BaseException:
