@@ -18,8 +18,9 @@ LOCK312 := requirements/lock-py312.txt
 
 setup: $(VENV)/.stamp maxtext-venv
 
-# Exact versions from the lock (torch 2.13.0+cpu is a local CPU wheel), then ckptmap itself with no resolution.
-$(VENV)/.stamp: pyproject.toml $(LOCK311)
+# Exact versions from the lock (torch 2.13.0+cpu is a local CPU wheel), then ckptmap itself with no resolution
+# (which compiles its optional transpose kernel, setup.py).
+$(VENV)/.stamp: pyproject.toml setup.py ckptmap/native/transpose.c $(LOCK311)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -r $(LOCK311)
 	$(VENV)/bin/pip install -q --no-deps -e .
@@ -30,7 +31,7 @@ maxtext-venv:
 	@if [ -n "$(PY312)" ]; then $(MAKE) --no-print-directory $(MT_VENV)/.stamp; \
 	 else echo "note: no Python 3.12 found; MaxText-side features (maxtext: trees, verify, ground truth) are unavailable"; fi
 
-$(MT_VENV)/.stamp: $(LOCK312) pyproject.toml
+$(MT_VENV)/.stamp: $(LOCK312) pyproject.toml setup.py ckptmap/native/transpose.c
 	$(PY312) -m venv $(MT_VENV)
 	$(MT_VENV)/bin/pip install -q -r $(LOCK312)
 	$(MT_VENV)/bin/pip install -q --no-deps -e .

@@ -7,13 +7,24 @@ elements), and on raw unsigned views of the bytes (bfloat16 and float8 as uint16
 integer loops run, without holding the GIL, and other threads convert beside it. Measured on this project's
 2-core VM (2026-12-07, a [14336, 4096] uint16 transpose): square 181 x 181 tiles 300 MB/s, 1024 x 16 tiles
 ~1.0-1.2 GB/s, numpy's own copy 150 MB/s.
+
+Where the compiled kernel ckptmap.native.transpose was built (setup.py; optional), a copy whose two fastest
+axes are contiguous goes through it instead, one 2-D slab at a time: SSE2 register blocks, ~2x the tiles
+(benchmarks/RESULTS.md, session 10). Adjacent axes that are one axis in both arrays are merged first, so the slabs
+are as large as the layout allows.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 
 import numpy as np
+
+try:
+    from ckptmap.native import transpose as _native
+except ImportError:  # not compiled (no C compiler at install): the numpy tiles do the work
+    _native = None
 
 TILE_BYTES = 1 << 16  # arrays under 4 tiles' bytes are copied by numpy directly
 TILE_LONG = 1024  # elements along the source's fastest axis: whole cache lines of the source read in a row
@@ -45,10 +56,13 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     if src.dtype != dst.dtype:
         np.copyto(dst, src, casting="unsafe")
         return
-    d, s = raw_view(dst), raw_view(src)
+    d, s = _merged(raw_view(dst), raw_view(src))
     a, b = _fastest_axis(s), _fastest_axis(d)
     if a < 0 or a == b or s.size * s.itemsize < 4 * TILE_BYTES:
         d[...] = s
+        return
+    if native_enabled() and s.itemsize in _RAW and s.strides[a] == s.itemsize and d.strides[b] == d.itemsize:
+        _native_slabs(d, s, a, b)
         return
     side = {a: TILE_LONG, b: TILE_SHORT}
     # the crossing axes in tiles, every other axis one index at a time (its stride is a whole tile or more)
@@ -56,6 +70,45 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     for start in itertools.product(*steps):
         idx = tuple(slice(i, i + side[ax]) if ax in side else i for ax, i in enumerate(start))
         d[idx] = s[idx]
+
+
+def native_enabled() -> bool:
+    """Whether copies go through the compiled kernel (built, and not turned off by CKPTMAP_NO_NATIVE=1)."""
+    return _native is not None and os.environ.get("CKPTMAP_NO_NATIVE", "") in ("", "0")
+
+
+def _merged(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same two arrays (same shape) with each run of adjacent axes that is one axis in both viewed as one
+    (a [hidden, heads, head_dim] target from a [heads * head_dim, hidden] source becomes [hidden, heads *
+    head_dim] on both sides); unchanged when nothing merges."""
+    if d.ndim < 2:
+        return d, s
+    shape, ds, ss = [d.shape[0]], [d.strides[0]], [s.strides[0]]
+    for ax in range(1, d.ndim):
+        n = d.shape[ax]
+        if d.strides[ax] * n == ds[-1] and s.strides[ax] * n == ss[-1]:
+            shape[-1] *= n
+            ds[-1], ss[-1] = d.strides[ax], s.strides[ax]
+        else:
+            shape.append(n)
+            ds.append(d.strides[ax])
+            ss.append(s.strides[ax])
+    if len(shape) == d.ndim:
+        return d, s
+    return (np.lib.stride_tricks.as_strided(d, shape, ds, writeable=True),
+            np.lib.stride_tricks.as_strided(s, shape, ss, writeable=False))
+
+
+def _native_slabs(d: np.ndarray, s: np.ndarray, a: int, b: int) -> None:
+    """d[...] = s through the compiled kernel: for each index of the axes other than a (contiguous in s) and b
+    (contiguous in d), the 2-D slab s[b, a] -> d[a, b]."""
+    others = [ax for ax in range(s.ndim) if ax not in (a, b)]
+    d0, s0 = d.__array_interface__["data"][0], s.__array_interface__["data"][0]
+    for idx in itertools.product(*(range(s.shape[ax]) for ax in others)):
+        d_off = sum(i * d.strides[ax] for i, ax in zip(idx, others))
+        s_off = sum(i * s.strides[ax] for i, ax in zip(idx, others))
+        _native.transpose2d(d0 + d_off, s0 + s_off, s.shape[b], s.shape[a], d.strides[a], s.strides[b],
+                            s.itemsize)
 
 
 def contiguous(array: np.ndarray) -> np.ndarray:

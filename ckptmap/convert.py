@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ckptmap import mapping_record
+from ckptmap import mapping_record, orbax_io
 from ckptmap.apply import check_rules
 from ckptmap.checkpoint_io import (DEFAULT_MAX_SHARD_BYTES, CheckpointIOError, CheckpointReader, open_reader,
                                    open_writer, output_format, output_path, remove_stale_temps, write_failure)
@@ -126,7 +126,7 @@ def _exponent_masks() -> dict:
             np.dtype(np.float64): (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 
 
-def count_nonfinite(array: np.ndarray, chunk: int = 1 << 22) -> tuple[int, int]:
+def count_nonfinite(array: np.ndarray, chunk: int = 1 << 20) -> tuple[int, int]:
     """(NaN count, Inf count) of a float array, in chunks (no temporary the size of the tensor); 0, 0 for
     integer and bool arrays. IEEE formats are checked on their bits (one integer pass per chunk in the usual
     all-finite case, ~2.5x numpy's isfinite on bfloat16)."""
@@ -218,6 +218,8 @@ def convert(mapping: Mapping, input_path: str, output_path_: str, reverse: bool 
         check_rules(mapping)
     kind = output_format(output_path_, fmt)
     _check_output(mapping, output_path_, kind, fmt, force)
+    if kind == "orbax" and (processes or 1) <= 1 and not ray_address:
+        orbax_io.preload_orbax()
     cast = _dtype(dtype)
     # a conversion killed earlier (SIGKILL, power loss) leaves its temp files beside OUT: a rerun removes them
     # (only those of processes on this host that no longer run, never a live conversion's)

@@ -3,7 +3,9 @@ where the writer takes tensors in any order, and keeps the mapping's order where
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 import time
 
 import ml_dtypes
@@ -12,7 +14,7 @@ import numpy as np
 from ckptmap import checkpoint_io as cio
 from ckptmap.checkpoint_io.commit import TEMP_PREFIX
 from ckptmap.convert import convert
-from ckptmap.pipeline.execute import largest_tasks_first, task_bytes
+from ckptmap.pipeline.execute import Executor, largest_tasks_first, task_bytes
 from ckptmap.pipeline.plan import RulePlan
 from ckptmap.pipeline.write_behind import WriteBehind
 from test_convert_cases import fixture, llama_mapping, seeded
@@ -89,3 +91,35 @@ def test_every_writer_gets_every_tensor_whatever_the_order(tmp_path):
             got[out] = {n: np.asarray(r.read(n)).tobytes() for n in r.names()}
     assert got["mt.orbax"] == got["mt.npz"] == got["mt.safetensors"]
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]  # no temp output left
+
+
+def _executor(sizes: dict[int, int], any_order: bool, limit: int = 100) -> Executor:
+    ex = Executor(lambda name: None, lambda name, array: None, workers=2, max_memory=limit, any_order=any_order)
+    ex.memory = lambda plan: sizes[plan.index]
+    return ex
+
+
+def test_a_later_rule_stands_in_while_the_first_waits_for_memory():
+    """Two whole-tensor rules that do not fit side by side, then small rules: while the second waits, one small
+    rule starts in its place (a worker would idle), never two; the second starts as soon as the first is done."""
+    ex = _executor({0: 80, 1: 80, 2: 10, 3: 10}, any_order=True)
+    waiting = collections.deque(_plan(i, cells=1, in_bytes=1) for i in range(4))
+    assert ex._admit_next(waiting) is waiting[0]
+    waiting.popleft()
+    stand_in = ex._admit_next(waiting)
+    assert stand_in.index == 2 and ex.budget.used == 90
+    waiting.remove(stand_in)
+    ex._stand_ins = 1
+    threading.Timer(0.3, ex.budget.release, args=(80,)).start()  # rule 0 finishes
+    started = time.monotonic()
+    assert ex._admit_next(waiting).index == 1  # not rule 3: a stand-in already runs
+    assert time.monotonic() - started >= 0.25 and ex.budget.used == 90
+
+
+def test_a_writer_that_takes_the_plans_order_gets_no_stand_in():
+    ex = _executor({0: 80, 1: 80, 2: 10}, any_order=False)
+    waiting = collections.deque(_plan(i, cells=1, in_bytes=1) for i in range(3))
+    assert ex._admit_next(waiting).index == 0
+    waiting.popleft()
+    threading.Timer(0.3, ex.budget.release, args=(80,)).start()
+    assert ex._admit_next(waiting).index == 1 and ex.budget.used == 80

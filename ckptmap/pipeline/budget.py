@@ -26,6 +26,20 @@ class MemoryBudget:
             self.peak = max(self.peak, self.used)
             return True
 
+    def try_acquire(self, n: int) -> bool:
+        """Take n bytes only if they fit now (or nothing is in flight); never waits."""
+        with self._cond:
+            if self.limit is not None and self.used > 0 and self.used + n > self.limit:
+                return False
+            self.used += n
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def wait_for_release(self, timeout: float) -> None:
+        """Wait until some bytes are released, or `timeout` seconds."""
+        with self._cond:
+            self._cond.wait(timeout)
+
     def release(self, n: int) -> None:
         with self._cond:
             self.used -= n

@@ -15,6 +15,7 @@ The first error stops the run: no new cell starts, and the caller aborts the wri
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class _RuleState:
         self.cells = list(rule.cells())
         self.left = len(self.cells)
         self.lock = threading.Lock()
+        self.stand_in = False  # started ahead of a rule that waited for memory (Executor._admit_next)
 
 
 class Executor:
@@ -99,6 +101,7 @@ class Executor:
         self._lock = threading.Lock()
         self._counted: set[str] = set()
         self._read_locks: dict[str, threading.Lock] = {}
+        self._stand_ins = 0  # rules running ahead of the first waiting one (see _admit_next)
 
     # --------------------------------------------------------------------------------------------- one cell
     def _get(self, state: _RuleState, name: str) -> np.ndarray:
@@ -265,6 +268,8 @@ class Executor:
                     self.on_tensor(name)
         with self._lock:
             self.stats.largest_rule_bytes = max(self.stats.largest_rule_bytes, state.plan.out_bytes)
+            if state.stand_in:
+                self._stand_ins -= 1
         self.budget.release(self.memory(state.plan))
 
     def _fail(self, e: BaseException) -> None:
@@ -292,11 +297,13 @@ class Executor:
         return self.stats
 
     def _run(self, mapping: Mapping, plans: list[RulePlan]) -> None:
+        waiting = collections.deque(largest_tasks_first(plans, self.workers) if self.any_order else plans)
         with ThreadPoolExecutor(self.workers, thread_name_prefix="ckptmap-convert") as pool:
-            for plan in (largest_tasks_first(plans, self.workers) if self.any_order else plans):
-                rule = mapping.rules[plan.index]
-                if not self.budget.acquire(self.memory(plan), self._stop):
+            while waiting:
+                plan = self._admit_next(waiting)
+                if plan is None:
                     break
+                rule = mapping.rules[plan.index]
                 if self._stop.is_set():
                     self.budget.release(self.memory(plan))
                     break
@@ -306,6 +313,11 @@ class Executor:
                     self.budget.release(self.memory(plan))
                     self._fail(e)
                     break
+                state.stand_in = plan is not waiting[0]
+                waiting.remove(plan)
+                if state.stand_in:
+                    with self._lock:
+                        self._stand_ins += 1
                 chunks = _chunks(state.cells, self.workers)
                 self._read_ahead(state, chunks)
                 self.stats.cells += len(state.cells)
@@ -314,6 +326,25 @@ class Executor:
                 for part in chunks:
                     pool.submit(self._cell_task, state, part)
             # the pool's exit waits for every submitted task
+
+    def _admit_next(self, waiting: collections.deque) -> RulePlan | None:
+        """Take the budget for the next rule to start and return its plan (None when the run stopped): the first
+        waiting rule once its bytes fit, or, where the writer takes tensors in any order and that rule does not
+        fit yet, a later one that fits now, so that a worker does not idle behind a large rule (a 16 GB llama's
+        two 1 GB whole-tensor rules each take most of the budget; the second waited for the first while a
+        stacked rule's small cells could have run). At most one such stand-in runs at a time, so the first rule
+        still starts as soon as the rule ahead of it is done."""
+        head = waiting[0]
+        while True:
+            if self.budget.try_acquire(self.memory(head)):
+                return head
+            if self.any_order and self._stand_ins == 0:
+                for plan in itertools.islice(waiting, 1, None):
+                    if self.budget.try_acquire(self.memory(plan)):
+                        return plan
+            if self._stop.is_set():
+                return None
+            self.budget.wait_for_release(timeout=0.1)
 
     def _read_ahead(self, state: _RuleState, chunks: list[list[tuple[int, ...]]]) -> None:
         """Queue a rule's inputs for the read-ahead thread: the ones it keeps, then each cell's own in the order

@@ -1,0 +1,1 @@
+"""Compiled kernels (optional: ckptmap works without them, more slowly); see each .c file."""

@@ -1,0 +1,146 @@
+/* ckptmap.native.transpose: dst = src.T for 2-D blocks of 1-, 2-, 4- or 8-byte elements, without the GIL.
+ *
+ * transpose2d(dst_addr, src_addr, rows, cols, dst_row_stride, src_row_stride, itemsize)
+ *   src: rows x cols elements, each row contiguous, rows src_row_stride bytes apart;
+ *   dst: cols x rows elements, each row contiguous, rows dst_row_stride bytes apart;
+ *   dst[j][i] = src[i][j].
+ * The caller (ckptmap.array_copy) owns both arrays and checks their extents; this only moves bytes.
+ *
+ * The work goes in BLOCK x BLOCK tiles that stay in L1; 2-byte elements (bfloat16, float16) go through SSE2
+ * 8x8 register transposes and 4-byte ones through 4x4 where the CPU has SSE2, every other case through plain
+ * loops. numpy's strided copy moves one element per step: ~0.9 GB/s on this project's VM for bfloat16 tiles,
+ * against ~1.8 GB/s here (benchmarks/RESULTS.md, session 10).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#define BLOCK 64
+
+#define PLAIN_BLOCK(T)                                                                                  \
+    static void plain_##T(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld, Py_ssize_t r,       \
+                          Py_ssize_t c) {                                                              \
+        for (Py_ssize_t j = 0; j < c; j++) {                                                           \
+            T *drow = (T *)(d + j * dld);                                                              \
+            for (Py_ssize_t i = 0; i < r; i++) drow[i] = *(const T *)(s + i * sld + j * sizeof(T));    \
+        }                                                                                              \
+    }
+PLAIN_BLOCK(uint8_t)
+PLAIN_BLOCK(uint16_t)
+PLAIN_BLOCK(uint32_t)
+PLAIN_BLOCK(uint64_t)
+
+#if defined(__SSE2__)
+#define LD(p) _mm_loadu_si128((const __m128i *)(p))
+#define ST(p, v) _mm_storeu_si128((__m128i *)(p), (v))
+
+/* one 8x8 block of 16-bit elements */
+static inline void t8x8_16(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld) {
+    __m128i a0 = LD(s), a1 = LD(s + sld), a2 = LD(s + 2 * sld), a3 = LD(s + 3 * sld);
+    __m128i a4 = LD(s + 4 * sld), a5 = LD(s + 5 * sld), a6 = LD(s + 6 * sld), a7 = LD(s + 7 * sld);
+    __m128i b0 = _mm_unpacklo_epi16(a0, a1), b1 = _mm_unpackhi_epi16(a0, a1);
+    __m128i b2 = _mm_unpacklo_epi16(a2, a3), b3 = _mm_unpackhi_epi16(a2, a3);
+    __m128i b4 = _mm_unpacklo_epi16(a4, a5), b5 = _mm_unpackhi_epi16(a4, a5);
+    __m128i b6 = _mm_unpacklo_epi16(a6, a7), b7 = _mm_unpackhi_epi16(a6, a7);
+    __m128i c0 = _mm_unpacklo_epi32(b0, b2), c1 = _mm_unpackhi_epi32(b0, b2);
+    __m128i c2 = _mm_unpacklo_epi32(b1, b3), c3 = _mm_unpackhi_epi32(b1, b3);
+    __m128i c4 = _mm_unpacklo_epi32(b4, b6), c5 = _mm_unpackhi_epi32(b4, b6);
+    __m128i c6 = _mm_unpacklo_epi32(b5, b7), c7 = _mm_unpackhi_epi32(b5, b7);
+    ST(d, _mm_unpacklo_epi64(c0, c4));
+    ST(d + dld, _mm_unpackhi_epi64(c0, c4));
+    ST(d + 2 * dld, _mm_unpacklo_epi64(c1, c5));
+    ST(d + 3 * dld, _mm_unpackhi_epi64(c1, c5));
+    ST(d + 4 * dld, _mm_unpacklo_epi64(c2, c6));
+    ST(d + 5 * dld, _mm_unpackhi_epi64(c2, c6));
+    ST(d + 6 * dld, _mm_unpacklo_epi64(c3, c7));
+    ST(d + 7 * dld, _mm_unpackhi_epi64(c3, c7));
+}
+
+/* one 4x4 block of 32-bit elements */
+static inline void t4x4_32(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld) {
+    __m128i a0 = LD(s), a1 = LD(s + sld), a2 = LD(s + 2 * sld), a3 = LD(s + 3 * sld);
+    __m128i b0 = _mm_unpacklo_epi32(a0, a1), b1 = _mm_unpackhi_epi32(a0, a1);
+    __m128i b2 = _mm_unpacklo_epi32(a2, a3), b3 = _mm_unpackhi_epi32(a2, a3);
+    ST(d, _mm_unpacklo_epi64(b0, b2));
+    ST(d + dld, _mm_unpackhi_epi64(b0, b2));
+    ST(d + 2 * dld, _mm_unpacklo_epi64(b1, b3));
+    ST(d + 3 * dld, _mm_unpackhi_epi64(b1, b3));
+}
+#endif
+
+static void plain(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld, Py_ssize_t r, Py_ssize_t c,
+                  int itemsize) {
+    switch (itemsize) {
+        case 1: plain_uint8_t(s, d, sld, dld, r, c); break;
+        case 2: plain_uint16_t(s, d, sld, dld, r, c); break;
+        case 4: plain_uint32_t(s, d, sld, dld, r, c); break;
+        default: plain_uint64_t(s, d, sld, dld, r, c); break;
+    }
+}
+
+/* one tile of r x c elements (r, c <= BLOCK): register blocks where they fit, plain loops for the edges */
+static void tile(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld, Py_ssize_t r, Py_ssize_t c,
+                 int itemsize) {
+    Py_ssize_t rb = 0, cb = 0; /* the rows and columns done in register blocks */
+#if defined(__SSE2__)
+    if (itemsize == 2) {
+        rb = r - r % 8, cb = c - c % 8;
+        for (Py_ssize_t i = 0; i < rb; i += 8)
+            for (Py_ssize_t j = 0; j < cb; j += 8) t8x8_16(s + i * sld + 2 * j, d + j * dld + 2 * i, sld, dld);
+    } else if (itemsize == 4) {
+        rb = r - r % 4, cb = c - c % 4;
+        for (Py_ssize_t i = 0; i < rb; i += 4)
+            for (Py_ssize_t j = 0; j < cb; j += 4) t4x4_32(s + i * sld + 4 * j, d + j * dld + 4 * i, sld, dld);
+    }
+#endif
+    if (rb == 0 || cb == 0) {
+        plain(s, d, sld, dld, r, c, itemsize);
+        return;
+    }
+    if (cb < c) /* the last columns, every row */
+        plain(s + cb * itemsize, d + cb * dld, sld, dld, r, c - cb, itemsize);
+    if (rb < r) /* the last rows, the columns the blocks covered */
+        plain(s + rb * sld, d + rb * itemsize, sld, dld, r - rb, cb, itemsize);
+}
+
+static PyObject *transpose2d(PyObject *self, PyObject *args) {
+    unsigned long long dst_addr, src_addr;
+    Py_ssize_t rows, cols, dld, sld;
+    int itemsize;
+    if (!PyArg_ParseTuple(args, "KKnnnni", &dst_addr, &src_addr, &rows, &cols, &dld, &sld, &itemsize))
+        return NULL;
+    if (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8) {
+        PyErr_Format(PyExc_ValueError, "transpose2d: item size %d is not 1, 2, 4 or 8", itemsize);
+        return NULL;
+    }
+    if (rows < 0 || cols < 0) {
+        PyErr_SetString(PyExc_ValueError, "transpose2d: negative extent");
+        return NULL;
+    }
+    const char *src = (const char *)(uintptr_t)src_addr;
+    char *dst = (char *)(uintptr_t)dst_addr;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i0 = 0; i0 < rows; i0 += BLOCK) {
+        Py_ssize_t r = rows - i0 < BLOCK ? rows - i0 : BLOCK;
+        for (Py_ssize_t j0 = 0; j0 < cols; j0 += BLOCK) {
+            Py_ssize_t c = cols - j0 < BLOCK ? cols - j0 : BLOCK;
+            tile(src + i0 * sld + j0 * itemsize, dst + j0 * dld + i0 * itemsize, sld, dld, r, c, itemsize);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"transpose2d", transpose2d, METH_VARARGS,
+     "transpose2d(dst_addr, src_addr, rows, cols, dst_row_stride, src_row_stride, itemsize): "
+     "dst[j][i] = src[i][j] for a rows x cols src, both with contiguous rows (strides in bytes)."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "transpose", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit_transpose(void) { return PyModule_Create(&module); }

@@ -1,0 +1,65 @@
+"""ckptmap.array_copy: every copy path (the compiled kernel, the numpy tiles, numpy's own) gives numpy's bytes."""
+
+from __future__ import annotations
+
+import itertools
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from ckptmap import array_copy
+from ckptmap.array_copy import contiguous, copy_into
+
+DTYPES = [np.uint8, np.int16, ml_dtypes.bfloat16, np.float16, np.float32, np.float64, np.complex64, np.complex128]
+SHAPES = [(67, 130), (8, 64), (1000, 3), (19, 33, 129), (5, 40, 96), (2, 3, 41, 50)]
+
+
+@pytest.fixture(params=["native", "numpy tiles"])
+def path(request, monkeypatch):
+    """Each test once through the compiled kernel and once through the numpy tiles, with tiles small enough
+    that small arrays take the tiled paths too."""
+    monkeypatch.setattr(array_copy, "TILE_BYTES", 4)
+    if request.param == "native":
+        if not array_copy.native_enabled():
+            pytest.fail("ckptmap.native.transpose was not built: `pip install -e .` needs a C compiler")
+    else:
+        monkeypatch.setenv("CKPTMAP_NO_NATIVE", "1")
+        assert not array_copy.native_enabled()
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_every_permutation_and_reversal_copies_numpys_bytes(path, dtype):
+    rng = np.random.default_rng(0)
+    for shape in SHAPES:
+        a = (rng.standard_normal(shape) * 100).astype(dtype)
+        for perm in itertools.permutations(range(len(shape))):
+            for view in (a.transpose(perm), a.transpose(perm)[::-1], a.transpose(perm)[..., 1:],
+                         a.transpose(perm)[..., ::-2]):
+                assert contiguous(view).tobytes() == np.ascontiguousarray(view).tobytes(), (shape, perm)
+
+
+def test_a_stacked_slice_is_filled_and_nothing_else(path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((96, 4096)).astype(ml_dtypes.bfloat16)
+    buf = np.zeros((4096, 5, 96), ml_dtypes.bfloat16)
+    copy_into(buf[:, 2], x.T)
+    assert buf[:, 2].tobytes() == np.ascontiguousarray(x.T).tobytes()
+    assert not buf[:, [0, 1, 3, 4]].view(np.uint16).any()
+
+
+def test_heads_merge_into_one_transpose(path):
+    """[heads * head_dim, hidden] -> [hidden, heads, head_dim]: the two head axes are one axis on both sides."""
+    q = np.arange(32 * 16 * 72, dtype=np.float32).reshape(32 * 16, 72)
+    out = contiguous(q.reshape(32, 16, 72).transpose(2, 0, 1))
+    assert out.shape == (72, 32, 16)
+    assert out.tobytes() == np.ascontiguousarray(q.T).tobytes()
+
+
+def test_the_kernel_refuses_an_item_size_it_has_no_loop_for():
+    if array_copy._native is None:
+        pytest.fail("ckptmap.native.transpose was not built")
+    a = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match="item size 3"):
+        array_copy._native.transpose2d(a.ctypes.data, a.ctypes.data, 2, 2, 4, 4, 3)
