@@ -1,10 +1,11 @@
-"""The one compiled part of ckptmap: an optional transpose kernel (ckptmap/native/transpose.c).
+"""The compiled part of ckptmap: two optional kernels, a transpose (ckptmap/native/transpose.c) and a scan of an
+array's bits for NaN/Inf (ckptmap/native/scan.c).
 
-`optional=True`: where no C compiler is found the install goes on without it, and ckptmap.array_copy uses its numpy
-tiles instead (same bytes, about half the speed). Everything else is configured in pyproject.toml.
+`optional=True`: where no C compiler is found the install goes on without them, and ckptmap uses numpy instead (the
+same results, more slowly). Everything else is configured in pyproject.toml.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("ckptmap.native.transpose", ["ckptmap/native/transpose.c"], optional=True,
-                             extra_compile_args=["-O2"])])
+setup(ext_modules=[Extension(f"ckptmap.native.{name}", [f"ckptmap/native/{name}.c"], optional=True,
+                             extra_compile_args=["-O2"]) for name in ("transpose", "scan")])

@@ -17,14 +17,10 @@ are as large as the layout allows.
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 
-try:
-    from ckptmap.native import transpose as _native
-except ImportError:  # not compiled (no C compiler at install): the numpy tiles do the work
-    _native = None
+from ckptmap import native
 
 TILE_BYTES = 1 << 16  # arrays under 4 tiles' bytes are copied by numpy directly
 TILE_LONG = 1024  # elements along the source's fastest axis: whole cache lines of the source read in a row
@@ -74,7 +70,7 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
 
 def native_enabled() -> bool:
     """Whether copies go through the compiled kernel (built, and not turned off by CKPTMAP_NO_NATIVE=1)."""
-    return _native is not None and os.environ.get("CKPTMAP_NO_NATIVE", "") in ("", "0")
+    return native.module("transpose") is not None
 
 
 def _merged(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,12 +98,13 @@ def _merged(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _native_slabs(d: np.ndarray, s: np.ndarray, a: int, b: int) -> None:
     """d[...] = s through the compiled kernel: for each index of the axes other than a (contiguous in s) and b
     (contiguous in d), the 2-D slab s[b, a] -> d[a, b]."""
+    kernel = native.module("transpose")
     others = [ax for ax in range(s.ndim) if ax not in (a, b)]
     d0, s0 = d.__array_interface__["data"][0], s.__array_interface__["data"][0]
     for idx in itertools.product(*(range(s.shape[ax]) for ax in others)):
         d_off = sum(i * d.strides[ax] for i, ax in zip(idx, others))
         s_off = sum(i * s.strides[ax] for i, ax in zip(idx, others))
-        _native.transpose2d(d0 + d_off, s0 + s_off, s.shape[b], s.shape[a], d.strides[a], s.strides[b],
+        kernel.transpose2d(d0 + d_off, s0 + s_off, s.shape[b], s.shape[a], d.strides[a], s.strides[b],
                             s.itemsize)
 
 

@@ -8,8 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from ckptmap import array_copy
+from ckptmap import array_copy, native
 from ckptmap.array_copy import contiguous, copy_into
+from ckptmap.convert import count_nonfinite
 
 DTYPES = [np.uint8, np.int16, ml_dtypes.bfloat16, np.float16, np.float32, np.float64, np.complex64, np.complex128]
 SHAPES = [(67, 130), (8, 64), (1000, 3), (19, 33, 129), (5, 40, 96), (2, 3, 41, 50)]
@@ -58,8 +59,29 @@ def test_heads_merge_into_one_transpose(path):
 
 
 def test_the_kernel_refuses_an_item_size_it_has_no_loop_for():
-    if array_copy._native is None:
+    kernel = native.module("transpose")
+    if kernel is None:
         pytest.fail("ckptmap.native.transpose was not built")
     a = np.zeros((4, 4), np.uint8)
     with pytest.raises(ValueError, match="item size 3"):
-        array_copy._native.transpose2d(a.ctypes.data, a.ctypes.data, 2, 2, 4, 4, 3)
+        kernel.transpose2d(a.ctypes.data, a.ctypes.data, 2, 2, 4, 4, 3)
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16, np.float32, np.float64],
+                         ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("way", ["native", "numpy"])
+def test_nonfinite_counts_are_the_same_either_way(dtype, way, monkeypatch):
+    if way == "numpy":
+        monkeypatch.setenv("CKPTMAP_NO_NATIVE", "1")
+    elif native.module("scan") is None:
+        pytest.fail("ckptmap.native.scan was not built: `pip install -e .` needs a C compiler")
+    rng = np.random.default_rng(2)
+    a = (rng.standard_normal(100_003) * 1e3).astype(dtype)
+    assert count_nonfinite(a) == (0, 0)
+    assert count_nonfinite(-np.abs(a)) == (0, 0)  # the sign bit is not a NaN
+    for at, value in ((7, np.nan), (100_002, np.inf), (50_000, -np.inf), (8, np.nan), (15, -np.nan)):
+        a[at] = value
+    assert count_nonfinite(a) == (3, 2)
+    view = a[1::7]  # a strided view: 8 and 15 fall in it
+    wide = view.astype(np.float64)
+    assert count_nonfinite(view) == (int(np.isnan(wide).sum()), int(np.isinf(wide).sum())) == (2, 0)
