@@ -101,6 +101,19 @@ def size_of(path: str) -> int:
     return sum(os.path.getsize(f) for f in files_under(path))
 
 
+SETTLE_S = 3.0  # seconds of quiet after the sync, before each timed command
+
+
+def settle() -> None:
+    """Let the disk finish what came before a timed command: `sync` (which also waits for the journal commit that
+    discards the blocks of a deleted output, on a file system mounted with `discard`, as this project's VM is),
+    then SETTLE_S seconds. Every command, `cp` or ckptmap, starts this way. Before, only ckptmap's runs followed
+    the deletion of a 16 GB output (its own previous one, removed just before it, and `cp`'s, removed just
+    after `cp` was timed), so they alone paid for its discards."""
+    os.sync()
+    time.sleep(SETTLE_S)
+
+
 def evict(path: str) -> None:
     """Drop a tree's pages from the page cache (this tree only: other people's caches stay)."""
     for f in files_under(path):
@@ -339,6 +352,7 @@ def run_size(label: str, work: str, workers: int, mt_python: str, results: dict,
 
     def measure(key: str, cmd: list[str], src: str, dst: str, keep: bool = False, env: dict | None = None) -> dict:
         shutil.rmtree(dst, ignore_errors=True)
+        settle()
         evict(src)
         r = timed(cmd, env)
         r["out_bytes"] = size_of(dst) if os.path.exists(dst) else 0
