@@ -57,8 +57,9 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     if a < 0 or a == b or s.size * s.itemsize < 4 * TILE_BYTES:
         d[...] = s
         return
-    if native_enabled() and s.itemsize in _RAW and s.strides[a] == s.itemsize and d.strides[b] == d.itemsize:
-        _native_slabs(d, s, a, b)
+    kernel = native.module("transpose")
+    if kernel is not None and s.itemsize in _RAW and s.strides[a] == s.itemsize and d.strides[b] == d.itemsize:
+        _native_slabs(kernel, d, s, a, b)
         return
     side = {a: TILE_LONG, b: TILE_SHORT}
     # the crossing axes in tiles, every other axis one index at a time (its stride is a whole tile or more)
@@ -95,10 +96,9 @@ def _merged(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.lib.stride_tricks.as_strided(s, shape, ss, writeable=False))
 
 
-def _native_slabs(d: np.ndarray, s: np.ndarray, a: int, b: int) -> None:
-    """d[...] = s through the compiled kernel: for each index of the axes other than a (contiguous in s) and b
-    (contiguous in d), the 2-D slab s[b, a] -> d[a, b]."""
-    kernel = native.module("transpose")
+def _native_slabs(kernel, d: np.ndarray, s: np.ndarray, a: int, b: int) -> None:
+    """d[...] = s through the compiled `kernel` (ckptmap.native.transpose): for each index of the axes other than
+    a (contiguous in s) and b (contiguous in d), the 2-D slab s[b, a] -> d[a, b]."""
     others = [ax for ax in range(s.ndim) if ax not in (a, b)]
     d0, s0 = d.__array_interface__["data"][0], s.__array_interface__["data"][0]
     for idx in itertools.product(*(range(s.shape[ax]) for ax in others)):

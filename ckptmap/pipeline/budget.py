@@ -7,24 +7,15 @@ import threading
 
 
 class MemoryBudget:
-    """`acquire(n)` blocks until n bytes fit under `limit` (None: no limit); `release(n)` gives them back."""
+    """`try_acquire(n)` takes n bytes if they fit under `limit` now (None: no limit), `wait_for_release` waits for
+    bytes to come back (the executor's admission loop, execute.Executor._admit_next), `release(n)` gives them
+    back."""
 
     def __init__(self, limit: int | None):
         self.limit = limit
         self.used = 0
         self.peak = 0
         self._cond = threading.Condition()
-
-    def acquire(self, n: int, stop: threading.Event | None = None) -> bool:
-        """False when `stop` was set while waiting (nothing acquired)."""
-        with self._cond:
-            while self.limit is not None and self.used > 0 and self.used + n > self.limit:
-                if stop is not None and stop.is_set():
-                    return False
-                self._cond.wait(0.1)
-            self.used += n
-            self.peak = max(self.peak, self.used)
-            return True
 
     def try_acquire(self, n: int) -> bool:
         """Take n bytes only if they fit now (or nothing is in flight); never waits."""
