@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 from ckptmap import native
 
@@ -43,30 +44,35 @@ def _fastest_axis(array: np.ndarray) -> int:
     return min(axes, key=lambda a: abs(array.strides[a])) if axes else -1
 
 
-def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst[...] = src (same shape; src's dtype is cast to dst's when they differ)."""
+SCANNED_ITEMSIZES = (2, 4)  # element sizes whose sign-less maximum the kernel takes while it copies
+
+
+def copy_into(dst: np.ndarray, src: np.ndarray, scan: bool = False) -> int | None:
+    """dst[...] = src (same shape; src's dtype is cast to dst's when they differ). With `scan`, where the compiled
+    kernel did the copy of 2- or 4-byte elements, returns the largest (x & sign-less mask) over src's bits (the
+    NaN/Inf test of ckptmap.native.scan, taken on the way); None where it did not (the caller scans)."""
     src = np.asarray(src)
     if src.shape != dst.shape:
         dst[...] = src  # numpy's own broadcasting and its error for shapes that do not fit
-        return
+        return None
     if src.dtype != dst.dtype:
         np.copyto(dst, src, casting="unsafe")
-        return
+        return None
     d, s = _merged(raw_view(dst), raw_view(src))
     a, b = _fastest_axis(s), _fastest_axis(d)
     if a < 0 or a == b or s.size * s.itemsize < 4 * TILE_BYTES:
         d[...] = s
-        return
+        return None
     kernel = native.module("transpose")
     if kernel is not None and s.itemsize in _RAW and s.strides[a] == s.itemsize and d.strides[b] == d.itemsize:
-        _native_slabs(kernel, d, s, a, b)
-        return
+        return _native_slabs(kernel, d, s, a, b, scan and s.itemsize in SCANNED_ITEMSIZES)
     side = {a: TILE_LONG, b: TILE_SHORT}
     # the crossing axes in tiles, every other axis one index at a time (its stride is a whole tile or more)
     steps = [range(0, n, side[ax]) if ax in side else range(n) for ax, n in enumerate(s.shape)]
     for start in itertools.product(*steps):
         idx = tuple(slice(i, i + side[ax]) if ax in side else i for ax, i in enumerate(start))
         d[idx] = s[idx]
+    return None
 
 
 def native_enabled() -> bool:
@@ -96,24 +102,47 @@ def _merged(d: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             np.lib.stride_tricks.as_strided(s, shape, ss, writeable=False))
 
 
-def _native_slabs(kernel, d: np.ndarray, s: np.ndarray, a: int, b: int) -> None:
+def _native_slabs(kernel, d: np.ndarray, s: np.ndarray, a: int, b: int, scan: bool = False) -> int | None:
     """d[...] = s through the compiled `kernel` (ckptmap.native.transpose): for each index of the axes other than
-    a (contiguous in s) and b (contiguous in d), the 2-D slab s[b, a] -> d[a, b]."""
+    a (contiguous in s) and b (contiguous in d), the 2-D slab s[b, a] -> d[a, b]. With `scan`, the largest
+    sign-less bit pattern over all of s (else None)."""
     others = [ax for ax in range(s.ndim) if ax not in (a, b)]
     d0, s0 = d.__array_interface__["data"][0], s.__array_interface__["data"][0]
+    best = 0
     for idx in itertools.product(*(range(s.shape[ax]) for ax in others)):
         d_off = sum(i * d.strides[ax] for i, ax in zip(idx, others))
         s_off = sum(i * s.strides[ax] for i, ax in zip(idx, others))
-        kernel.transpose2d(d0 + d_off, s0 + s_off, s.shape[b], s.shape[a], d.strides[a], s.strides[b],
-                            s.itemsize)
+        slab = kernel.transpose2d(d0 + d_off, s0 + s_off, s.shape[b], s.shape[a], d.strides[a], s.strides[b],
+                                  s.itemsize, scan)
+        best = max(best, slab or 0)
+    return best if scan else None
 
 
 def contiguous(array: np.ndarray) -> np.ndarray:
     """A C-ordered array of the same values: the array itself when it already is, else a fast copy (0-d stays
     0-d)."""
+    return contiguous_scanned(array, scan=False)[0]
+
+
+def contiguous_scanned(array: np.ndarray, scan: bool = True) -> tuple[np.ndarray, int | None]:
+    """(contiguous(array), the largest sign-less bit pattern of its elements where the kernel took it while
+    copying, else None: see copy_into)."""
     array = np.asarray(array)
     if array.flags.c_contiguous:
-        return array
+        return array, None
     out = np.empty(array.shape, array.dtype)
-    copy_into(out, array)
-    return out
+    return out, copy_into(out, array, scan=scan)
+
+
+def views_all_of(view: np.ndarray, array: np.ndarray) -> bool:
+    """Whether `view` holds every element of the C-ordered `array` once (a transpose, reversal or reshape of it):
+    the same item type and count, a dense layout (its axes, by stride, step exactly over the ones below them)
+    and the same first and last byte."""
+    if not array.flags.c_contiguous or view.dtype != array.dtype or view.size != array.size or not view.size:
+        return False
+    step = view.itemsize
+    for stride, n in sorted((abs(st), n) for st, n in zip(view.strides, view.shape) if n > 1):
+        if stride != step:
+            return False
+        step *= n
+    return byte_bounds(view) == byte_bounds(array)

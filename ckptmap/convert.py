@@ -126,6 +126,13 @@ def _exponent_masks() -> dict:
             np.dtype(np.float64): (np.uint64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000)}
 
 
+def nonfinite_limit(dtype: np.dtype) -> int | None:
+    """The sign-less bit pattern from which a value of `dtype` is NaN or Inf (its exponent mask) for the IEEE-like
+    float formats; None for any other. The executor compares the transpose kernel's scan with it."""
+    masks = _exponent_masks().get(np.dtype(dtype))
+    return None if masks is None else masks[2]
+
+
 def count_nonfinite(array: np.ndarray, chunk: int = 1 << 20) -> tuple[int, int]:
     """(NaN count, Inf count) of a float array, in chunks (no temporary the size of the tensor); 0, 0 for
     integer and bool arrays. IEEE formats are checked on their bits (one integer pass per chunk in the usual
@@ -286,8 +293,8 @@ def sink_executor(reader: CheckpointReader, sink, plans: list[RulePlan], workers
     limit = (default_max_memory(plans, workers, parts_out=parts_out, sliced=sliced) if max_memory is None
              else max_memory)
     return Executor(threaded_read(reader), sink.write, workers=workers, max_memory=limit,
-                    check_nonfinite=count_nonfinite, want=want, prefetch=prefetcher(reader), on_tensor=on_tensor,
-                    out_file=out_file, cast=cast, on_fail=getattr(sink, "cancel", None),
+                    check_nonfinite=count_nonfinite, nonfinite_limit=nonfinite_limit, want=want,
+                    prefetch=prefetcher(reader), on_tensor=on_tensor, out_file=out_file, cast=cast, on_fail=getattr(sink, "cancel", None),
                     write_part=sink.write_part if parts_out else None,
                     start_read_part=getattr(reader, "start_read_part", None), sliced=sliced,
                     any_order=getattr(sink, "any_order", False))

@@ -85,3 +85,48 @@ def test_nonfinite_counts_are_the_same_either_way(dtype, way, monkeypatch):
     view = a[1::7]  # a strided view: 8 and 15 fall in it
     wide = view.astype(np.float64)
     assert count_nonfinite(view) == (int(np.isnan(wide).sum()), int(np.isinf(wide).sum())) == (2, 0)
+
+
+_SIGNLESS = {2: np.uint16(0x7FFF), 4: np.uint32(0x7FFFFFFF)}
+
+
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16, np.float32], ids=lambda d: np.dtype(d).name)
+def test_the_kernel_takes_the_nonfinite_scan_on_the_way(path, dtype):
+    """copy_into(scan=True) gives the largest sign-less bit pattern of what it copied where the kernel transposed
+    it (the edges outside its register blocks included), and None where numpy copied (the caller then scans)."""
+    rng = np.random.default_rng(3)
+    raw = array_copy.raw_view
+    for shape in SHAPES[:5]:
+        a = (rng.standard_normal(shape) * 100).astype(dtype)
+        for plant in (None, np.nan, np.inf, -np.inf):
+            if plant is not None:
+                a.reshape(-1)[rng.integers(a.size)] = plant
+            want = int((raw(a) & _SIGNLESS[a.itemsize]).max())
+            for perm in list(itertools.permutations(range(a.ndim)))[1:]:
+                view = a.transpose(perm)
+                out = np.empty(view.shape, a.dtype)
+                got = copy_into(out, view, scan=True)
+                assert out.tobytes() == np.ascontiguousarray(view).tobytes()
+                transposed = perm[-1] != a.ndim - 1  # else numpy copies rows as they are, and does not scan
+                assert got == (want if path == "native" and transposed else None), (shape, perm, plant)
+
+
+def test_no_scan_where_the_kernel_has_no_mask_or_was_not_asked(path):
+    x = np.arange(64 * 70, dtype=np.float64).reshape(64, 70)
+    assert copy_into(np.empty((70, 64)), x.T, scan=True) is None  # 8-byte elements: the caller scans
+    y = x.astype(np.float32)
+    assert copy_into(np.empty((70, 64), np.float32), y.T) is None
+    assert array_copy.contiguous_scanned(y)[1] is None  # already C-ordered: nothing copied, nothing scanned
+
+
+def test_views_all_of_an_array_are_its_dense_rearrangements():
+    a = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    views_all_of = array_copy.views_all_of
+    assert views_all_of(a.T, a) and views_all_of(a.transpose(1, 0, 2), a) and views_all_of(a[::-1, :, ::-1], a)
+    assert views_all_of(a.reshape(6, 4).T, a) and views_all_of(a, a)
+    assert not views_all_of(a[:, :2], a)  # a part
+    assert not views_all_of(a.T.astype(np.float64), a)  # another array
+    assert not views_all_of(np.broadcast_to(a[:1], (2, 3, 4)), a)  # one element twice
+    lapped = np.lib.stride_tricks.as_strided(a, (2, 12), (4 * 4, 4))  # 24 elements over 16: some twice
+    assert not views_all_of(lapped, a)
+    assert not views_all_of(a.T, a.T)  # only a C-ordered array is the reference

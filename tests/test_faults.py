@@ -262,3 +262,36 @@ def test_a_read_only_output_directory_is_exit_2_before_any_work(tmp_path):
     code, _, err = run_cli(_argv(mapping_path, src, ro / "o.npz"))
     assert_one_line_error(code, err, "not writable")
     assert os.listdir(ro) == []
+
+
+@pytest.mark.parametrize("way", ["native", "numpy"])
+def test_nan_and_inf_are_counted_where_the_transpose_kernel_checks_them(tmp_path, monkeypatch, way):
+    """With the kernel, an input whose transpose it copies is checked in that copy, not in a pass of its own;
+    the counts are the same either way (tiles small enough that the tiny model's tensors take the kernel)."""
+    from ckptmap import array_copy
+    from ckptmap import convert as convert_module
+
+    monkeypatch.setattr(array_copy, "TILE_BYTES", 4)
+    if way == "numpy":
+        monkeypatch.setenv("CKPTMAP_NO_NATIVE", "1")
+    elif not array_copy.native_enabled():
+        pytest.fail("ckptmap.native.transpose was not built")
+    counted = []
+    real_count = convert_module.count_nonfinite
+    monkeypatch.setattr(convert_module, "count_nonfinite", lambda a: counted.append(a.size) or real_count(a))
+    arrays = hf_arrays()
+    q, k = "model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+    arrays[q][0, :3] = np.nan
+    arrays[q][5, 7] = -np.inf
+    arrays[k][1, 1] = np.inf
+    src = str(tmp_path / "hf.safetensors")
+    cio.write_all(src, arrays)
+    report = convert(sealed_llama(), src, str(tmp_path / "mt.npz"), progress=False)
+    assert report.nonfinite == {q: (3, 1), k: (0, 1)}
+    got, want = cio.read_all(str(tmp_path / "mt.npz")), expected_output(arrays=arrays)
+    for name in want:
+        assert got[name].tobytes() == np.ascontiguousarray(want[name]).tobytes(), name
+    if way == "native":  # the clean transposed inputs were checked in their copies: fewer separate counts
+        assert len(counted) < len(arrays) - 4, (len(counted), len(arrays))
+    else:
+        assert len(counted) == len(arrays)

@@ -24,7 +24,8 @@ from typing import Callable
 import numpy as np
 
 from ckptmap.apply import cell_outputs, check_stacked, read_cell, stacked_index
-from ckptmap.array_copy import contiguous, copy_into
+from ckptmap.array_copy import (SCANNED_ITEMSIZES, contiguous, contiguous_scanned, copy_into, native_enabled,
+                                views_all_of)
 from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping, Rule
 from ckptmap.pipeline.budget import MemoryBudget
@@ -38,6 +39,16 @@ class RunStats:
     largest_rule_bytes: int = 0
     budget_peak: int = 0
     cells: int = 0
+
+
+class _Deferred:
+    """One cell's NaN/Inf counts left to the copies that lay its outputs out: `pending` (input name -> the array
+    read for it) and `found` (name -> the largest sign-less bit pattern the transpose kernel saw while copying a
+    view of all of that input). An input no copy covered is counted on its own after the cell."""
+
+    def __init__(self):
+        self.pending: dict[str, np.ndarray] = {}
+        self.found: dict[str, int] = {}
 
 
 class _RuleState:
@@ -78,7 +89,8 @@ class Executor:
                  cast: np.dtype | None = None, on_fail: Callable[[], None] | None = None,
                  write_part: Callable[[str, tuple, np.ndarray], Callable[[], None]] | None = None,
                  start_read_part: Callable[[str, tuple], Callable[[], np.ndarray]] | None = None,
-                 sliced: frozenset[str] = frozenset(), any_order: bool = False):
+                 sliced: frozenset[str] = frozenset(), any_order: bool = False,
+                 nonfinite_limit: Callable[[np.dtype], int | None] | None = None):
         self.read = read
         self.any_order = any_order
         self.write = write
@@ -88,6 +100,9 @@ class Executor:
         self.workers = max(1, int(workers))
         self.budget = MemoryBudget(max_memory)
         self.check_nonfinite = check_nonfinite
+        # dtype -> the sign-less bit pattern from which its values are NaN or Inf (None: not such a format); with
+        # it, an input whose transpose the kernel copies is checked in that copy (_Deferred), not in a pass of its own
+        self.nonfinite_limit = nonfinite_limit if check_nonfinite is not None and native_enabled() else None
         self.want = want or {}
         self.prefetch = prefetch
         self._ahead: ReadAhead | None = None  # the read-ahead thread, while a run is on
@@ -104,17 +119,17 @@ class Executor:
         self._stand_ins = 0  # rules running ahead of the first waiting one (see _admit_next)
 
     # --------------------------------------------------------------------------------------------- one cell
-    def _get(self, state: _RuleState, name: str) -> np.ndarray:
+    def _get(self, state: _RuleState, name: str, deferred: _Deferred | None = None) -> np.ndarray:
         if name in state.shared:
             with self._lock:
                 lock = self._read_locks.setdefault(name, threading.Lock())
-            with lock:  # a shared input is read once per rule, by the first cell that needs it
+            with lock:  # a shared input is read once per rule, by the first cell that needs it (counted at once)
                 if name not in state.kept:
                     state.kept[name] = self._read_counted(name)
                 return state.kept[name]
-        return self._read_counted(name)
+        return self._read_counted(name, deferred)
 
-    def _read_counted(self, name: str) -> np.ndarray:
+    def _read_counted(self, name: str, deferred: _Deferred | None = None) -> np.ndarray:
         arr = self.read(name)
         if self._ahead is not None:
             self._ahead.consumed(name)
@@ -123,8 +138,51 @@ class Executor:
                 first = name not in self._counted
                 self._counted.add(name)
             if first:
-                self._count_nonfinite(name, arr)
+                self._count_or_defer(name, arr, deferred)
         return arr
+
+    def _count_or_defer(self, name: str, arr: np.ndarray, deferred: _Deferred | None) -> None:
+        """Count `arr`'s NaN/Inf now, or leave it to the cell's copies where the kernel can take it on the way."""
+        if (deferred is not None and self.nonfinite_limit is not None and arr.dtype.itemsize in SCANNED_ITEMSIZES
+                and self.nonfinite_limit(arr.dtype) is not None):
+            deferred.pending[name] = arr
+        else:
+            self._count_nonfinite(name, arr)
+
+    def _count_deferred(self, deferred: _Deferred | None) -> None:
+        """After a cell: count each pending input no copy covered, and each one whose copy saw a NaN or Inf
+        pattern (the exact numbers)."""
+        if deferred is None:
+            return
+        for name, arr in deferred.pending.items():
+            best = deferred.found.get(name)
+            if best is None or best >= self.nonfinite_limit(arr.dtype):
+                self._count_nonfinite(name, arr)
+        deferred.pending.clear()
+
+    def _covered(self, out: np.ndarray, deferred: _Deferred | None) -> str | None:
+        """The pending input of which `out` is a (non-contiguous) view of every element, if any."""
+        if deferred is None or out.flags.c_contiguous:
+            return None
+        return next((name for name, arr in deferred.pending.items()
+                     if name not in deferred.found and views_all_of(out, arr)), None)
+
+    def _laid_out(self, out: np.ndarray, deferred: _Deferred | None) -> np.ndarray:
+        """contiguous(out), the kernel checking NaN/Inf on the way where `out` views all of a pending input."""
+        name = self._covered(out, deferred)
+        if name is None:
+            return contiguous(out)
+        laid, best = contiguous_scanned(out)
+        if best is not None:
+            deferred.found[name] = best
+        return laid
+
+    def _copy_counted(self, dst: np.ndarray, out: np.ndarray, deferred: _Deferred | None) -> None:
+        """copy_into(dst, out), the kernel checking NaN/Inf on the way where `out` views all of a pending input."""
+        name = self._covered(out, deferred)
+        best = copy_into(dst, out, scan=name is not None)
+        if name is not None and best is not None:
+            deferred.found[name] = best
 
     def _count_nonfinite(self, name: str, arr: np.ndarray) -> None:
         """Add `arr`'s NaN/Inf to `name`'s counts (a whole tensor once, or each of its slices)."""
@@ -146,10 +204,10 @@ class Executor:
         check_stacked(slot, cell, shape, grid, name)
         started = self.start_read_part(name, stacked_index(len(shape), slot, cell))
 
-        def wait() -> np.ndarray:
+        def wait(deferred: _Deferred | None = None) -> np.ndarray:
             arr = np.asarray(started())
             if self.check_nonfinite is not None:
-                self._count_nonfinite(name, arr)
+                self._count_or_defer(name, arr, deferred)
             return arr
         return wait
 
@@ -176,17 +234,17 @@ class Executor:
                                "ckptmap.pipeline.plan.op_dtypes does not know?); nothing was written",
                                file=self.out_file, key=name)
 
-    def _emit(self, name: str, array: np.ndarray, state: _RuleState) -> None:
+    def _emit(self, name: str, array: np.ndarray, state: _RuleState, deferred: _Deferred | None = None) -> None:
         t = state.targets[name]
         self._dtype_ok(name, array.dtype, state)
         if array.dtype != t.dtype:
             array = array.astype(t.dtype)
-        self.write(name, contiguous(array))
+        self.write(name, self._laid_out(array, deferred))
         if self.on_tensor is not None:
             self.on_tensor(name)
 
     def _emit_part(self, name: str, slot, cell: tuple[int, ...], out: np.ndarray,
-                   state: _RuleState) -> Callable[[], None]:
+                   state: _RuleState, deferred: _Deferred | None = None) -> Callable[[], None]:
         """Hand one cell's slice of a stacked target to the writer; returns the wait for its write."""
         t = state.targets[name]
         idx = stacked_index(len(t.shape), slot, cell)
@@ -197,7 +255,7 @@ class Executor:
         self._dtype_ok(name, out.dtype, state)
         if out.dtype != t.dtype:
             out = out.astype(t.dtype)
-        return self.write_part(name, idx, contiguous(out))
+        return self.write_part(name, idx, self._laid_out(out, deferred))
 
     def _run_cell(self, state: _RuleState, cell: tuple[int, ...],
                   reads: dict[int, Callable[[], np.ndarray]]) -> list[Callable[[], None]]:
@@ -205,7 +263,9 @@ class Executor:
         handed to a part-taking writer."""
         rule = state.rule
         waits = []
-        inputs = tuple(reads[i]() if i in reads else read_cell(s, cell, lambda n: self._get(state, n), rule.grid)
+        deferred = _Deferred() if self.nonfinite_limit is not None else None
+        inputs = tuple(reads[i](deferred) if i in reads
+                       else read_cell(s, cell, lambda n: self._get(state, n, deferred), rule.grid)
                        for i, s in enumerate(rule.sources))
         outputs = cell_outputs(rule, cell, inputs)
         del inputs
@@ -213,7 +273,7 @@ class Executor:
             name = slot.name_at(cell)
             out = np.asarray(out)
             if slot.axes and self.write_part is not None:
-                waits.append(self._emit_part(name, slot, cell, out, state))
+                waits.append(self._emit_part(name, slot, cell, out, state, deferred))
             elif slot.axes:
                 buf = state.buffers[name]
                 idx = stacked_index(buf.ndim, slot, cell)
@@ -222,10 +282,11 @@ class Executor:
                                        f"{list(buf.shape)} at axes {list(slot.axes)}", file=self.out_file,
                                        key=name)
                 self._dtype_ok(name, out.dtype, state)
-                copy_into(buf[idx], out)
+                self._copy_counted(buf[idx], out, deferred)
             else:
                 self._check(name, out, state)
-                self._emit(name, out, state)
+                self._emit(name, out, state, deferred)
+        self._count_deferred(deferred)
         return waits
 
     def _cell_task(self, state: _RuleState, cells: list[tuple[int, ...]]) -> None:
