@@ -294,7 +294,8 @@ def sink_executor(reader: CheckpointReader, sink, plans: list[RulePlan], workers
              else max_memory)
     return Executor(threaded_read(reader), sink.write, workers=workers, max_memory=limit,
                     check_nonfinite=count_nonfinite, nonfinite_limit=nonfinite_limit, want=want,
-                    prefetch=prefetcher(reader), on_tensor=on_tensor, out_file=out_file, cast=cast, on_fail=getattr(sink, "cancel", None),
+                    prefetch=prefetcher(reader), on_tensor=on_tensor, out_file=out_file, cast=cast,
+                    on_fail=getattr(sink, "cancel", None),
                     write_part=sink.write_part if parts_out else None,
                     start_read_part=getattr(reader, "start_read_part", None), sliced=sliced,
                     any_order=getattr(sink, "any_order", False))

@@ -113,6 +113,16 @@ static void plain(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld, Py_ssi
     }
 }
 
+/* an r x c region the register blocks leave: plain loops, and with `best` its sign-less maximum folded in */
+static void edge(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld, Py_ssize_t r, Py_ssize_t c,
+                 int itemsize, uint32_t *best) {
+    plain(s, d, sld, dld, r, c, itemsize);
+    if (best) {
+        uint32_t v = scan_plain(s, sld, r, c, itemsize);
+        *best = v > *best ? v : *best;
+    }
+}
+
 /* one tile of r x c elements (r, c <= BLOCK): register blocks where they fit, plain loops for the edges; with
  * `best` (2- and 4-byte elements), the tile's sign-less maximum folded into *best */
 static void tile(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld, Py_ssize_t r, Py_ssize_t c,
@@ -129,39 +139,24 @@ static void tile(const char *s, char *d, Py_ssize_t sld, Py_ssize_t dld, Py_ssiz
         for (Py_ssize_t i = 0; i < rb; i += 4)
             for (Py_ssize_t j = 0; j < cb; j += 4) t4x4_32(s + i * sld + 4 * j, d + j * dld + 4 * i, sld, dld, pacc);
     }
-    if (best && rb && cb) {
+    if (best && rb && cb) { /* the register blocks' lanes: eight 16-bit or four 32-bit maxima */
         uint32_t lanes[4];
         _mm_storeu_si128((__m128i *)lanes, acc);
         for (int k = 0; k < 4; k++) {
-            uint32_t v = itemsize == 2 ? (lanes[k] & 0xffffu) > (lanes[k] >> 16) ? (lanes[k] & 0xffffu)
-                                                                                  : (lanes[k] >> 16)
-                                       : lanes[k];
-            *best = v > *best ? v : *best;
+            uint32_t lo = itemsize == 2 ? lanes[k] & 0xffffu : lanes[k], hi = itemsize == 2 ? lanes[k] >> 16 : 0;
+            *best = lo > *best ? lo : *best;
+            *best = hi > *best ? hi : *best;
         }
     }
 #endif
     if (rb == 0 || cb == 0) {
-        plain(s, d, sld, dld, r, c, itemsize);
-        if (best) {
-            uint32_t v = scan_plain(s, sld, r, c, itemsize);
-            *best = v > *best ? v : *best;
-        }
+        edge(s, d, sld, dld, r, c, itemsize, best);
         return;
     }
-    if (cb < c) { /* the last columns, every row */
-        plain(s + cb * itemsize, d + cb * dld, sld, dld, r, c - cb, itemsize);
-        if (best) {
-            uint32_t v = scan_plain(s + cb * itemsize, sld, r, c - cb, itemsize);
-            *best = v > *best ? v : *best;
-        }
-    }
-    if (rb < r) { /* the last rows, the columns the blocks covered */
-        plain(s + rb * sld, d + rb * itemsize, sld, dld, r - rb, cb, itemsize);
-        if (best) {
-            uint32_t v = scan_plain(s + rb * sld, sld, r - rb, cb, itemsize);
-            *best = v > *best ? v : *best;
-        }
-    }
+    if (cb < c) /* the last columns, every row */
+        edge(s + cb * itemsize, d + cb * dld, sld, dld, r, c - cb, itemsize, best);
+    if (rb < r) /* the last rows, the columns the blocks covered */
+        edge(s + rb * sld, d + rb * itemsize, sld, dld, r - rb, cb, itemsize, best);
 }
 
 static PyObject *transpose2d(PyObject *self, PyObject *args) {

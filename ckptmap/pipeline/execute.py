@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ckptmap.apply import cell_outputs, check_stacked, read_cell, stacked_index
-from ckptmap.array_copy import (SCANNED_ITEMSIZES, contiguous, contiguous_scanned, copy_into, native_enabled,
+from ckptmap.array_copy import (SCANNED_ITEMSIZES, contiguous_scanned, copy_into, native_enabled,
                                 views_all_of)
 from ckptmap.errors import MappingError
 from ckptmap.mapping import Mapping, Rule
@@ -49,6 +49,13 @@ class _Deferred:
     def __init__(self):
         self.pending: dict[str, np.ndarray] = {}
         self.found: dict[str, int] = {}
+
+
+def _found(deferred: _Deferred | None, name: str | None, best: int | None) -> None:
+    """Record what the kernel saw while copying a view of all of pending input `name` (nothing when no input was
+    covered, or the copy did not go through the kernel)."""
+    if name is not None and best is not None:
+        deferred.found[name] = best
 
 
 class _RuleState:
@@ -170,19 +177,14 @@ class Executor:
     def _laid_out(self, out: np.ndarray, deferred: _Deferred | None) -> np.ndarray:
         """contiguous(out), the kernel checking NaN/Inf on the way where `out` views all of a pending input."""
         name = self._covered(out, deferred)
-        if name is None:
-            return contiguous(out)
-        laid, best = contiguous_scanned(out)
-        if best is not None:
-            deferred.found[name] = best
+        laid, best = contiguous_scanned(out, scan=name is not None)
+        _found(deferred, name, best)
         return laid
 
     def _copy_counted(self, dst: np.ndarray, out: np.ndarray, deferred: _Deferred | None) -> None:
         """copy_into(dst, out), the kernel checking NaN/Inf on the way where `out` views all of a pending input."""
         name = self._covered(out, deferred)
-        best = copy_into(dst, out, scan=name is not None)
-        if name is not None and best is not None:
-            deferred.found[name] = best
+        _found(deferred, name, copy_into(dst, out, scan=name is not None))
 
     def _count_nonfinite(self, name: str, arr: np.ndarray) -> None:
         """Add `arr`'s NaN/Inf to `name`'s counts (a whole tensor once, or each of its slices)."""
